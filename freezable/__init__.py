@@ -1,0 +1,24 @@
+"""freezable: freeze parts of a PyTorch model so that they stay frozen."""
+
+__version__ = "0.1.0"
+
+from .errors import FreezableError as FreezableError
+from .mixin import Freezable as Freezable
+from .presets import Preset as Preset
+from .presets import apply_preset as apply_preset
+from .presets import get_preset as get_preset
+from .presets import list_presets as list_presets
+from .presets import register_preset as register_preset
+from .wrapper import FrozenBackbone as FrozenBackbone
+
+__all__ = [
+    "__version__",
+    "Freezable",
+    "FreezableError",
+    "FrozenBackbone",
+    "Preset",
+    "apply_preset",
+    "get_preset",
+    "list_presets",
+    "register_preset",
+]

@@ -1,0 +1,169 @@
+"""Freeze groups: specs that name parts of a model, resolved to exact names.
+
+A spec is one of:
+
+* a dotted name, ``"features"`` or ``"classifier.6"``, matched exactly;
+* a glob, ``"layer[12]"`` or ``"blocks.*"`` (anything with ``*?[``), matched
+  with :func:`fnmatch.fnmatchcase`;
+* a compiled :class:`re.Pattern`, tried with ``pattern.match`` (timm's
+  ``group_matcher`` convention);
+* a callable ``(name, module_or_parameter) -> bool``.
+
+Specs are tried against every submodule name and every parameter name. A group
+resolves to the top-most matched submodules (each brings its whole subtree)
+plus the matched parameters that none of them brings along, such as a ViT's
+``cls_token``. Groups hold names only, so a model whose groups came from
+lambdas still deep-copies and pickles.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+from torch import nn
+
+from .errors import FreezableError, FreezableTypeError, SpecError, closest
+
+__all__ = ["Spec", "Group", "resolve_group", "as_spec_list"]
+
+Spec = Union[str, "re.Pattern[str]", Callable[[str, Union[nn.Module, nn.Parameter]], bool]]
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A freeze group resolved to names relative to the model it belongs to."""
+
+    # top-most matched submodules, in model order ("" is the model itself)
+    modules: tuple[str, ...]
+    # matched parameters that none of ``modules`` brings along, in model order
+    parameters: tuple[str, ...] = ()
+
+    def named_modules(self, root: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+        """Every module of the group, each listed module's subtree included."""
+        for name in self.modules:
+            yield from _lookup(root, name, "module").named_modules(prefix=name)
+
+    def named_parameters(self, root: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        """Every parameter of the group, once each."""
+        seen: set[int] = set()
+        for name in self.modules:
+            for pname, param in _lookup(root, name, "module").named_parameters(prefix=name):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    yield pname, param
+        for pname in self.parameters:
+            param = _lookup(root, pname, "parameter")
+            if id(param) not in seen:
+                seen.add(id(param))
+                yield pname, param
+
+
+def _lookup(root: nn.Module, name: str, kind: str):
+    try:
+        return root.get_submodule(name) if kind == "module" else root.get_parameter(name)
+    except AttributeError:
+        raise FreezableError(
+            f"the model has no {kind} {name!r} any more; was it replaced after its group was registered?"
+        ) from None
+
+
+def as_spec_list(specs: object) -> list[Spec]:
+    """Turns one spec or a sequence of specs into a list, checking each one's type."""
+    if isinstance(specs, (str, re.Pattern)) or callable(specs):
+        specs = [specs]
+    elif not isinstance(specs, Sequence) or isinstance(specs, (bytes, bytearray)):
+        raise FreezableTypeError(
+            f"a group spec must be a name, a glob, a re.Pattern, a callable or a list of them, "
+            f"not {type(specs).__name__}: {specs!r}"
+        )
+    specs = list(specs)
+    if not specs:
+        raise SpecError("a group needs at least one spec, got an empty list")
+    for spec in specs:
+        if isinstance(spec, str):
+            if not spec.strip():
+                raise SpecError(f"a group spec must not be empty or blank, got {spec!r}")
+        elif not isinstance(spec, re.Pattern) and not callable(spec):
+            raise FreezableTypeError(
+                f"a group spec must be a name, a glob, a re.Pattern or a callable, "
+                f"not {type(spec).__name__}: {spec!r}"
+            )
+    return specs
+
+
+def _matcher(spec: Spec) -> Callable[[str, object], bool]:
+    if isinstance(spec, re.Pattern):
+        return lambda name, _: spec.match(name) is not None
+    if isinstance(spec, str):
+        if _GLOB_CHARS.intersection(spec):
+            return lambda name, _: fnmatch.fnmatchcase(name, spec)
+        return lambda name, _: name == spec
+    return lambda name, obj: bool(spec(name, obj))
+
+
+def _is_within(name: str, ancestors: set[str]) -> bool:
+    """Whether the module ``name`` is one of ``ancestors`` or lies inside one of them."""
+    if not name:
+        return "" in ancestors
+    if "" in ancestors or name in ancestors:
+        return True
+    parts = name.split(".")
+    return any(".".join(parts[:i]) in ancestors for i in range(1, len(parts)))
+
+
+def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
+    """Resolves ``specs`` against ``root``'s submodule and parameter names.
+
+    Args:
+        root: the model whose names the specs refer to.
+        group: the group's name, for error messages.
+        specs: one spec or a sequence of specs (see the module docstring).
+
+    Returns:
+        The :class:`Group`, holding names only.
+
+    Raises:
+        SpecError: a spec matches nothing (the message names close matches).
+        FreezableTypeError: a spec is of no known kind.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> resolve_group(net, "first", "0")
+        Group(modules=('0',), parameters=())
+        >>> resolve_group(net, "weights", "*.weight")
+        Group(modules=(), parameters=('0.weight', '2.weight'))
+    """
+    specs = as_spec_list(specs)
+    module_names = [name for name, _ in root.named_modules() if name]
+    named_params = list(root.named_parameters())
+    candidates = [(name, module) for name, module in root.named_modules() if name] + named_params
+
+    matched: set[str] = set()
+    for spec in specs:
+        match = _matcher(spec)
+        hits = {name for name, obj in candidates if match(name, obj)}
+        if not hits:
+            raise SpecError(
+                f"spec {spec!r} of group {group!r} matches no submodule or parameter; "
+                f"{closest(spec, module_names + [name for name, _ in named_params])}"
+            )
+        matched |= hits
+
+    matched_modules = {name for name in module_names if name in matched}
+    top_modules = tuple(
+        name
+        for name in module_names
+        if name in matched_modules and not _is_within(name.rpartition(".")[0], matched_modules)
+    )
+    covered = set(top_modules)
+    loose_params = tuple(
+        name for name, _ in named_params if name in matched and not _is_within(name.rpartition(".")[0], covered)
+    )
+    return Group(modules=top_modules, parameters=loose_params)

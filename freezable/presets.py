@@ -1,0 +1,238 @@
+"""The preset registry: named recipes of freeze groups and what they freeze by default.
+
+One dict, one register function, a sorted listing with a glob, data-only entries.
+A preset whose ``groups`` is ``None`` uses the groups that
+:func:`freezable.detect.detect_groups` finds in the model (``stem``, ``stage1`` ...
+``stageN``, ``head``, ``backbone``), so one preset serves every model of a source.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from .errors import FreezableTypeError, PresetError, SpecError, closest
+from .groups import Group, as_spec_list, resolve_group
+
+if TYPE_CHECKING:
+    from .mixin import Freezable
+
+__all__ = ["Preset", "register_preset", "get_preset", "list_presets", "apply_preset", "resolve_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named freezing recipe.
+
+    Example:
+        >>> Preset("my.first_conv", "freeze the first conv", {"conv1": "conv1"}, frozen=("conv1",)).frozen
+        ('conv1',)
+    """
+
+    name: str  # registry key, "<source>.<family or scope>.<recipe>"
+    description: str  # one line, shown by `freezable presets`
+    groups: Mapping[str, Any] | None = None  # group name -> spec(s), in forward order; None: detected groups
+    frozen: tuple[str, ...] = ()  # the groups frozen by default
+    train_bn: bool = False  # keep the frozen groups' norm layers trainable
+    models: tuple[str, ...] = field(default=("*",))  # fnmatch patterns of the model names it is meant for
+
+    def __post_init__(self) -> None:
+        if self.groups is not None:
+            object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
+        object.__setattr__(self, "frozen", tuple(self.frozen))
+        if self.groups is not None:
+            missing = [g for g in self.frozen if g not in self.groups]
+            if missing:
+                raise PresetError(f"preset {self.name!r} freezes groups it does not define: {missing}")
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Adds ``preset`` to the registry.
+
+    Raises:
+        PresetError: a preset of that name is already registered.
+    """
+    if not isinstance(preset, Preset):
+        raise FreezableTypeError(f"register_preset takes a Preset, not {type(preset).__name__}")
+    if preset.name in _PRESETS:
+        raise PresetError(f"a preset named {preset.name!r} is already registered")
+    _PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``.
+
+    Raises:
+        PresetError: no such preset (the message names the closest ones).
+
+    Example:
+        >>> get_preset("torchvision.alexnet.classifier_only").frozen
+        ('features',)
+    """
+    if isinstance(name, Preset):
+        return name
+    if not isinstance(name, str):
+        raise FreezableTypeError(f"a preset name must be a str, not {type(name).__name__}: {name!r}")
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise PresetError(f"unknown preset {name!r}; {closest(name, _PRESETS)}") from None
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    """Sorted names of the presets matching the fnmatch ``pattern``.
+
+    Example:
+        >>> list_presets("timm.hrnet.*")
+        ['timm.hrnet.backbone']
+    """
+    if not isinstance(pattern, str):
+        raise FreezableTypeError(f"pattern must be a str, not {type(pattern).__name__}: {pattern!r}")
+    return sorted(name for name in _PRESETS if fnmatch.fnmatchcase(name, pattern))
+
+
+def resolve_preset(preset: Preset | str, model: nn.Module) -> dict[str, Group]:
+    """The preset's groups resolved against ``model``'s names, in group order.
+
+    Every spec of a group the preset freezes must match; a spec of another group
+    may match nothing, and a group that matches nothing is left out.
+
+    Raises:
+        PresetError: the preset does not fit the model.
+    """
+    preset = get_preset(preset)
+    if preset.groups is None:
+        from .detect import detect_groups
+
+        groups: Mapping[str, Any] = detect_groups(model)
+        missing = [g for g in preset.frozen if g not in groups]
+        if missing:
+            raise PresetError(
+                f"preset {preset.name!r} freezes {missing}, which {type(model).__name__} does not have; "
+                f"its detected groups are {list(groups)}"
+            )
+    else:
+        groups = preset.groups
+    resolved: dict[str, Group] = {}
+    for name, specs in groups.items():
+        if name in preset.frozen:
+            try:
+                resolved[name] = resolve_group(model, name, specs)
+            except SpecError as e:
+                raise PresetError(f"preset {preset.name!r} does not fit {type(model).__name__}: {e}") from None
+            continue
+        fitting = [spec for spec in as_spec_list(specs) if _matches(model, name, spec)]
+        if fitting:
+            resolved[name] = resolve_group(model, name, fitting)
+    return resolved
+
+
+def _matches(model: nn.Module, group: str, spec: Any) -> bool:
+    try:
+        resolve_group(model, group, spec)
+    except SpecError:
+        return False
+    return True
+
+
+def apply_preset(model: Freezable, name: str | Preset) -> Freezable:
+    """Registers the preset's groups on ``model`` and freezes its default set.
+
+    Groups the model already has under the same name must resolve to the same names.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        PresetError: unknown preset, or one that does not fit the model.
+
+    Example:
+        >>> import freezable as fz, torchvision
+        >>> class AlexNet(fz.Freezable, torchvision.models.AlexNet): ...
+        >>> fz.apply_preset(AlexNet(num_classes=10), "torchvision.alexnet.classifier_only").frozen_groups
+        ('features',)
+    """
+    from .mixin import Freezable
+
+    if not isinstance(model, Freezable):
+        raise FreezableTypeError(
+            f"apply_preset needs a Freezable model, not {type(model).__name__}; "
+            f"wrap it: FrozenBackbone(model, preset=...)"
+        )
+    preset = get_preset(name)
+    resolved = resolve_preset(preset, model._freeze_root())
+    existing = model._groups
+    for group, value in resolved.items():
+        if group in existing and existing[group] != value:
+            raise PresetError(
+                f"preset {preset.name!r} defines group {group!r}, which the model already has with other members"
+            )
+    for group, value in resolved.items():
+        existing.setdefault(group, value)
+    model._freeze_resolved([resolved[g] for g in preset.frozen], train_bn=preset.train_bn)
+    return model
+
+
+def _stages(n: int) -> tuple[str, ...]:
+    return ("stem",) + tuple(f"stage{i}" for i in range(1, n + 1))
+
+
+_HRNET_STEM = ["conv1", "bn1", "conv2", "bn2"]
+_HRNET_STAGES = {
+    "stage1": ["layer1"],
+    "stage2": ["transition1", "stage2"],
+    "stage3": ["transition2", "stage3"],
+    "stage4": ["transition3", "stage4"],
+}
+
+for _preset in (
+    Preset(
+        name="torchvision.alexnet.classifier_only",
+        description="AlexNet's convolutional features frozen; the classifier trains",
+        groups={"features": "features", "avgpool": "avgpool", "classifier": "classifier"},
+        frozen=("features",),
+        models=("alexnet",),
+    ),
+    Preset(
+        name="timm.hrnet.backbone",
+        description="HRNet's stem and four stages frozen, BatchNorm held in eval; the rest trains",
+        groups={
+            "stem": _HRNET_STEM,
+            **_HRNET_STAGES,
+            "head": ["incre_modules", "downsamp_modules", "final_layer", "classifier"],
+            "backbone": _HRNET_STEM + [spec for specs in _HRNET_STAGES.values() for spec in specs],
+        },
+        frozen=_stages(4),
+        models=("hrnet_*",),
+    ),
+    Preset(
+        name="timm.linear_probe",
+        description="the whole backbone frozen, norm layers held in eval; only the classifier trains",
+        frozen=("backbone",),
+    ),
+    Preset(
+        name="torchvision.linear_probe",
+        description="the whole backbone frozen, norm layers held in eval; only the classifier trains",
+        frozen=("backbone",),
+    ),
+    *(
+        Preset(
+            name=f"{source}.frozen_stages_{n}",
+            description=f"stem and stages 1-{n} frozen with their norms held in eval (mmdetection's "
+            f"frozen_stages={n}, norm_eval); the rest trains",
+            frozen=_stages(n),
+        )
+        for source in ("timm", "torchvision")
+        for n in range(1, 5)
+    ),
+):
+    register_preset(_preset)

@@ -1,0 +1,149 @@
+"""The :class:`FrozenBackbone` wrapper: any backbone, frozen, with its own checkpoint keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import FreezableTypeError, SpecError
+from .groups import Group, resolve_group
+from .mixin import Freezable
+from .presets import Preset, resolve_preset
+from .summary import format_count
+
+__all__ = ["FrozenBackbone"]
+
+_PREFIX = "backbone."
+
+
+def _strip_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict hook: the backbone's keys without ``backbone.``, in their order."""
+    inner = prefix + _PREFIX
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        for key in [k for k in metadata if k == inner[:-1] or k.startswith(inner)]:
+            metadata[prefix + key[len(inner):] if key != inner[:-1] else prefix[:-1]] = metadata.pop(key)
+
+
+def _add_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load pre-hook: the backbone's own keys are read into ``backbone.``."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        state_dict[prefix + _PREFIX + key[len(prefix):]] = state_dict.pop(key)
+
+
+def _any_requires_grad(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.requires_grad
+    if isinstance(value, (list, tuple)):
+        return any(_any_requires_grad(v) for v in value)
+    if isinstance(value, dict):
+        return any(_any_requires_grad(v) for v in value.values())
+    return False
+
+
+class FrozenBackbone(Freezable, nn.Module):
+    """A frozen backbone: parameters fixed, norm layers and dropout at inference.
+
+    Groups come from ``preset`` when given, else from the groups detected for
+    known torchvision and timm models (``stem``, ``stage1`` ..., ``head``,
+    ``backbone``). Attributes it lacks fall through to the backbone
+    (``fb.num_features``, ``fb.forward_features``). ``state_dict()`` has exactly the
+    backbone's own keys, and ``load_state_dict`` takes the backbone's checkpoints.
+    A fully frozen backbone whose input needs no gradient records no autograd graph.
+
+    Args:
+        backbone: the model to wrap.
+        trainable: group names or specs that stay trainable.
+        preset: a preset name (or :class:`Preset`): its ``frozen`` groups are
+            frozen, less ``trainable``. Without it everything but ``trainable`` is frozen.
+
+    Raises:
+        FreezableTypeError: ``backbone`` is not an ``nn.Module``.
+        PresetError: unknown preset, or one that does not fit.
+        SpecError: a ``trainable`` entry is neither a group nor a spec that matches.
+
+    Example:
+        >>> import torch, torchvision
+        >>> fb = FrozenBackbone(torchvision.models.resnet18(num_classes=10), trainable=["fc"])
+        >>> fb.frozen_groups
+        ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
+        >>> fb.train().backbone.bn1.training, fb(torch.randn(2, 3, 32, 32)).shape
+        (False, torch.Size([2, 10]))
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        trainable: Sequence[Any] = (),
+        preset: str | Preset | None = None,
+    ) -> None:
+        if not isinstance(backbone, nn.Module):
+            raise FreezableTypeError(f"FrozenBackbone wraps an nn.Module, not {type(backbone).__name__}")
+        if isinstance(trainable, (str, bytes)) or not isinstance(trainable, Sequence):
+            trainable = [trainable]
+        if preset is not None:
+            groups = resolve_preset(preset, backbone)
+        else:
+            from .detect import detect_groups
+
+            groups = {name: resolve_group(backbone, name, names) for name, names in detect_groups(backbone).items()}
+        kept = [groups[t] if isinstance(t, str) and t in groups else self._trainable_spec(backbone, t, groups)
+                for t in trainable]
+        super().__init__()
+        self.backbone = backbone
+        self.__dict__["_freezable_groups"] = groups
+        self._register_state_dict_hook(_strip_prefix)
+        self._register_load_state_dict_pre_hook(_add_prefix)
+        if preset is None:
+            self.freeze()
+        else:
+            from .presets import get_preset
+
+            preset = get_preset(preset)
+            self._freeze_resolved([groups[g] for g in preset.frozen], train_bn=preset.train_bn)
+        self._unfreeze_resolved(kept)
+
+    @staticmethod
+    def _trainable_spec(backbone: nn.Module, spec: Any, groups: dict[str, Group]) -> Group:
+        try:
+            return resolve_group(backbone, "trainable", spec)
+        except SpecError as e:
+            if isinstance(spec, str) and groups:
+                raise SpecError(f"{e}; groups: {list(groups)}") from None
+            raise
+
+    def _freeze_root(self) -> nn.Module:
+        return self.backbone
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the backbone; without autograd when nothing in it or its input needs a gradient."""
+        if torch.is_grad_enabled() and not self._records_no_graph(args, kwargs):
+            return self.backbone(*args, **kwargs)
+        with torch.no_grad():
+            return self.backbone(*args, **kwargs)
+
+    def _records_no_graph(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters()) and not _any_requires_grad((args, kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or "backbone" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["backbone"], name)
+
+    def __repr__(self) -> str:
+        cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
+        arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+        total = sum(p.numel() for p in self.backbone.parameters())
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        return (
+            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={list(self.frozen_groups)}, "
+            f"trainable={format_count(trainable)}/{format_count(total)})"
+        )

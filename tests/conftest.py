@@ -1,0 +1,79 @@
+"""Shared helpers: snapshots of a model's tensors and modes, and small models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import freezable as fz
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every parameter and buffer, by name."""
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    return {name: t.detach().clone() for name, t in tensors.items()}
+
+
+def changed(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
+    """Names of the tensors that are no longer bit-identical to ``before``."""
+    now = snapshot(model)
+    return {name for name, t in before.items() if not torch.equal(t, now[name])}
+
+
+def modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def full_state(model: nn.Module) -> tuple:
+    """Everything a failed call must leave alone: freeze state, grads flags, modes, tensors."""
+    state = model.freeze_state() if isinstance(model, fz.Freezable) else None
+    return (
+        state,
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        modes(model),
+        {n: t.tolist() for n, t in snapshot(model).items()},
+    )
+
+
+class Net(fz.Freezable, nn.Module):
+    """A small CNN with BatchNorm and dropout in its features."""
+
+    freeze_groups = {"features": "features", "classifier": "classifier"}
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(8, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@pytest.fixture
+def net() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(4, 3, 8, 8)
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

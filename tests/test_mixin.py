@@ -1,0 +1,449 @@
+"""The Freezable mixin: API.md section 1, behaviours B1-B6."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+
+import pytest
+import timm
+import torch
+import torchvision
+from conftest import Net, changed, full_state, modes, snapshot
+from torch import nn
+
+import freezable as fz
+from freezable.mixin import is_frozen, is_held
+
+
+class MyAlexNet(fz.Freezable, torchvision.models.AlexNet):
+    freeze_groups = {"features": "features", "classifier": "classifier"}
+
+
+def train_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, steps: int = 3,
+                set_to_none: bool = True) -> None:
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=set_to_none)
+        model(x).square().mean().backward()
+        opt.step()
+
+
+# -- groups ---------------------------------------------------------------------------------------
+
+
+def test_class_groups_and_registration_order(net):
+    net.register_freeze_group("conv1", "features.0")
+    assert net.freeze_group_names == ("features", "classifier", "conv1")
+
+
+@pytest.mark.parametrize(
+    "spec, modules, parameters",
+    [
+        ("features.0", ("features.0",), ()),
+        ("features.[04]", ("features.0", "features.4"), ()),
+        ("features.*", ("features.0", "features.1", "features.2", "features.3", "features.4", "features.5",
+                        "features.6", "features.7", "features.8"), ()),
+        (re.compile(r"features\.[15]"), ("features.1", "features.5"), ()),
+        (lambda name, m: isinstance(m, nn.BatchNorm2d), ("features.1", "features.5"), ()),
+        ("classifier.1.bias", (), ("classifier.1.bias",)),
+        ("*.weight", (), ("features.0.weight", "features.1.weight", "features.4.weight", "features.5.weight",
+                          "classifier.1.weight")),
+    ],
+    ids=["dotted", "glob", "glob-star", "regex", "callable", "parameter", "parameter-glob"],
+)
+def test_every_spec_kind_resolves(net, spec, modules, parameters):
+    net.register_freeze_group("g", spec)
+    group = net._groups["g"]
+    assert (group.modules, group.parameters) == (modules, parameters)
+
+
+def test_parameter_not_brought_by_a_module_belongs_on_its_own():
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=16, depth=2,
+                            num_classes=3)
+    fb = fz.FrozenBackbone(vit, trainable=["cls_token", "pos_embed", "head"])
+    assert vit.cls_token.requires_grad and vit.pos_embed.requires_grad
+    assert not vit.patch_embed.proj.weight.requires_grad
+    fb.register_freeze_group("tokens", "cls_token", "pos_embed")
+    fb.freeze("tokens")
+    assert not vit.cls_token.requires_grad and "tokens" in fb.frozen_groups
+
+
+def test_later_calls_win_where_groups_overlap(net):
+    net.register_freeze_group("bn", lambda name, m: isinstance(m, nn.BatchNorm2d))
+    net.freeze().unfreeze("classifier")
+    assert net.frozen_groups == ("features", "bn")
+    net.unfreeze("bn")
+    assert net.features[1].weight.requires_grad and not net.features[0].weight.requires_grad
+    assert net.frozen_groups == ()
+    net.freeze("features")
+    assert net.frozen_groups == ("features", "bn")
+
+
+class Lambdas(Net):
+    freeze_groups = {"convs": lambda name, m: isinstance(m, nn.Conv2d), "classifier": "classifier"}
+
+
+def test_callable_specs_still_deepcopy_and_pickle():
+    model = Lambdas().freeze("convs")
+    model.register_freeze_group("bns", lambda name, m: isinstance(m, nn.BatchNorm2d))
+    copied = copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    for other in (copied, loaded):
+        assert other.freeze_group_names == ("convs", "classifier", "bns")
+        assert other.frozen_groups == ("convs",)
+
+
+def test_trainable_parameters_are_what_the_optimizer_needs(net):
+    net.freeze("features")
+    names = [name for name, _ in net.named_trainable_parameters()]
+    assert names == ["classifier.1.weight", "classifier.1.bias"]
+    assert [id(p) for p in net.trainable_parameters()] == [id(net.classifier[1].weight), id(net.classifier[1].bias)]
+
+
+def test_freeze_and_unfreeze_return_the_model(net):
+    assert net.freeze() is net and net.unfreeze() is net and net.train() is net
+
+
+# -- B1: frozen parameters never move -------------------------------------------------------------
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "sgd-momentum-wd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
+    "sgd-nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=0.1),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.5),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=0.1, momentum=0.9, weight_decay=0.1),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("set_to_none", [True, False], ids=["set_to_none", "zero_grads"])
+@pytest.mark.parametrize("make_optimizer", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_frozen_parameters_stay_bit_identical_mid_training(net, images, make_optimizer, set_to_none):
+    opt = make_optimizer(net.parameters())  # built before freezing, state built by the first steps
+    train_steps(net, opt, images, steps=2, set_to_none=set_to_none)
+    net.freeze("features")
+    assert all(p.grad is None and not p.requires_grad for p in net.features.parameters())
+    before = snapshot(net)
+    train_steps(net, opt, images, steps=3, set_to_none=set_to_none)
+    moved = changed(before, net)
+    assert not any(name.startswith("features.") for name in moved)
+    assert {"classifier.1.weight", "classifier.1.bias"} <= moved
+
+
+# -- B2 / B3: frozen parts stay at inference ------------------------------------------------------
+
+
+class Holder(fz.Freezable, nn.Module):
+    freeze_groups = {"body": "body", "head": "head"}
+
+    def __init__(self, body: nn.Module, features: int) -> None:
+        super().__init__()
+        self.body = body
+        self.head = nn.LazyLinear(2)
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1))
+
+
+NORMS = {
+    "BatchNorm1d": (lambda: nn.BatchNorm1d(4), (6, 4)),
+    "BatchNorm1d-3d-input": (lambda: nn.BatchNorm1d(4), (6, 4, 5)),
+    "BatchNorm2d": (lambda: nn.BatchNorm2d(4), (6, 4, 5, 5)),
+    "BatchNorm3d": (lambda: nn.BatchNorm3d(4), (6, 4, 3, 3, 3)),
+    "SyncBatchNorm": (lambda: nn.SyncBatchNorm(4), (6, 4, 5, 5)),
+    "LazyBatchNorm2d": (lambda: nn.LazyBatchNorm2d(), (6, 4, 5, 5)),
+    "timm.BatchNormAct2d": (lambda: timm.layers.BatchNormAct2d(4, act_layer=nn.ReLU), (6, 4, 5, 5)),
+    "InstanceNorm2d-tracked": (lambda: nn.InstanceNorm2d(4, affine=True, track_running_stats=True), (6, 4, 5, 5)),
+}
+
+
+def _nest(model: nn.Module) -> nn.Module:
+    """The model three containers deep."""
+    return nn.Sequential(nn.ModuleDict({"inner": nn.ModuleList([nn.Identity(), model])}))
+
+
+@pytest.mark.parametrize("make_norm, shape", NORMS.values(), ids=NORMS.keys())
+def test_frozen_norm_statistics_stay_bit_identical_whoever_calls_train(make_norm, shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape) * 3 + 1
+    norm = make_norm()
+    model = Holder(nn.Sequential(nn.Sequential(norm)), features=4)
+    model.eval()(x)  # materialise lazy modules
+    outer = _nest(model)
+    model.freeze("body")
+    before = snapshot(norm)
+    expected = model.eval()(x)
+    for call in (outer.train, model.train, model.body.train, model.body[0].train, norm.train,
+                 lambda: outer[0]["inner"].train(True)):
+        call()
+        out = outer[0]["inner"][1](x)
+        assert torch.equal(out, expected)
+        assert not changed(before, norm)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_train_at_every_nesting_level_keeps_norms_in_eval(depth, net, images):
+    net.freeze("features")
+    model: nn.Module = net
+    levels = [net]
+    for _ in range(depth):
+        model = nn.Sequential(nn.Identity(), model)
+        levels.append(model)
+    before = snapshot(net.features)
+    for level in levels:
+        level.train()
+        assert not net.features[1].training and not net.features[3].training  # BN and Dropout
+        assert net.classifier.training
+        model(images)
+    assert not changed(before, net.features)
+
+
+def test_train_on_an_inner_module_is_undone_before_its_forward(net, images):
+    net.freeze("features").train()
+    net.features.train()  # user code often calls self.backbone.train()
+    net.features[1].train()
+    before = snapshot(net.features)
+    torch.manual_seed(3)
+    out_features = net.features(images)
+    assert not changed(before, net.features)
+    assert not net.features[1].training and not net.features[3].training
+    assert torch.equal(net.features.eval()(images), out_features)
+
+
+def test_dropout_and_drop_path_in_frozen_parts_are_off():
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=16, depth=2,
+                            num_classes=3, drop_rate=0.5, proj_drop_rate=0.5, drop_path_rate=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    fb = fz.FrozenBackbone(vit, trainable=["head"])
+    head_drop = vit.head_drop
+    vit.head_drop = nn.Identity()  # compare the frozen part only
+    expected = fb.eval()(x)
+    fb.train()
+    assert torch.equal(fb(x), expected) and torch.equal(fb(x), expected)
+    vit.head_drop = head_drop
+
+
+def test_parameter_free_modules_in_a_frozen_group_count_as_frozen(net):
+    net.freeze("features")
+    assert is_frozen(net.features[3]) and is_held(net.features[3])  # Dropout
+    net.train()
+    assert not net.features[3].training and net.classifier[0].training
+
+
+def test_freeze_and_unfreeze_take_effect_at_once(net):
+    net.train()
+    net.freeze("features")
+    assert not net.features.training and not net.features[1].training
+    net.unfreeze("features")
+    assert net.features.training and net.features[1].training  # back to the model's own mode
+    net.eval().freeze("features").unfreeze("features")
+    assert not net.features[1].training
+
+
+def test_outputs_in_train_equal_outputs_in_eval_for_a_frozen_resnet():
+    torch.manual_seed(0)
+
+    class ResNet(fz.Freezable, torchvision.models.ResNet):
+        freeze_groups = {"body": ["conv1", "bn1", "layer*"], "fc": "fc"}
+
+    model = ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4).freeze("body")
+    x = torch.randn(2, 3, 32, 32)
+    expected = model.eval()(x)
+    before = snapshot(model)
+    assert torch.equal(model.train()(x), expected)
+    model.layer1.train()
+    assert torch.equal(model(x), expected)
+    assert not changed(before, model)
+
+
+# -- B4: train_bn ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make_norm",
+    [lambda: nn.BatchNorm2d(8), lambda: nn.GroupNorm(2, 8), lambda: nn.InstanceNorm2d(8, affine=True),
+     lambda: timm.layers.LayerNorm2d(8), lambda: timm.layers.BatchNormAct2d(8)],
+    ids=["BatchNorm2d", "GroupNorm", "InstanceNorm2d", "timm.LayerNorm2d", "timm.BatchNormAct2d"],
+)
+def test_train_bn_keeps_norm_layers_trainable(make_norm, images):
+    net = Net()
+    net.features[1] = make_norm()
+    net.freeze("features", train_bn=True).train()
+    norm = net.features[1]
+    assert all(p.requires_grad for p in norm.parameters())
+    assert not net.features[0].weight.requires_grad and norm.training and not net.features[3].training
+    before = snapshot(norm)
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.1)
+    train_steps(net, opt, images, steps=1)
+    assert {"weight", "bias"} <= changed(before, norm)
+    if isinstance(norm, nn.BatchNorm2d):
+        assert "running_mean" in changed(before, norm)
+
+
+def test_train_bn_is_a_freeze_like_any_other(net):
+    net.freeze("features")
+    net.freeze("features", train_bn=True)
+    assert net.features[1].weight.requires_grad and net.features[1].training is net.training
+    net.freeze("features")
+    assert not net.features[1].weight.requires_grad and not net.features[1].training
+    assert net.frozen_groups == ("features",)
+
+
+def test_layernorm_and_rmsnorm_count_as_norms_for_train_bn():
+    class Seq(fz.Freezable, nn.Sequential):
+        freeze_groups = {"all": ["0", "1", "2"]}
+
+    model = Seq(nn.Linear(4, 4), nn.LayerNorm(4), nn.RMSNorm(4)).freeze("all", train_bn=True)
+    assert [p.requires_grad for p in model.parameters()] == [False, False, True, True, True]
+
+
+# -- B5: everything else is plain PyTorch ---------------------------------------------------------
+
+
+def test_unfreeze_restores_plain_behaviour_exactly(net, images):
+    plain = copy.deepcopy(net)
+    net.train().freeze().unfreeze().train()
+    assert modes(net) == modes(plain.train())
+    assert all(p.requires_grad for p in net.parameters())
+    assert not any(is_frozen(m) or is_held(m) or m._forward_pre_hooks for m in net.modules())
+    torch.manual_seed(5)
+    a = net(images)
+    torch.manual_seed(5)
+    assert torch.equal(a, plain(images))
+    assert net.freeze_state()["frozen_modules"] == []
+
+
+def test_eval_still_puts_everything_in_eval(net):
+    net.freeze("features").train()
+    net.eval()
+    assert not any(m.training for m in net.modules())
+    net.train()
+    assert net.classifier.training and net.classifier[0].training and not net.features.training
+
+
+# -- B6: checkpoints, deepcopy, save/load ----------------------------------------------------------
+
+
+def test_state_dict_is_that_of_the_plain_model():
+    torch.manual_seed(0)
+    mine = MyAlexNet(num_classes=10).freeze("features")
+    plain = torchvision.models.AlexNet(num_classes=10)
+    assert list(mine.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(mine.state_dict(), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), mine.state_dict().values()))
+    torch.manual_seed(1)
+    mine.load_state_dict(torchvision.models.AlexNet(num_classes=10).state_dict(), strict=True)
+    assert mine.frozen_groups == ("features",)
+
+
+def test_freeze_state_survives_deepcopy_and_whole_module_save(net, images):
+    net.freeze("features").train()
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    for other in (copy.deepcopy(net), torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)):
+        assert other.freeze_state() == net.freeze_state()
+        assert other.frozen_groups == ("features",)
+        other.features.train()
+        before = snapshot(other)
+        other.train()(images)
+        assert not changed(before, other) - {"classifier.1.weight", "classifier.1.bias"}
+        assert not other.features[1].training
+
+
+def test_freeze_state_round_trips_through_json(net):
+    net.freeze().unfreeze("classifier")
+    state = json.loads(json.dumps(net.freeze_state()))
+    other = Net().load_freeze_state(state)
+    assert other.freeze_state() == net.freeze_state()
+    assert other.frozen_groups == ("features",)
+    assert not other.train().features[1].training
+    assert Net().load_freeze_state(Net().freeze_state()).frozen_groups == ()
+
+
+# -- summary --------------------------------------------------------------------------------------
+
+
+def test_freeze_summary_counts_groups_and_total():
+    model = MyAlexNet(num_classes=10).freeze("features")
+    text = model.freeze_summary()
+    lines = text.splitlines()
+    assert lines[0].split() == ["group", "params", "trainable", "frozen", "norms", "in", "eval"]
+    assert lines[2].split()[:4] == ["features", "2.5M", "0", "2.5M"]
+    assert lines[3].split()[:4] == ["classifier", "54.6M", "54.6M", "0"]
+    assert lines[5].split()[0] == "total"
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.trainable_parameters())
+    assert lines[6] == f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
+
+
+def test_summary_counts_norms_held_in_eval(net):
+    assert net.freeze("features").freeze_summary().splitlines()[2].split()[-1] == "2"
+    assert net.freeze("features", train_bn=True).freeze_summary().splitlines()[2].split()[-1] == "0"
+
+
+def test_groups_on_the_meta_device_need_no_memory():
+    with torch.device("meta"):
+        model = MyAlexNet(num_classes=10)
+    model.freeze("features")
+    assert "54.6M" in model.freeze_summary()
+
+
+# -- section 4: errors change nothing --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: m.freeze("featurs"), r"unknown freeze group 'featurs'; did you mean 'features'"),
+        (lambda m: m.freeze("features", "nope"), r"unknown freeze group 'nope'"),
+        (lambda m: m.unfreeze("clasifier"), r"did you mean 'classifier'"),
+        (lambda m: m.freeze(3), r"group name must be a str"),
+        (lambda m: m.freeze("features", train_bn="yes"), r"train_bn must be a bool"),
+        (lambda m: m.register_freeze_group("features", "features"), r"'features' is already registered"),
+        (lambda m: m.register_freeze_group("x", "featurs"), r"spec 'featurs' of group 'x' matches no .*'features'"),
+        (lambda m: m.register_freeze_group("x", "layer[12]"), r"spec 'layer\[12\]' of group 'x' matches no"),
+        (lambda m: m.register_freeze_group("x", re.compile("^zzz")), r"matches no submodule or parameter"),
+        (lambda m: m.register_freeze_group("x", lambda n, o: False), r"matches no submodule"),
+        (lambda m: m.register_freeze_group("x"), r"needs at least one spec"),
+        (lambda m: m.register_freeze_group("x", ""), r"must not be empty"),
+        (lambda m: m.register_freeze_group("", "features"), r"must not be empty"),
+        (lambda m: m.register_freeze_group("x", 3), r"a group spec must be .* not int"),
+        (lambda m: m.register_freeze_group("x", "features", "nope"), r"spec 'nope'"),
+        (lambda m: m.load_freeze_state({"version": 1}), r"'frozen_modules' must be a list"),
+        (lambda m: m.load_freeze_state([]), r"must be a dict"),
+        (lambda m: m.load_freeze_state({"version": 2, "frozen_modules": [], "frozen_parameters": []}),
+         r"version 1"),
+        (lambda m: m.load_freeze_state({"version": 1, "frozen_modules": ["featurs"], "frozen_parameters": []}),
+         r"names 'featurs', which the model lacks; did you mean 'features'"),
+        (lambda m: m.load_freeze_state({"version": 1, "frozen_modules": [], "frozen_parameters": ["x.weight"]}),
+         r"'x.weight'"),
+    ],
+)
+def test_bad_input_raises_freezable_error_and_changes_nothing(net, call, match):
+    net.freeze("classifier").train()
+    before = full_state(net)
+    groups_before = net.freeze_group_names
+    with pytest.raises(fz.FreezableError, match=match):
+        call(net)
+    assert full_state(net) == before and net.freeze_group_names == groups_before
+
+
+def test_class_level_group_errors_are_raised_at_first_use():
+    class Bad(Net):
+        freeze_groups = {"features": "featurez"}
+
+    model = Bad()  # constructing does not resolve
+    with pytest.raises(fz.FreezableError, match="'featurez'.*did you mean 'features'"):
+        model.freeze("features")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_freezable_error_is_a_value_error():
+    assert issubclass(fz.FreezableError, ValueError)
