@@ -1,0 +1,129 @@
+"""The preset registry: API.md section 3."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+import timm
+import torch
+import torchvision
+from conftest import full_state
+
+import freezable as fz
+from freezable.presets import _PRESETS
+
+# a model each preset is tried on: the first of these that its `models` patterns admit
+EXAMPLES = {"timm": ["resnet18", "hrnet_w18_small"], "torchvision": ["resnet18", "alexnet"]}
+
+
+def build(source: str, name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if source == "timm":
+        return timm.create_model(name, pretrained=False, **kwargs)
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def example_for(preset: fz.Preset) -> tuple[str, str]:
+    source = preset.name.split(".")[0]
+    for name in EXAMPLES[source]:
+        if any(fnmatch.fnmatchcase(name, p) for p in preset.models):
+            return source, name
+    raise AssertionError(f"no example model for {preset.name}")
+
+
+def test_required_presets_are_registered():
+    names = fz.list_presets()
+    assert names == sorted(names)
+    required = ["torchvision.alexnet.classifier_only", "timm.hrnet.backbone", "timm.linear_probe",
+                "torchvision.linear_probe"]
+    required += [f"{s}.frozen_stages_{n}" for s in ("timm", "torchvision") for n in range(1, 5)]
+    assert set(required) <= set(names)
+
+
+def test_list_presets_filters_with_a_glob():
+    assert fz.list_presets("torchvision.*") == [n for n in fz.list_presets() if n.startswith("torchvision.")]
+    assert fz.list_presets("nothing*") == []
+
+
+@pytest.mark.parametrize("name", sorted(_PRESETS))
+def test_every_preset_applies_to_a_model_it_is_meant_for(name):
+    preset = fz.get_preset(name)
+    source, model_name = example_for(preset)
+    fb = fz.FrozenBackbone(build(source, model_name), preset=name)
+    assert set(preset.frozen) <= set(fb.frozen_groups)
+    frozen = {n for n, p in fb.backbone.named_parameters() if not p.requires_grad}
+    for group in preset.frozen:
+        assert {n for n, _ in fb._groups[group].named_parameters(fb.backbone)} <= frozen
+    assert any(p.requires_grad for p in fb.parameters()), "something must still train"
+    if "head" in fb._groups:
+        assert all(p.requires_grad for _, p in fb._groups["head"].named_parameters(fb.backbone))
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+@pytest.mark.parametrize("model_name", ["hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w32"])
+def test_hrnet_backbone_preset_fits_every_variant(model_name, features_only):
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False, features_only=features_only)
+    fb = fz.FrozenBackbone(model, preset="timm.hrnet.backbone")
+    assert fb.frozen_groups[:5] == ("stem", "stage1", "stage2", "stage3", "stage4")
+    assert model.bn1.weight.requires_grad is False and fb.train().backbone.stage4.training is False
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith(("incre_modules", "downsamp_modules", "final_layer", "classifier"))
+                             for n in trainable)
+
+
+def test_apply_preset_on_a_freezable_subclass():
+    class AlexNet(fz.Freezable, torchvision.models.AlexNet):
+        pass
+
+    model = fz.apply_preset(AlexNet(num_classes=3), "torchvision.alexnet.classifier_only")
+    assert model.freeze_group_names == ("features", "avgpool", "classifier")
+    assert model.frozen_groups == ("features", "avgpool")
+    assert all(p.requires_grad for p in model.classifier.parameters())
+
+
+def test_register_and_get_a_custom_preset():
+    preset = fz.Preset("test.custom_first_conv", "first conv only", {"first": "conv1"}, frozen=("first",))
+    try:
+        assert fz.register_preset(preset) is preset
+        assert fz.get_preset("test.custom_first_conv") is preset
+        with pytest.raises(fz.FreezableError, match="'test.custom_first_conv' is already registered"):
+            fz.register_preset(preset)
+    finally:
+        _PRESETS.pop("test.custom_first_conv")
+
+
+def test_preset_is_a_frozen_dataclass():
+    preset = fz.get_preset("timm.hrnet.backbone")
+    with pytest.raises(AttributeError):
+        preset.name = "x"
+    with pytest.raises(TypeError):
+        preset.groups["stem"] = "conv1"
+
+
+def test_a_preset_must_define_what_it_freezes():
+    with pytest.raises(fz.FreezableError, match=r"freezes groups it does not define: \['b'\]"):
+        fz.Preset("x", "x", {"a": "a"}, frozen=("a", "b"))
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m: fz.get_preset("timm.hrnet.bakbone"), fz.FreezableError, "did you mean 'timm.hrnet.backbone'"),
+        (lambda m: fz.get_preset(3), TypeError, "must be a str"),
+        (lambda m: fz.list_presets(3), TypeError, "must be a str"),
+        (lambda m: fz.register_preset("x"), TypeError, "takes a Preset"),
+        (lambda m: fz.apply_preset(torchvision.models.alexnet(), "torchvision.alexnet.classifier_only"),
+         TypeError, "needs a Freezable model"),
+        (lambda m: fz.apply_preset(m, "timm.hrnet.backbone"), fz.FreezableError,
+         r"preset 'timm.hrnet.backbone' does not fit Net: spec 'conv1'"),
+        (lambda m: fz.apply_preset(m, "torchvision.frozen_stages_2"), fz.FreezableError,
+         r"freezes \['stem', 'stage1', 'stage2'\], which Net does not have"),
+    ],
+)
+def test_preset_errors(net, call, error, match):
+    before = full_state(net)
+    with pytest.raises(error, match=match):
+        call(net)
+    assert full_state(net) == before

@@ -1,0 +1,184 @@
+"""FrozenBackbone: API.md section 2."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import timm
+import torch
+import torchvision
+from conftest import changed, full_state, snapshot
+from torch import nn
+
+import freezable as fz
+
+
+def resnet(num_classes: int = 4) -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=num_classes)
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 32, 32)
+
+
+def test_everything_is_frozen_by_default(x):
+    fb = fz.FrozenBackbone(resnet())
+    assert not any(p.requires_grad for p in fb.parameters())
+    assert list(fb.trainable_parameters()) == []
+    assert fb.backbone.fc.weight is fb.fc.weight
+    before = snapshot(fb)
+    fb.train()(x)
+    assert not changed(before, fb)
+
+
+def test_trainable_takes_group_names_and_specs():
+    fb = fz.FrozenBackbone(resnet(), trainable=["head"])
+    assert [n for n, _ in fb.named_trainable_parameters()] == ["backbone.fc.weight", "backbone.fc.bias"]
+    fb = fz.FrozenBackbone(resnet(), trainable=["layer4.1.*", "fc"])
+    names = [n for n, _ in fb.named_trainable_parameters()]
+    assert names[0].startswith("backbone.layer4.1.") and names[-1] == "backbone.fc.bias"
+    assert "stage4" not in fb.frozen_groups and "stage3" in fb.frozen_groups
+
+
+def test_trainable_accepts_a_single_name():
+    fb = fz.FrozenBackbone(resnet(), trainable="head")
+    assert fb.frozen_groups == ("stem", "stage1", "stage2", "stage3", "stage4")
+
+
+def test_named_parameters_carry_the_prefix_and_freeze_state_does_not():
+    fb = fz.FrozenBackbone(resnet(), trainable=["head"])
+    assert all(n.startswith("backbone.") for n, _ in fb.named_parameters())
+    state = fb.freeze_state()
+    assert "conv1.weight" in state["frozen_parameters"] and "fc.weight" not in state["frozen_parameters"]
+    assert "layer1" in state["frozen_modules"]
+
+
+def test_state_dict_has_exactly_the_backbones_keys_both_ways():
+    backbone = resnet()
+    plain = copy.deepcopy(backbone)
+    fb = fz.FrozenBackbone(backbone)
+    assert list(fb.state_dict()) == list(plain.state_dict())
+    other = resnet(4)
+    with torch.no_grad():
+        other.conv1.weight.add_(1)
+    fb.load_state_dict(other.state_dict(), strict=True)
+    assert torch.equal(fb.backbone.conv1.weight, other.conv1.weight)
+    plain.load_state_dict(fb.state_dict(), strict=True)
+
+
+def test_state_dict_keys_inside_a_container_and_loading_back():
+    model = nn.Sequential(fz.FrozenBackbone(resnet()), nn.Linear(4, 2))
+    keys = list(model.state_dict())
+    assert keys[0] == "0.conv1.weight" and keys[-1] == "1.bias"
+    assert not any(".backbone." in k for k in keys)
+    other = nn.Sequential(fz.FrozenBackbone(resnet()), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].weight.fill_(3)
+    other.load_state_dict(model.state_dict(), strict=True)
+    assert torch.equal(other[1].weight, model[1].weight)
+    bad = dict(model.state_dict())
+    bad["0.bogus"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="bogus"):
+        other.load_state_dict(bad, strict=True)
+
+
+def test_attributes_fall_through_to_the_backbone(x):
+    backbone = timm.create_model("resnet18", pretrained=False, num_classes=5)
+    fb = fz.FrozenBackbone(backbone)
+    assert fb.num_features == 512
+    assert fb.get_classifier() is backbone.fc
+    assert fb.forward_features(x).shape == (2, 512, 1, 1)
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        fb.no_such_thing
+
+
+def test_a_fully_frozen_backbone_records_no_autograd_graph(x):
+    fb = fz.FrozenBackbone(resnet()).train()
+    out = fb(x)
+    assert out.grad_fn is None and not out.requires_grad
+
+
+def test_a_trainable_module_in_front_still_gets_gradients(x):
+    front = nn.Conv2d(3, 3, 1)
+    model = nn.Sequential(front, fz.FrozenBackbone(resnet()), nn.Linear(4, 1))
+    model(x).sum().backward()
+    assert front.weight.grad is not None and front.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model[1].parameters())
+
+
+def test_trainable_parts_record_a_graph(x):
+    fb = fz.FrozenBackbone(resnet(), trainable=["stage4", "head"])
+    out = fb.train()(x)
+    out.sum().backward()
+    assert fb.backbone.layer4[0].conv1.weight.grad is not None
+    assert fb.backbone.layer1[0].conv1.weight.grad is None
+
+
+def test_frozen_batchnorm_stays_in_eval_through_every_train_call(x):
+    fb = fz.FrozenBackbone(resnet(), trainable=["head"])
+    model = nn.Sequential(nn.Sequential(fb), nn.Identity())
+    before = snapshot(fb.backbone)
+    expected = fb.eval()(x)
+    for call in (model.train, fb.train, fb.backbone.train, fb.backbone.layer1.train):
+        call()
+        assert torch.equal(model(x), expected)
+    assert changed(before, fb.backbone) == set()
+
+
+def test_preset_freezes_its_frozen_groups_less_trainable():
+    hrnet = timm.create_model("hrnet_w18_small", pretrained=False, num_classes=3)
+    fb = fz.FrozenBackbone(hrnet, preset="timm.hrnet.backbone")
+    assert fb.frozen_groups == ("stem", "stage1", "stage2", "stage3", "stage4", "backbone")
+    assert hrnet.classifier.weight.requires_grad and hrnet.final_layer[0].weight.requires_grad
+    fb = fz.FrozenBackbone(timm.create_model("hrnet_w18_small", pretrained=False), preset="timm.hrnet.backbone",
+                           trainable=["stage4"])
+    assert "stage4" not in fb.frozen_groups and "stage3" in fb.frozen_groups
+
+
+def test_repr_shows_the_state():
+    fb = fz.FrozenBackbone(resnet(), trainable=["head"])
+    assert repr(fb) == ("FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3', 'stage4'], "
+                        "trainable=2.1K/11.2M)")
+    assert repr(fz.FrozenBackbone(timm.create_model("resnet18", pretrained=False))).startswith(
+        "FrozenBackbone(resnet18, frozen=")
+
+
+def test_deepcopy_and_whole_module_save_keep_the_freeze_state(x):
+    fb = fz.FrozenBackbone(resnet(), trainable=["head"])
+    buffer = io.BytesIO()
+    torch.save(fb, buffer)
+    for other in (copy.deepcopy(fb), torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)):
+        assert other.freeze_state() == fb.freeze_state()
+        assert list(other.state_dict()) == list(fb.state_dict())
+        assert not other.train().backbone.bn1.training
+
+
+def test_works_on_the_meta_device():
+    with torch.device("meta"):
+        backbone = timm.create_model("convnext_atto", pretrained=False)
+    fb = fz.FrozenBackbone(backbone, trainable=["head"])
+    assert "norms in eval" in fb.freeze_summary()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(backbone="resnet"), fz.FreezableError, "wraps an nn.Module, not str"),
+        (dict(trainable=["layer9"]), fz.FreezableError, r"spec 'layer9' .* did you mean 'layer1'"),
+        (dict(trainable=["stage9"]), fz.FreezableError, r"'stage9'.*groups: \['stem'"),
+        (dict(trainable=[3]), TypeError, "a group spec must be"),
+        (dict(preset="timm.hrnet.backbon"), fz.FreezableError, r"did you mean 'timm.hrnet.backbone'"),
+        (dict(preset="timm.hrnet.backbone"), fz.FreezableError, r"does not fit ResNet: spec 'conv2'"),
+    ],
+)
+def test_bad_arguments_raise_and_leave_the_backbone_alone(kwargs, error, match):
+    backbone = resnet()
+    before = full_state(backbone)
+    with pytest.raises(error, match=match):
+        fz.FrozenBackbone(**{"backbone": backbone, **kwargs})
+    assert full_state(backbone) == before
