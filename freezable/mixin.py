@@ -53,7 +53,7 @@ def is_held(module: nn.Module) -> bool:
 def _set_held(module: nn.Module, held: bool, mode: bool) -> None:
     if held:
         if not is_held(module):
-            module.register_forward_pre_hook(_hold_at_inference)
+            module.register_forward_pre_hook(_hold_at_inference, prepend=True)
         module.training = False
     elif is_held(module):
         for key, hook in list(module._forward_pre_hooks.items()):

@@ -1,0 +1,91 @@
+"""Look before training: ``python -m freezable presets`` and ``python -m freezable show MODEL``.
+
+Example:
+    >>> main(["presets", "timm.hrnet.*"])
+    timm.hrnet.backbone  HRNet's stem and four stages frozen, BatchNorm held in eval; the rest trains
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .errors import FreezableError, closest
+from .presets import get_preset, list_presets
+from .wrapper import FrozenBackbone
+
+__all__ = ["main", "build_model"]
+
+
+def build_model(name: str) -> nn.Module:
+    """Builds the torchvision or timm classification model ``name`` on the meta device (no memory, no weights).
+
+    A ``timm/`` or ``torchvision/`` prefix picks the source; otherwise torchvision's name wins, then timm's.
+
+    Raises:
+        FreezableError: no such model in either (the message names the closest ones).
+    """
+    import timm
+    import torchvision
+
+    source, _, bare = name.rpartition("/")
+    tv_names = torchvision.models.list_models(module=torchvision.models)
+    with torch.device("meta"):
+        if source in ("", "torchvision") and bare in tv_names:
+            return torchvision.models.get_model(bare, weights=None)
+        if source in ("", "timm") and timm.is_model(bare):
+            return timm.create_model(bare, pretrained=False)
+    raise FreezableError(f"unknown model {name!r}; {closest(bare, tv_names + timm.list_models())}")
+
+
+def _presets(args: argparse.Namespace) -> None:
+    names = list_presets(args.pattern)
+    if not names:
+        raise FreezableError(f"no preset matches {args.pattern!r}; {closest(args.pattern, list_presets())}")
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {get_preset(name).description}")
+
+
+def _show(args: argparse.Namespace) -> None:
+    if args.preset is not None:
+        get_preset(args.preset)  # a bad name fails before the model is built
+    fb = FrozenBackbone(build_model(args.model), trainable=args.trainable, preset=args.preset)
+    print(fb)
+    print()
+    for name, group in fb._groups.items():
+        members = list(group.modules) + list(group.parameters)
+        more = f", ... ({len(members)} in all)" if len(members) > 6 else ""
+        print(f"{name}: {', '.join(m or '<whole model>' for m in members[:6])}{more}")
+    print()
+    print(fb.freeze_summary())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit code (2 for a bad model, preset or group name)."""
+    parser = argparse.ArgumentParser(prog="freezable", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    presets = commands.add_parser("presets", help="list presets with their descriptions")
+    presets.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default: all)")
+    presets.set_defaults(run=_presets)
+    show = commands.add_parser("show", help="a model's groups and freeze summary, built on the meta device")
+    show.add_argument("model", help="torchvision or timm model name (timm/NAME or torchvision/NAME to choose)")
+    show.add_argument("--preset", help="apply this preset")
+    show.add_argument("--trainable", nargs="*", default=[], metavar="GROUP", help="groups or specs left trainable")
+    show.set_defaults(run=_show)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except FreezableError as e:
+        print(f"freezable: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

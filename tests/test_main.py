@@ -1,0 +1,59 @@
+"""The command line: python -m freezable presets / show."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from freezable.__main__ import build_model, main
+
+
+def test_presets_lists_names_and_descriptions(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "torchvision.alexnet.classifier_only" in out and "timm.frozen_stages_4" in out
+
+
+def test_presets_with_a_pattern(capsys):
+    assert main(["presets", "torchvision.*"]) == 0
+    assert all(line.startswith("torchvision.") for line in capsys.readouterr().out.splitlines())
+
+
+def test_show_prints_groups_and_summary(capsys):
+    assert main(["show", "resnet18", "--trainable", "stage4", "head"]) == 0
+    out = capsys.readouterr().out
+    assert "FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3']" in out
+    assert "stem: conv1, bn1" in out and "stage1: layer1" in out
+    assert "norms in eval" in out and "total" in out
+
+
+def test_show_with_a_preset_and_a_source_prefix(capsys):
+    assert main(["show", "timm/hrnet_w18_small", "--preset", "timm.hrnet.backbone"]) == 0
+    assert "frozen=['stem', 'stage1', 'stage2', 'stage3', 'stage4'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["show", "resnet181"], "unknown model 'resnet181'; did you mean 'resnet18'"),
+        (["show", "resnet18", "--preset", "timm.linear_prob"], "did you mean 'timm.linear_probe'"),
+        (["show", "resnet18", "--trainable", "stage9"], "'stage9'"),
+        (["presets", "zzz*"], "no preset matches 'zzz*'"),
+    ],
+)
+def test_bad_names_exit_2_with_close_matches(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_build_model_uses_the_meta_device():
+    assert build_model("torchvision/resnet18").fc.weight.is_meta
+    assert build_model("timm/resnet18").fc.weight.is_meta
+
+
+def test_runs_as_a_module():
+    result = subprocess.run([sys.executable, "-m", "freezable", "presets", "timm.hrnet.*"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("timm.hrnet.backbone")
