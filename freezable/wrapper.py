@@ -98,7 +98,7 @@ class FrozenBackbone(Freezable, nn.Module):
         self.backbone = backbone
         self.__dict__["_freezable_groups"] = groups
         self._register_state_dict_hook(_strip_prefix)
-        self._register_load_state_dict_pre_hook(_add_prefix)
+        self._register_load_state_dict_pre_hook(_add_prefix, with_module=True)
         if preset is None:
             self.freeze()
         else:

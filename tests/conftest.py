@@ -28,14 +28,22 @@ def modes(model: nn.Module) -> dict[str, bool]:
     return {name: m.training for name, m in model.named_modules()}
 
 
+class Tensors(dict):
+    """Named tensors that compare equal when every tensor is bit-identical."""
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, dict) and self.keys() == other.keys()
+                and all(torch.equal(t, other[n]) for n, t in self.items()))
+
+
 def full_state(model: nn.Module) -> tuple:
-    """Everything a failed call must leave alone: freeze state, grads flags, modes, tensors."""
+    """Everything a failed call must leave alone: freeze state, grad flags, hooks, modes, tensors."""
     state = model.freeze_state() if isinstance(model, fz.Freezable) else None
     return (
         state,
-        {n: p.requires_grad for n, p in model.named_parameters()},
-        modes(model),
-        {n: t.tolist() for n, t in snapshot(model).items()},
+        {n: (p.requires_grad, p.grad is None) for n, p in model.named_parameters()},
+        {n: (m.training, list(m._forward_pre_hooks.values())) for n, m in model.named_modules()},
+        Tensors(snapshot(model)),
     )
 
 

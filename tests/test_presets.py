@@ -79,7 +79,7 @@ def test_apply_preset_on_a_freezable_subclass():
 
     model = fz.apply_preset(AlexNet(num_classes=3), "torchvision.alexnet.classifier_only")
     assert model.freeze_group_names == ("features", "avgpool", "classifier")
-    assert model.frozen_groups == ("features", "avgpool")
+    assert model.frozen_groups == ("features",)
     assert all(p.requires_grad for p in model.classifier.parameters())
 
 
@@ -119,7 +119,7 @@ def test_a_preset_must_define_what_it_freezes():
         (lambda m: fz.apply_preset(m, "timm.hrnet.backbone"), fz.FreezableError,
          r"preset 'timm.hrnet.backbone' does not fit Net: spec 'conv1'"),
         (lambda m: fz.apply_preset(m, "torchvision.frozen_stages_2"), fz.FreezableError,
-         r"freezes \['stem', 'stage1', 'stage2'\], which Net does not have"),
+         r"freezes \[.*\], which Net does not have; its detected groups are \["),
     ],
 )
 def test_preset_errors(net, call, error, match):

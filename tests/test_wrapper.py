@@ -47,7 +47,7 @@ def test_trainable_takes_group_names_and_specs():
 
 def test_trainable_accepts_a_single_name():
     fb = fz.FrozenBackbone(resnet(), trainable="head")
-    assert fb.frozen_groups == ("stem", "stage1", "stage2", "stage3", "stage4")
+    assert fb.frozen_groups == ("stem", "stage1", "stage2", "stage3", "stage4", "backbone")
 
 
 def test_named_parameters_carry_the_prefix_and_freeze_state_does_not():
@@ -142,8 +142,8 @@ def test_preset_freezes_its_frozen_groups_less_trainable():
 
 def test_repr_shows_the_state():
     fb = fz.FrozenBackbone(resnet(), trainable=["head"])
-    assert repr(fb) == ("FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3', 'stage4'], "
-                        "trainable=2.1K/11.2M)")
+    assert repr(fb) == ("FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3', 'stage4', "
+                        "'backbone'], trainable=2.1K/11.2M)")
     assert repr(fz.FrozenBackbone(timm.create_model("resnet18", pretrained=False))).startswith(
         "FrozenBackbone(resnet18, frozen=")
 
@@ -169,7 +169,7 @@ def test_works_on_the_meta_device():
     "kwargs, error, match",
     [
         (dict(backbone="resnet"), fz.FreezableError, "wraps an nn.Module, not str"),
-        (dict(trainable=["layer9"]), fz.FreezableError, r"spec 'layer9' .* did you mean 'layer1'"),
+        (dict(trainable=["layer9"]), fz.FreezableError, r"spec 'layer9' .* did you mean 'layer4'"),
         (dict(trainable=["stage9"]), fz.FreezableError, r"'stage9'.*groups: \['stem'"),
         (dict(trainable=[3]), TypeError, "a group spec must be"),
         (dict(preset="timm.hrnet.backbon"), fz.FreezableError, r"did you mean 'timm.hrnet.backbone'"),
