@@ -12,35 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import torch
-from torch import nn
 
+from ._models import build_model
 from .errors import FreezableError, closest
 from .presets import get_preset, list_presets
 from .wrapper import FrozenBackbone
 
-__all__ = ["main", "build_model"]
-
-
-def build_model(name: str) -> nn.Module:
-    """Builds the torchvision or timm classification model ``name`` on the meta device (no memory, no weights).
-
-    A ``timm/`` or ``torchvision/`` prefix picks the source; otherwise torchvision's name wins, then timm's.
-
-    Raises:
-        FreezableError: no such model in either (the message names the closest ones).
-    """
-    import timm
-    import torchvision
-
-    source, _, bare = name.rpartition("/")
-    tv_names = torchvision.models.list_models(module=torchvision.models)
-    with torch.device("meta"):
-        if source in ("", "torchvision") and bare in tv_names:
-            return torchvision.models.get_model(bare, weights=None)
-        if source in ("", "timm") and timm.is_model(bare):
-            return timm.create_model(bare, pretrained=False)
-    raise FreezableError(f"unknown model {name!r}; {closest(bare, tv_names + timm.list_models())}")
+__all__ = ["main"]
 
 
 def _presets(args: argparse.Namespace) -> None:

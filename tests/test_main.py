@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from freezable.__main__ import build_model, main
+from freezable.__main__ import main
+from freezable._models import build_model
 
 
 def test_presets_lists_names_and_descriptions(capsys):

@@ -1,0 +1,71 @@
+"""Builds torchvision and timm models by name without memory or weights (the meta device)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .errors import FreezableError, closest
+
+__all__ = ["build_model", "empty_weights"]
+
+
+@contextlib.contextmanager
+def empty_weights() -> Iterator[None]:
+    """Puts every parameter and buffer that modules register on the meta device, computing on the CPU.
+
+    For models whose constructor computes with tensors (torchvision's RegNet), where
+    ``with torch.device("meta")`` fails on the first ``.item()``.
+    """
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register_parameter(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(module, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+
+
+def build_model(name: str) -> nn.Module:
+    """Builds the torchvision or timm classification model ``name`` with no memory and no weights.
+
+    A ``timm/`` or ``torchvision/`` prefix picks the source; otherwise torchvision's name wins, then timm's.
+
+    Raises:
+        FreezableError: no such model in either (the message names the closest ones).
+
+    Example:
+        >>> build_model("torchvision/regnet_y_400mf").fc.weight.is_meta
+        True
+    """
+    import timm
+    import torchvision
+
+    source, _, bare = name.rpartition("/")
+    tv_names = torchvision.models.list_models(module=torchvision.models)
+    if source in ("", "torchvision") and bare in tv_names:
+        make = lambda: torchvision.models.get_model(bare, weights=None)  # noqa: E731
+    elif source in ("", "timm") and timm.is_model(bare):
+        make = lambda: timm.create_model(bare, pretrained=False)  # noqa: E731
+    else:
+        raise FreezableError(f"unknown model {name!r}; {closest(bare, tv_names + timm.list_models())}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                return make()
+        except NotImplementedError:  # the constructor computes with tensors: weights alone go to meta
+            with empty_weights():
+                return make()

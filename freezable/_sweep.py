@@ -1,0 +1,125 @@
+"""Sweeps group detection over every torchvision and timm classification model, on the meta device.
+
+    python -m freezable._sweep all                  # every model: torchvision 80, timm 1,371
+    python -m freezable._sweep timm --family-sample # one timm model per family, all of torchvision (CI)
+
+Each model is built with ``pretrained=False`` on the meta device (no memory, no weights) and checked:
+``head`` holds the classifier's parameters, ``backbone`` and ``head`` split the parameters between them
+with no overlap and nothing left over, ``stem`` exists, and how many stages there are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+
+from torch import nn
+from tqdm import tqdm
+
+from ._models import build_model
+from .detect import detect_groups
+from .groups import resolve_group
+
+__all__ = ["sweep", "check_groups", "model_names", "main"]
+
+
+def model_names(source: str, family_sample: bool = False) -> list[str]:
+    """Every classification model of ``source`` ("timm" or "torchvision"), or one per timm family."""
+    if source == "torchvision":
+        import torchvision
+
+        return torchvision.models.list_models(module=torchvision.models)
+    import timm
+
+    names = timm.list_models()
+    if not family_sample:
+        return names
+    families: dict[str, str] = {}
+    for name in names:
+        families.setdefault(_family(name), name)
+    return sorted(families.values())
+
+
+def _family(name: str) -> str:
+    import timm
+
+    return timm.models.model_entrypoint(name).__module__.rpartition(".")[2]
+
+
+def classifier_parameters(model: nn.Module) -> set[str]:
+    """Names of the classifier's parameters: timm's ``get_classifier()``, else the last Linear or conv."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    if hasattr(model, "get_classifier"):
+        heads = model.get_classifier()
+        heads = heads if isinstance(heads, tuple) else (heads,)
+        return {names[id(p)] for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
+    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    return {names[id(p)] for p in last.parameters()}
+
+
+def check_groups(model: nn.Module) -> dict[str, object]:
+    """Detects the model's groups and checks what they claim (see the module docstring)."""
+    groups = detect_groups(model)
+    params = {n for n, _ in model.named_parameters()}
+
+    def members(group: str) -> set[str]:
+        if group not in groups:
+            return set()
+        return {n for n, _ in resolve_group(model, group, list(groups[group])).named_parameters(model)}
+
+    head, backbone = members("head"), members("backbone")
+    stages = [g for g in groups if g.startswith("stage")]
+    staged = members("stem").union(*(members(s) for s in stages))
+    return {
+        "ok_backbone_head": bool(head) and classifier_parameters(model) <= head
+        and not head & backbone and head | backbone == params,
+        "has_stem": "stem" in groups,
+        "n_stages": len(stages),
+        "stages_in_backbone": staged <= backbone,
+    }
+
+
+def sweep(source: str, names: Iterable[str] | None = None, progress: bool = True) -> list[dict[str, object]]:
+    """Checks every model named (default: all of ``source``); a row per model."""
+    names = model_names(source) if names is None else list(names)
+    rows = []
+    for name in tqdm(names, desc=source, disable=not progress, file=sys.stderr):
+        row: dict[str, object] = {"source": source, "model": name, "error": None}
+        try:
+            row.update(check_groups(build_model(f"{source}/{name}")))
+        except Exception as e:  # a model that fails to build or detect is reported, not fatal
+            row.update(ok_backbone_head=False, has_stem=False, n_stages=0, error=f"{type(e).__name__}: {e}")
+        rows.append(row)
+    return rows
+
+
+def report(rows: list[dict[str, object]], source: str) -> str:
+    n = len(rows)
+    ok = sum(bool(r["ok_backbone_head"]) for r in rows)
+    stem = sum(bool(r["ok_backbone_head"] and r["has_stem"]) for r in rows)
+    staged = sum(bool(r["ok_backbone_head"] and r["n_stages"]) for r in rows)
+    return (f"{source}: {ok}/{n} models with backbone/head ({100 * ok / n:.1f}%), "
+            f"{stem} with a stem, {staged} with stem and stages")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m freezable._sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("source", choices=["timm", "torchvision", "all"])
+    parser.add_argument("--family-sample", action="store_true", help="one timm model per family")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    sources = ["torchvision", "timm"] if args.source == "all" else [args.source]
+    failed = False
+    for source in sources:
+        rows = sweep(source, model_names(source, args.family_sample), progress=not args.no_progress)
+        print(report(rows, source))
+        for row in rows:
+            if not (row["ok_backbone_head"] and row["has_stem"]):
+                failed = True
+                print(f"  {row['model']}: stem={row['has_stem']} error={row['error']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
