@@ -1,0 +1,307 @@
+"""The frozen fast path of ``FrozenBackbone(fast=True)``: an inference-optimised shadow of the backbone.
+
+The shadow is built lazily, at the first forward that needs it, and is never registered on the
+wrapper: ``state_dict()``, ``parameters()`` and ``.to()`` see the original backbone only. In it:
+
+* every *held* submodule (frozen, with no trainable parameter below it) is replaced by a copy in
+  eval mode with each BatchNorm folded into the convolution whose output it reads (timm's
+  ``BatchNormAct2d`` keeps its dropout and activation); convolution-BatchNorm pairs are found by
+  tracing one forward, and a copy whose folded output does not match the original within 1e-3
+  relative on that batch is used unfolded;
+* with ``channels_last`` the copies' 4-d weights and inputs use the channels-last memory format;
+* with ``frozen_dtype`` the copies store their floating tensors in that dtype; their floating inputs are
+  cast to it and their outputs cast back to the input's dtype;
+* the rest (trainable parts and modules above the held ones) is the original modules, shared, so
+  an optimizer still trains them and their modes follow ``train()``.
+
+Tensors are shared with the original wherever the copy does not change them, so a frozen backbone
+without BatchNorm (a ViT) costs no extra memory in fp32. The shadow is dropped, to be rebuilt at the
+next forward, on ``freeze``/``unfreeze``, ``load_state_dict``, ``.to()``/``.cuda()``/``.half()``,
+and (outside ``torch.compile``) whenever an original tensor that a copy was derived from changed
+in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .fold import can_fold, fold_conv_bn, norm_remainder
+from .mixin import _mark, _set_held, is_held
+
+__all__ = ["FastPath", "build_fast_path"]
+
+_VALIDATE_RTOL = 1e-3  # a wrong fold is off by O(1); float rounding of a right one is ~1e-6
+
+
+@dataclass
+class FastPath:
+    """The shadow module and what tells when it is stale."""
+
+    # the backbone with its held parts replaced by inference-optimised copies
+    module: nn.Module
+    # original tensors the copies were derived from, with their version counters at build time
+    sources: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    # (shallow copy, original) for modules above held parts, whose mode must follow the original's
+    mixed: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
+    # conv-BatchNorm pairs folded, as names in the backbone
+    folded: list[tuple[str, str]] = field(default_factory=list)
+
+    def is_stale(self) -> bool:
+        """Whether an original tensor that a copy was derived from changed in place since the build."""
+        return any(t._version != v for t, v in self.sources)
+
+    def sync_modes(self) -> None:
+        """Gives the shallow copies of modules above held parts their originals' training mode."""
+        for shadow, original in self.mixed:
+            shadow.training = original.training
+
+
+class _Prepared(nn.Module):
+    """Casts a held copy's inputs to its storage dtype and memory format, and its outputs back."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype | None, channels_last: bool) -> None:
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def _prepare(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            if self.dtype is not None:
+                value = value.to(self.dtype)
+            if self.channels_last and value.dim() == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+        return value
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        floats = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        out = self.module(*[self._prepare(a) for a in args], **{k: self._prepare(v) for k, v in kwargs.items()})
+        if self.dtype is None or not floats:
+            return out
+        return _map_tensors(out, lambda t: t.to(floats[0].dtype) if t.is_floating_point() else t)
+
+
+def _map_tensors(value: Any, fn: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_map_tensors(v, fn) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+def clone_outputs(value: Any) -> Any:
+    """Clones every tensor in ``value`` (inference tensors become normal ones outside inference mode)."""
+    return _map_tensors(value, torch.Tensor.clone)
+
+
+def _held_roots(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    if is_held(module):
+        yield prefix, module
+        return
+    for name, child in module._modules.items():
+        if child is not None:
+            yield from _held_roots(child, f"{prefix}.{name}" if prefix else name)
+
+
+@dataclass
+class _Trace:
+    """What one traced forward saw: conv outputs, BatchNorm inputs, held roots' first calls."""
+
+    conv_out: dict[int, tuple[str, torch.Tensor]] = field(default_factory=dict)
+    bn_in: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    io: dict[str, tuple[tuple[Any, ...], dict[str, Any], Any]] = field(default_factory=dict)
+
+
+def _trace(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Trace:
+    """Runs ``backbone`` once in eval mode without autograd, recording what folding needs; restores modes."""
+    trace = _Trace()
+    handles = []
+
+    def count(name: str) -> None:
+        trace.calls[name] = trace.calls.get(name, 0) + 1
+
+    def on_conv(name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            count(name)
+            if isinstance(output, torch.Tensor):
+                trace.conv_out[id(output)] = (name, output)  # the reference keeps the id unique
+        return hook
+
+    def on_bn(name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any) -> None:
+            count(name)
+            if inputs and isinstance(inputs[0], torch.Tensor):
+                trace.bn_in[name] = id(inputs[0])
+        return hook
+
+    def on_root(name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, kw: Any, output: Any) -> None:
+            trace.io.setdefault(name, (inputs, kw, output))
+        return hook
+
+    for root_name, root in roots.items():
+        handles.append(root.register_forward_hook(on_root(root_name), with_kwargs=True))
+        for rel, m in root.named_modules(prefix=root_name):
+            if isinstance(m, nn.modules.conv._ConvNd):
+                handles.append(m.register_forward_hook(on_conv(rel)))
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                handles.append(m.register_forward_pre_hook(on_bn(rel)))
+    modes = {m: m.training for m in backbone.modules()}
+    try:
+        backbone.eval()
+        with torch.no_grad():
+            backbone(*args, **kwargs)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for h in handles:
+            h.remove()
+    return trace
+
+
+def _pairs(trace: _Trace, root_name: str) -> list[tuple[str, str]]:
+    """Conv-BatchNorm pairs inside one held root: the BatchNorm read the conv's output; each ran once."""
+    pairs = []
+    inside = (lambda n: n.startswith(root_name + ".")) if root_name else (lambda n: True)
+    for bn_name, in_id in trace.bn_in.items():
+        hit = trace.conv_out.get(in_id)
+        if hit is None:
+            continue
+        conv_name = hit[0]
+        if inside(bn_name) and inside(conv_name) and trace.calls[bn_name] == 1 and trace.calls[conv_name] == 1:
+            pairs.append((conv_name, bn_name))
+    return pairs
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent), child, module)
+
+
+def _relative(name: str, root_name: str) -> str:
+    return name[len(root_name) + 1:] if root_name else name
+
+
+def _copy_held(root: nn.Module) -> nn.Module:
+    """A copy of a held module in eval mode, sharing every parameter and buffer, without hold marks."""
+    memo: dict[int, Any] = {id(t): t for t in root.parameters()}
+    memo.update({id(t): t for t in root.buffers()})
+    clone = copy.deepcopy(root, memo)
+    for m in clone.modules():
+        _mark(m, False)
+        _set_held(m, False, False)
+    return clone
+
+
+def _fold(clone: nn.Module, pairs: list[tuple[str, str]], root_name: str, sources: list[torch.Tensor]) -> list[tuple[str, str]]:
+    done = []
+    for conv_name, bn_name in pairs:
+        conv_rel, bn_rel = _relative(conv_name, root_name), _relative(bn_name, root_name)
+        if not conv_rel or not bn_rel:
+            continue
+        conv, bn = clone.get_submodule(conv_rel), clone.get_submodule(bn_rel)
+        if not can_fold(conv, bn):
+            continue
+        sources.extend(t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+                       if t is not None)
+        _set_submodule(clone, conv_rel, fold_conv_bn(conv, bn))
+        _set_submodule(clone, bn_rel, norm_remainder(bn))
+        done.append((conv_name, bn_name))
+    return done
+
+
+def _close(actual: Any, expected: Any) -> bool:
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
+            return False
+        if not expected.is_floating_point():
+            return torch.equal(actual, expected)
+        scale = expected.abs().max().item() if expected.numel() else 0.0
+        return bool((actual.float() - expected.float()).abs().max().item() <= _VALIDATE_RTOL * scale + 1e-6) \
+            if expected.numel() else True
+    if isinstance(expected, (list, tuple)):
+        return isinstance(actual, (list, tuple)) and len(actual) == len(expected) and all(
+            _close(a, e) for a, e in zip(actual, expected))
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and actual.keys() == expected.keys() and all(
+            _close(actual[k], expected[k]) for k in expected)
+    return True
+
+
+def _convert(clone: nn.Module, dtype: torch.dtype | None, channels_last: bool, sources: list[torch.Tensor]) -> None:
+    """Stores the copy's tensors in ``dtype`` / channels-last, as new tensors (originals stay untouched)."""
+    for m in clone.modules():
+        for store, wrap in ((m._parameters, lambda t: nn.Parameter(t, requires_grad=False)), (m._buffers, lambda t: t)):
+            for name, t in store.items():
+                if t is None or not t.is_floating_point():
+                    continue
+                new = t.to(dtype) if dtype is not None else t
+                if channels_last and new.dim() == 4:
+                    new = new.contiguous(memory_format=torch.channels_last)
+                if new is not t:
+                    sources.append(t)
+                    store[name] = wrap(new.detach())
+
+
+def build_fast_path(
+    backbone: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> FastPath | None:
+    """Builds the shadow of ``backbone`` for inputs like ``args``/``kwargs``; ``None`` when nothing is held.
+
+    Runs ``backbone`` once (eval mode, no autograd, modes restored) to find conv-BatchNorm pairs and
+    to check each folded copy against the original on that batch.
+    """
+    roots = dict(_held_roots(backbone))
+    if not roots:
+        return None
+    trace = _trace(backbone, roots, args, kwargs)
+    sources: list[torch.Tensor] = []
+    folded: list[tuple[str, str]] = []
+    copies: dict[int, nn.Module] = {}
+    for root_name, root in roots.items():
+        clone = _copy_held(root)
+        root_sources: list[torch.Tensor] = []
+        pairs = _fold(clone, _pairs(trace, root_name), root_name, root_sources)
+        if pairs and root_name in trace.io:
+            inputs, kw, expected = trace.io[root_name]
+            with torch.no_grad():
+                actual = clone(*inputs, **kw)
+            if not _close(actual, expected):
+                warnings.warn(f"freezable fast path: folding BatchNorm in {root_name or 'the backbone'!r} changed "
+                              "its output; running it unfolded", RuntimeWarning, stacklevel=3)
+                clone, pairs, root_sources = _copy_held(root), [], []
+        _convert(clone, dtype, channels_last, root_sources)
+        sources.extend(root_sources)
+        folded.extend(pairs)
+        copies[id(root)] = _Prepared(clone, dtype, channels_last) if dtype is not None or channels_last else clone
+    mixed: list[tuple[nn.Module, nn.Module]] = []
+
+    def shadow(module: nn.Module) -> nn.Module:
+        if id(module) in copies:
+            return copies[id(module)]
+        if not any(id(m) in copies for m in module.modules()):
+            return module
+        twin = copy.copy(module)
+        twin._modules = {k: None if v is None else shadow(v) for k, v in module._modules.items()}
+        mixed.append((twin, module))
+        return twin
+
+    unique = {id(t): t for t in sources}.values()
+    return FastPath(shadow(backbone), [(t, t._version) for t in unique], mixed, folded)
