@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .cache import FeatureCache as FeatureCache
 from .errors import FreezableError as FreezableError
 from .mixin import Freezable as Freezable
 from .presets import Preset as Preset
@@ -13,6 +14,7 @@ from .wrapper import FrozenBackbone as FrozenBackbone
 
 __all__ = [
     "__version__",
+    "FeatureCache",
     "Freezable",
     "FreezableError",
     "FrozenBackbone",
