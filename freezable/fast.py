@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,8 +119,8 @@ def _held_roots(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.M
 class _Trace:
     """What one traced forward saw: conv outputs, BatchNorm inputs, held roots' first calls."""
 
-    conv_out: dict[int, tuple[str, torch.Tensor]] = field(default_factory=dict)
-    bn_in: dict[str, int] = field(default_factory=dict)
+    conv_out: dict[int, tuple[str, Any]] = field(default_factory=dict)  # id -> (name, weakref to output)
+    bn_in: dict[str, str] = field(default_factory=dict)  # BatchNorm name -> name of the conv it read
     calls: dict[str, int] = field(default_factory=dict)
     io: dict[str, tuple[tuple[Any, ...], dict[str, Any], Any]] = field(default_factory=dict)
 
@@ -135,15 +136,17 @@ def _trace(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ..
     def on_conv(name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             count(name)
-            if isinstance(output, torch.Tensor):
-                trace.conv_out[id(output)] = (name, output)  # the reference keeps the id unique
+            if isinstance(output, torch.Tensor):  # a weak reference: activations are freed as usual
+                trace.conv_out[id(output)] = (name, weakref.ref(output))
         return hook
 
     def on_bn(name: str) -> Any:
         def hook(module: nn.Module, inputs: Any) -> None:
             count(name)
             if inputs and isinstance(inputs[0], torch.Tensor):
-                trace.bn_in[name] = id(inputs[0])
+                hit = trace.conv_out.get(id(inputs[0]))
+                if hit is not None and hit[1]() is inputs[0]:  # the very tensor, not a reused address
+                    trace.bn_in[name] = hit[0]
         return hook
 
     def on_root(name: str) -> Any:
@@ -175,11 +178,7 @@ def _pairs(trace: _Trace, root_name: str) -> list[tuple[str, str]]:
     """Conv-BatchNorm pairs inside one held root: the BatchNorm read the conv's output; each ran once."""
     pairs = []
     inside = (lambda n: n.startswith(root_name + ".")) if root_name else (lambda n: True)
-    for bn_name, in_id in trace.bn_in.items():
-        hit = trace.conv_out.get(in_id)
-        if hit is None:
-            continue
-        conv_name = hit[0]
+    for bn_name, conv_name in trace.bn_in.items():
         if inside(bn_name) and inside(conv_name) and trace.calls[bn_name] == 1 and trace.calls[conv_name] == 1:
             pairs.append((conv_name, bn_name))
     return pairs
