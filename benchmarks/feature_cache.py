@@ -1,0 +1,151 @@
+"""Linear probing with ``fz.FeatureCache``: epochs after the first cost only the head's step.
+
+A frozen backbone (default ResNet-50, random weights, 160 px) and a trained linear head on a small
+synthetic dataset without augmentation. Rows, each an epoch's median time:
+
+* ``freezable``: every epoch runs ``fz.FrozenBackbone(backbone)`` then the head's step (no cache);
+* ``freezable_fast``: the same with ``fast=True``;
+* ``cache_epoch1``: the first epoch through ``fz.FeatureCache`` (every sample a miss);
+* ``cache_epoch2+``: the later epochs (every sample a hit: only the head trains).
+
+    python benchmarks/feature_cache.py
+    python benchmarks/feature_cache.py --cache-dir /tmp/features --results-file cache.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+import common  # noqa: E402
+
+import freezable as fz  # noqa: E402
+
+COLUMNS = ["mode", "epoch_ms", "samples_per_sec", "speedup_vs_uncached"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50", help="timm or torchvision name")
+    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--img-size", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=4, help="cached epochs (the first fills the cache)")
+    parser.add_argument("--uncached-epochs", type=int, default=2)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--cache-dir", default=None, help="also keep features on disk here")
+    parser.add_argument("--results-file", default=None, help="write results to X.json or X.csv")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in ("num_samples", "batch_size", "img_size", "uncached_epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.epochs < 2:
+        parser.error(f"--epochs must be at least 2 (the first fills the cache), got {args.epochs}")
+    args.plot = None
+    common.check_output_suffix(parser, args)
+    args.device = common.resolve_device(args.device)
+    return args
+
+
+def run_epoch(features: Any, head: nn.Module, optimizer: torch.optim.Optimizer, data: torch.Tensor,
+              labels: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """One epoch; ``features(x, keys)`` gives the backbone's output. Returns milliseconds."""
+    common.synchronize(device)
+    start = time.perf_counter()
+    for first in range(0, len(data), batch_size):
+        keys = list(range(first, min(first + batch_size, len(data))))
+        x, y = data[first:first + len(keys)], labels[first:first + len(keys)]
+        loss = F.cross_entropy(head(features(x, keys)), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    common.synchronize(device)
+    return (time.perf_counter() - start) * 1000
+
+
+def measure(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from tqdm import tqdm
+
+    torch.manual_seed(args.seed)
+    device = args.device
+    backbone, width = common.build_backbone(args.model, args.img_size)
+    backbone.to(device)
+    data = torch.randn(args.num_samples, 3, args.img_size, args.img_size, device=device)
+    labels = torch.randint(0, args.num_classes, (args.num_samples,), device=device)
+    plain = fz.FrozenBackbone(backbone)
+    fast = fz.FrozenBackbone(backbone, fast=True)  # another view of the same weights
+    head = nn.Linear(width, args.num_classes).to(device)
+    optimizer = common.make_optimizer(list(head.parameters()))
+    cache = fz.FeatureCache(plain, directory=args.cache_dir)
+    runs: dict[str, tuple[Any, int]] = {
+        "freezable": (lambda x, keys: plain(x), args.uncached_epochs),
+        "freezable_fast": (lambda x, keys: fast(x), args.uncached_epochs),
+        "cache": (cache, args.epochs),
+    }
+    with torch.no_grad():  # warm-up: allocator, kernels, the fast path's build
+        plain(data[: args.batch_size])
+        fast(data[: args.batch_size])
+    times: dict[str, list[float]] = {}
+    total = sum(n for _, n in runs.values())
+    with tqdm(total=total, desc="epochs", disable=args.no_progress, leave=False, file=sys.stderr) as bar:
+        for name, (features, epochs) in runs.items():
+            for epoch in range(epochs):
+                key = name if name != "cache" else ("cache_epoch1" if epoch == 0 else "cache_epoch2+")
+                times.setdefault(key, []).append(run_epoch(features, head, optimizer, data, labels,
+                                                           args.batch_size, device))
+                bar.update()
+    uncached = statistics.median(times["freezable"])
+    rows = []
+    for mode, ms in times.items():
+        epoch_ms = statistics.median(ms)
+        rows.append({
+            "mode": mode,
+            "epoch_ms": round(epoch_ms, 2),
+            "samples_per_sec": round(args.num_samples * 1000 / epoch_ms, 1),
+            "speedup_vs_uncached": round(uncached / epoch_ms, 2),
+        })
+    meta = {
+        "benchmark": "feature_cache",
+        "model": args.model,
+        "num_samples": args.num_samples,
+        "batch_size": args.batch_size,
+        "img_size": args.img_size,
+        "epochs": args.epochs,
+        "cache": repr(cache),
+        **common.environment(device, "fp32"),
+        "command": "python benchmarks/feature_cache.py " + " ".join(argv),
+    }
+    return meta, rows
+
+
+def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    meta, rows = measure(args, argv)
+    print(f"{meta['model']} linear probe: {meta['num_samples']} samples, batch {meta['batch_size']}, "
+          f"{meta['img_size']} px")
+    print(f"{meta['device']} ({meta['device_name']}, {meta['threads']} threads)  torch {meta['torch']}  "
+          f"timm {meta['timm']}  {meta['date']}")
+    print(common.format_table(rows, COLUMNS))
+    if args.results_file:
+        common.write_results(args.results_file, meta, rows)
+        print(f"results: {args.results_file}")
+    return meta, rows
+
+
+if __name__ == "__main__":
+    main()

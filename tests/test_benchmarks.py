@@ -1,0 +1,134 @@
+"""The benchmark scripts: argument handling, and a tiny run of each that writes a readable results file.
+
+No timing is asserted: these runs take a step or two on tiny models.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def throughput() -> ModuleType:
+    return load("throughput")
+
+
+@pytest.fixture(scope="module")
+def freeze_depth() -> ModuleType:
+    return load("freeze_depth")
+
+
+@pytest.fixture(scope="module")
+def feature_cache() -> ModuleType:
+    return load("feature_cache")
+
+
+TINY = ["--batch-size", "2", "--img-size", "32", "--warmup", "0", "--steps", "1", "--no-progress", "--device", "cpu"]
+
+
+def test_throughput_defaults_on_cpu(throughput: ModuleType) -> None:
+    args = throughput.parse_args(["--device", "cpu"])
+    assert (args.model, args.batch_size, args.img_size, args.modes) == ("resnet18", 16, 128, list(throughput.MODES))
+    assert args.precision == "fp32" and not args.channels_last and not args.compile
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--modes", "full", "fastest"], "unknown mode 'fastest'"),
+        (["--results-file", "out.txt"], "use a .json or .csv name"),
+        (["--plot", "out.jpg"], "use a .png name"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--precision", "fp8"], "invalid choice: 'fp8'"),
+    ],
+)
+def test_throughput_refuses_bad_arguments(throughput: ModuleType, argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--device", "cpu", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_throughput_modes_accept_commas(throughput: ModuleType) -> None:
+    assert throughput.parse_args(["--device", "cpu", "--modes", "floor,freezable", "floor"]).modes == ["floor", "freezable"]
+
+
+def test_throughput_tiny_run_writes_json_and_plot(throughput: ModuleType, tmp_path: Path, capsys) -> None:
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    throughput.main(["--model", "resnet18", *TINY, "--no-memory", "--results-file", str(out), "--plot", str(png)])
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert [r["mode"] for r in results["rows"]] == list(throughput.MODES)
+    assert all(r["step_ms"] > 0 and r["samples_per_sec"] > 0 for r in results["rows"])
+    floor = next(r for r in results["rows"] if r["mode"] == "floor")
+    assert floor["x_floor"] == 1.0 and results["rows"][0]["speedup_vs_full"] == 1.0
+    assert {"device", "dtype", "torch", "timm", "date"} <= results["meta"].keys()
+    assert "freezable_fast" in printed and "x_floor" in printed
+    assert png.stat().st_size > 0
+
+
+def test_throughput_measures_cpu_memory_in_a_subprocess(throughput: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    throughput.main(["--model", "test_resnet", *TINY, "--modes", "freezable", "floor", "--results-file", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert [r["mode"] for r in rows] == ["freezable", "floor"]
+    assert all(float(r["peak_mem_mb"]) > 0 for r in rows)
+    assert float(rows[1]["mem_x_floor"]) == 1.0 and rows[0]["device"] == "cpu"
+
+
+def test_freeze_depth_configurations(freeze_depth: ModuleType) -> None:
+    configs = freeze_depth.configurations("resnet18", 32)
+    assert list(configs) == ["nothing", "stem", "stem..stage1", "stem..stage2", "stem..stage3", "backbone",
+                             "stage3 only"]
+    assert configs["stem..stage2"] == ["stem", "stage1", "stage2"] and configs["stage3 only"] == ["stage3"]
+
+
+def test_freeze_depth_tiny_run(freeze_depth: ModuleType, tmp_path: Path) -> None:
+    out, png = tmp_path / "d.json", tmp_path / "d.png"
+    freeze_depth.main(["--models", "test_resnet", "test_vit", *TINY, "--no-memory", "--results-file", str(out),
+                       "--plot", str(png)])
+    rows = json.loads(out.read_text())["rows"]
+    for model in ("test_resnet", "test_vit"):
+        mine = [r for r in rows if r["model"] == model]
+        assert mine[0]["frozen"] == "nothing" and mine[0]["frozen_pct"] == 0
+        assert any(r["frozen"] == "backbone" and r["frozen_pct"] > 50 for r in mine)
+        assert any(r["frozen"].endswith(" only") for r in mine)
+    assert png.stat().st_size > 0
+
+
+def test_freeze_depth_refuses_bad_arguments(freeze_depth: ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit):
+        freeze_depth.parse_args(["--device", "cpu", "--steps", "0"])
+    assert "--steps must be positive" in capsys.readouterr().err
+
+
+def test_feature_cache_tiny_run(feature_cache: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "c.json"
+    feature_cache.main(["--model", "test_resnet", "--num-samples", "4", "--batch-size", "2", "--img-size", "32",
+                        "--epochs", "2", "--uncached-epochs", "1", "--device", "cpu", "--no-progress",
+                        "--cache-dir", str(tmp_path / "features"), "--results-file", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["freezable", "freezable_fast", "cache_epoch1", "cache_epoch2+"]
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 4
+
+
+def test_feature_cache_refuses_one_epoch(feature_cache: ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit):
+        feature_cache.parse_args(["--epochs", "1", "--device", "cpu"])
+    assert "--epochs must be at least 2" in capsys.readouterr().err
