@@ -132,3 +132,20 @@ def test_feature_cache_refuses_one_epoch(feature_cache: ModuleType, capsys) -> N
     with pytest.raises(SystemExit):
         feature_cache.parse_args(["--epochs", "1", "--device", "cpu"])
     assert "--epochs must be at least 2" in capsys.readouterr().err
+
+
+def test_readme_table_rewrites_between_the_markers(tmp_path: Path) -> None:
+    readme_table = load("readme_table")
+    results = tmp_path / "r.json"
+    meta = {"benchmark": "throughput", "model": "resnet18", "batch_size": 16, "img_size": 128, "dtype": "fp32",
+            "device": "cpu", "device_name": "CPU", "threads": 2, "torch": "2.x", "timm": "1.x", "date": "today",
+            "command": "python benchmarks/throughput.py"}
+    rows = [{"mode": "floor", "step_ms": 10.0, "samples_per_sec": 1600.0, "peak_mem_mb": None, "x_floor": 1.0,
+             "mem_x_floor": None, "speedup_vs_full": 3.0}]
+    results.write_text(json.dumps({"meta": meta, "rows": rows}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{readme_table.START}\nold\n{readme_table.END}\nrest\n")
+    readme_table.main(["--update", str(readme), str(results)])
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "| floor | 10.00 | 1600 | n/m | 1.00 | n/m | 3.00 |" in text
