@@ -239,8 +239,12 @@ def _close(actual: Any, expected: Any) -> bool:
     return True
 
 
-def _convert(clone: nn.Module, dtype: torch.dtype | None, channels_last: bool, sources: list[torch.Tensor]) -> None:
-    """Stores the copy's tensors in ``dtype`` / channels-last, as new tensors (originals stay untouched)."""
+def _convert(clone: nn.Module, dtype: torch.dtype | None, channels_last: bool, sources: list[torch.Tensor],
+             originals: set[int]) -> None:
+    """Stores the copy's tensors in ``dtype`` / channels-last, as new tensors (originals stay untouched).
+
+    Converted originals join ``sources``; converted tensors that folding made are simply dropped.
+    """
     for m in clone.modules():
         for store, wrap in ((m._parameters, lambda t: nn.Parameter(t, requires_grad=False)), (m._buffers, lambda t: t)):
             for name, t in store.items():
@@ -250,7 +254,8 @@ def _convert(clone: nn.Module, dtype: torch.dtype | None, channels_last: bool, s
                 if channels_last and new.dim() == 4:
                     new = new.contiguous(memory_format=torch.channels_last)
                 if new is not t:
-                    sources.append(t)
+                    if id(t) in originals:
+                        sources.append(t)
                     store[name] = wrap(new.detach())
 
 
@@ -286,7 +291,8 @@ def build_fast_path(
                 warnings.warn(f"freezable fast path: folding BatchNorm in {root_name or 'the backbone'!r} changed "
                               "its output; running it unfolded", RuntimeWarning, stacklevel=3)
                 clone, pairs, root_sources = _copy_held(root), [], []
-        _convert(clone, dtype, channels_last, root_sources)
+        originals = {id(t) for t in root.parameters()} | {id(t) for t in root.buffers()}
+        _convert(clone, dtype, channels_last, root_sources, originals)
         sources.extend(root_sources)
         folded.extend(pairs)
         copies[id(root)] = _Prepared(clone, dtype, channels_last) if dtype is not None or channels_last else clone
