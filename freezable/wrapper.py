@@ -200,8 +200,8 @@ class FrozenBackbone(Freezable, nn.Module):
             return self.backbone(*args, **kwargs)
 
     def _run_fast(self, path: FastPath, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        path.sync_modes()
         if torch.is_grad_enabled() and not self._records_no_graph(args, kwargs):
-            path.sync_modes()
             return path.module(*args, **kwargs)
         if torch.is_inference_mode_enabled():
             return path.module(*args, **kwargs)
@@ -227,5 +227,5 @@ class FrozenBackbone(Freezable, nn.Module):
         trainable = sum(p.numel() for p in self.trainable_parameters())
         return (
             f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={list(self.frozen_groups)}, "
-            f"trainable={format_count(trainable)}/{format_count(total)})"
+            f"trainable={format_count(trainable)}/{format_count(total)}{', fast=True' if self.fast else ''})"
         )

@@ -156,6 +156,12 @@ def test_partially_frozen_backbone_trains_like_the_plain_path() -> None:
     fast.eval()
     plain.eval()
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # modes follow under no_grad too (the inference-mode branch)
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+        fast.train()
+        plain.train()
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+    assert "fast=True" in repr(fast) and "fast=True" not in repr(plain)
 
 
 def test_frozen_dtype_stores_frozen_copies_in_bf16(x: torch.Tensor) -> None:
