@@ -62,7 +62,8 @@ class FrozenBackbone(Freezable, nn.Module):
     ``backbone``). Attributes it lacks fall through to the backbone
     (``fb.num_features``, ``fb.forward_features``). ``state_dict()`` has exactly the
     backbone's own keys, and ``load_state_dict`` takes the backbone's checkpoints.
-    A fully frozen backbone whose input needs no gradient records no autograd graph.
+    A fully frozen backbone whose input needs no gradient records no autograd graph: it runs
+    under ``torch.inference_mode()`` and returns a clone of its output (a normal tensor).
 
     Args:
         backbone: the model to wrap.
@@ -71,10 +72,9 @@ class FrozenBackbone(Freezable, nn.Module):
             frozen, less ``trainable``. Without it everything but ``trainable`` is frozen.
         fast: run the frozen parts through an inference-optimised shadow (see
             :mod:`freezable.fast`): BatchNorm folded into the convolution before it,
-            channels-last (CPU and CUDA), and, when the whole backbone is frozen and its input needs
-            no gradient, under ``torch.inference_mode()``. Results match the plain path up to
+            channels-last weights and inputs (CPU and CUDA). Results match the plain path up to
             float rounding; ``state_dict()`` and ``parameters()`` are unchanged (the shadow is not
-            registered). Trainable parts, frozen or not, are shared with the shadow, so a partially
+            registered). Trainable parts are shared with the shadow, so a partially
             frozen backbone gets the optimised copies for its held parts and trains the rest.
         frozen_dtype: with ``fast``, store the frozen copies' floating tensors in this dtype
             (``torch.bfloat16``: half their memory); their inputs are cast to it and their

@@ -63,6 +63,8 @@ def test_fp32_output_matches_the_eval_backbone(name: str, x: torch.Tensor) -> No
     assert relative_error(out, expected) <= 1e-4
     folded = fb._fast_path.folded
     assert (len(folded) > 0) == (not name.startswith("vit"))  # folding applies to CNNs only
+    convs = [m for m in fb._fast_path.module.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
 
 
 def test_batchnormact_keeps_its_activation() -> None:
@@ -137,6 +139,19 @@ def test_a_trainable_head_trains_on_fast_features(x: torch.Tensor) -> None:
     head(features).sum().backward()
     assert head.weight.grad is not None
     assert all(p.grad is None for p in fb.parameters())
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_frozen_outputs_are_normal_tensors_a_head_can_train_on(fast: bool, x: torch.Tensor) -> None:
+    fb = fz.FrozenBackbone(build("resnet18"), fast=fast)
+    with torch.no_grad():  # features computed once, used later with autograd on (linear probing)
+        features = fb(x)
+    assert not features.is_inference()
+    head = nn.Linear(10, 3)
+    head(features).sum().backward()
+    assert head.weight.grad is not None
+    with torch.inference_mode():
+        assert fb(x).is_inference()  # no clone when the caller is in inference mode itself
 
 
 def test_partially_frozen_backbone_trains_like_the_plain_path() -> None:
