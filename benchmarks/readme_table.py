@@ -28,7 +28,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "n/m"
     if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+        return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
 
 

@@ -148,4 +148,4 @@ def test_readme_table_rewrites_between_the_markers(tmp_path: Path) -> None:
     readme_table.main(["--update", str(readme), str(results)])
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
-    assert "| floor | 10.00 | 1600 | n/m | 1.00 | n/m | 3.00 |" in text
+    assert "| floor | 10.0 | 1600.0 | n/m | 1.00 | n/m | 3.00 |" in text
