@@ -246,7 +246,8 @@ def check_output_suffix(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast dtype")
+    parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                        help="autocast dtype (default: fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--channels-last", action="store_true", help="model and inputs in channels-last")
     parser.add_argument("--compile", action="store_true", help="torch.compile each case's model")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per case")

@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if value is not None and value < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     args.device = common.resolve_device(args.device)
+    args.precision = args.precision or ("bf16" if args.device.type == "cuda" else "fp32")
     cuda = args.device.type == "cuda"
     args.models = args.models or (["resnet50", "vit_base_patch16_224"] if cuda else ["resnet18", "vit_tiny_patch16_224"])
     args.batch_size = args.batch_size or (64 if cuda else 16)

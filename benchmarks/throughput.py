@@ -10,8 +10,9 @@ Modes (a backbone with its classifier removed, then ``nn.Linear(num_features, 10
 * ``floor``: the backbone in eval mode under ``torch.inference_mode()``, then the head's training step.
 
 For each mode: median ``step_ms``, ``samples_per_sec``, ``peak_mem_mb``, ``x_floor`` (step time over the
-floor's), ``mem_x_floor`` and ``speedup_vs_full``. Defaults: resnet18, 128 px, batch 16 on the CPU
-(under two minutes on two cores); resnet50, 224 px, batch 128, bf16, channels-last on CUDA.
+floor's), ``mem_x_floor`` and ``speedup_vs_full``. Defaults: resnet18, 128 px, batch 16, fp32 on the
+CPU (under two minutes on two cores); resnet50, 224 px, batch 128, bf16 autocast on CUDA
+(add ``--channels-last`` for the tensor-core layout).
 
     python benchmarks/throughput.py
     python benchmarks/throughput.py --model resnet50 --img-size 160 --batch-size 16 --results-file r.json --plot r.png
@@ -68,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     device = common.resolve_device(args.device)
     cuda = device.type == "cuda"
     args.device = device
+    args.precision = args.precision or ("bf16" if args.device.type == "cuda" else "fp32")
     args.model = args.model or ("resnet50" if cuda else "resnet18")
     args.batch_size = args.batch_size or (128 if cuda else 16)
     args.img_size = args.img_size or (224 if cuda else 128)

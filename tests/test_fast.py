@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import pytest
 import timm
@@ -235,6 +236,17 @@ def test_compiled_fast_forward_has_no_graph_break(x: torch.Tensor) -> None:
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+def test_build_under_autocast_still_folds(x: torch.Tensor) -> None:
+    model = build("resnet18")
+    reference = copy.deepcopy(model).eval()
+    fb = fz.FrozenBackbone(model, fast=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fb(x)
+    assert fb._fast_path.folded
+    assert relative_error(out.float(), reference(x).detach()) <= 5e-2
+
+
 def test_bad_fast_arguments_are_refused() -> None:
     model = torchvision.models.resnet18()
     with pytest.raises(fz.FreezableError, match="needs fast=True"):
@@ -253,12 +265,17 @@ def test_cuda_fast_path_channels_last_and_bf16(x: torch.Tensor) -> None:
     reference = copy.deepcopy(model).eval()
     x = x.cuda()
     fb = fz.FrozenBackbone(model, fast=True)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    assert relative_error(fb(x), reference(x).detach()) <= 1e-4
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        assert relative_error(fb(x), reference(x).detach()) <= 1e-4
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     weights = [p for p in fb._fast_path.module.parameters() if p.dim() == 4]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
     bf = fz.FrozenBackbone(copy.deepcopy(reference), fast=True, frozen_dtype=torch.bfloat16)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast("cuda", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("error")  # the build compares folded and unfolded outside autocast: no fallback
         out = bf(x)
+    assert bf._fast_path.folded
     assert relative_error(out.float(), reference(x).detach()) <= 5e-2
