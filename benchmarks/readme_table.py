@@ -21,6 +21,7 @@ COLUMNS = {
     "throughput": ["mode", "step_ms", "samples_per_sec", "peak_mem_mb", "x_floor", "mem_x_floor", "speedup_vs_full"],
     "freeze_depth": ["model", "frozen", "frozen_pct", "step_ms", "peak_mem_mb", "speedup_vs_nothing"],
     "feature_cache": ["mode", "epoch_ms", "samples_per_sec", "speedup_vs_uncached"],
+    "fast_levers": ["variant", "step_ms", "samples_per_sec", "x_floor", "folded"],
 }
 
 

@@ -149,3 +149,13 @@ def test_readme_table_rewrites_between_the_markers(tmp_path: Path) -> None:
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "| floor | 10.0 | 1600.0 | n/m | 1.00 | n/m | 3.00 |" in text
+
+
+def test_fast_levers_tiny_run(tmp_path: Path) -> None:
+    fast_levers = load("fast_levers")
+    out = tmp_path / "l.json"
+    fast_levers.main(["--model", "test_resnet", "--batch-size", "2", "--img-size", "32", "--warmup", "0",
+                      "--steps", "1", "--device", "cpu", "--no-progress", "--results-file", str(out)])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == list(fast_levers.VARIANTS)
+    assert rows["fold"]["folded"] > 0 and rows["channels_last"]["folded"] == 0 and rows["floor"]["x_floor"] == 1.0
