@@ -303,7 +303,7 @@ def _build(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ..
         _convert(clone, dtype, channels_last, root_sources, originals)
         sources.extend(root_sources)
         folded.extend(pairs)
-        copies[id(root)] = _Prepared(clone, dtype, channels_last) if dtype is not None or channels_last else clone
+        copies[id(root)] = _Prepared(clone, dtype, channels_last).eval() if dtype is not None or channels_last else clone
     mixed: list[tuple[nn.Module, nn.Module]] = []
 
     def shadow(module: nn.Module) -> nn.Module:
