@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.device = common.resolve_device(args.device)
     args.precision = args.precision or ("bf16" if args.device.type == "cuda" else "fp32")
     cuda = args.device.type == "cuda"
-    args.models = args.models or (["resnet50", "vit_base_patch16_224"] if cuda else ["resnet18", "vit_tiny_patch16_224"])
+    default_models = ["resnet50", "vit_base_patch16_224"] if cuda else ["resnet18", "vit_tiny_patch16_224"]
+    args.models = args.models or default_models
     args.batch_size = args.batch_size or (64 if cuda else 16)
     args.img_size = args.img_size or (224 if cuda else 128)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)

@@ -204,7 +204,9 @@ def _copy_held(root: nn.Module) -> nn.Module:
     return clone
 
 
-def _fold(clone: nn.Module, pairs: list[tuple[str, str]], root_name: str, sources: list[torch.Tensor]) -> list[tuple[str, str]]:
+def _fold(
+    clone: nn.Module, pairs: list[tuple[str, str]], root_name: str, sources: list[torch.Tensor]
+) -> list[tuple[str, str]]:
     done = []
     for conv_name, bn_name in pairs:
         conv_rel, bn_rel = _relative(conv_name, root_name), _relative(bn_name, root_name)
@@ -303,7 +305,8 @@ def _build(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ..
         _convert(clone, dtype, channels_last, root_sources, originals)
         sources.extend(root_sources)
         folded.extend(pairs)
-        copies[id(root)] = _Prepared(clone, dtype, channels_last).eval() if dtype is not None or channels_last else clone
+        prepared = dtype is not None or channels_last
+        copies[id(root)] = _Prepared(clone, dtype, channels_last).eval() if prepared else clone
     mixed: list[tuple[nn.Module, nn.Module]] = []
 
     def shadow(module: nn.Module) -> nn.Module:

@@ -110,9 +110,13 @@ class FrozenBackbone(Freezable, nn.Module):
         if not isinstance(fast, bool):
             raise FreezableTypeError(f"fast must be a bool, not {type(fast).__name__}: {fast!r}")
         if frozen_dtype is not None and not (isinstance(frozen_dtype, torch.dtype) and frozen_dtype.is_floating_point):
-            raise FreezableError(f"frozen_dtype must be a floating torch.dtype such as torch.bfloat16, not {frozen_dtype!r}")
+            raise FreezableError(
+                f"frozen_dtype must be a floating torch.dtype such as torch.bfloat16, not {frozen_dtype!r}"
+            )
         if frozen_dtype is not None and not fast:
-            raise FreezableError(f"frozen_dtype={frozen_dtype} needs fast=True: only the fast path stores frozen copies")
+            raise FreezableError(
+                f"frozen_dtype={frozen_dtype} needs fast=True: only the fast path stores frozen copies"
+            )
         if isinstance(trainable, (str, bytes)) or not isinstance(trainable, Sequence):
             trainable = [trainable]
         if preset is not None:

@@ -66,7 +66,8 @@ def test_throughput_refuses_bad_arguments(throughput: ModuleType, argv: list[str
 
 
 def test_throughput_modes_accept_commas(throughput: ModuleType) -> None:
-    assert throughput.parse_args(["--device", "cpu", "--modes", "floor,freezable", "floor"]).modes == ["floor", "freezable"]
+    args = throughput.parse_args(["--device", "cpu", "--modes", "floor,freezable", "floor"])
+    assert args.modes == ["floor", "freezable"]
 
 
 def test_throughput_tiny_run_writes_json_and_plot(throughput: ModuleType, tmp_path: Path, capsys) -> None:

@@ -114,7 +114,8 @@ def test_tuple_outputs_are_cached() -> None:
 
 def test_refuses_a_backbone_that_trains() -> None:
     fb = fz.FrozenBackbone(torchvision.models.resnet18(), trainable=["head"])
-    with pytest.raises(fz.FreezableError, match="fully frozen backbone, but 2 parameters train: backbone.fc.weight, backbone.fc.bias"):
+    message = "fully frozen backbone, but 2 parameters train: backbone.fc.weight, backbone.fc.bias"
+    with pytest.raises(fz.FreezableError, match=message):
         fz.FeatureCache(fb)
     cache = fz.FeatureCache(fz.FrozenBackbone(torchvision.models.resnet18()))
     cache.backbone.unfreeze("head")
