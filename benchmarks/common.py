@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark scripts: models, devices, interleaved timing, memory, output.
 
 Timing follows timm's ``benchmark.py``: warm up, synchronise, time every step, report the median.
-Cases are interleaved (A B C A B C ...) so that drift in the machine's speed hits all alike.
+Cases are interleaved (A B C, B C A, C A B, ...) so that drift in the machine's speed hits all alike.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, each case
 built and run alone; on the CPU, the peak resident set size of a subprocess that builds and runs that
@@ -98,14 +98,21 @@ def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
 def time_interleaved(
     cases: dict[str, Step], device: torch.device, warmup: int, steps: int, progress: bool = True
 ) -> dict[str, list[float]]:
-    """Runs every case ``warmup`` then ``steps`` times, interleaved; the milliseconds of each timed step."""
+    """Runs every case ``warmup`` then ``steps`` times, interleaved; the milliseconds of each timed step.
+
+    Each round runs every case once, in an order rotated by one each round (A B C, B C A, C A B, ...),
+    so that drift hits all alike and no case always runs after the same neighbour (caches, allocator).
+    """
     from tqdm import tqdm
 
     times: dict[str, list[float]] = {name: [] for name in cases}
     total = (warmup + steps) * len(cases)
     with tqdm(total=total, desc="steps", disable=not progress, leave=False, file=sys.stderr) as bar:
+        names = list(cases)
         for round_ in range(warmup + steps):
-            for name, step in cases.items():
+            shift = round_ % len(names)  # rotate the order: no case always follows the same one
+            for name in names[shift:] + names[:shift]:
+                step = cases[name]
                 synchronize(device)
                 start = time.perf_counter()
                 step()
