@@ -213,6 +213,9 @@ class FrozenBackbone(Freezable, nn.Module):
         """
         if torch.is_grad_enabled() and not self._records_no_graph(args, kwargs):
             return module(*args, **kwargs)
+        if torch.compiler.is_compiling():  # compiled, no_grad saves what inference mode saves, without a break
+            with torch.no_grad():
+                return module(*args, **kwargs)
         if torch.is_inference_mode_enabled():
             return module(*args, **kwargs)
         with torch.inference_mode():
