@@ -227,7 +227,7 @@ for _preset in (
     *(
         Preset(
             name=f"{source}.frozen_stages_{n}",
-            description=f"stem and stages 1-{n} frozen with their norms held in eval (mmdetection's "
+            description=f"stem and {'stage 1' if n == 1 else f'stages 1-{n}'} frozen with their norms held in eval (mmdetection's "
             f"frozen_stages={n}, norm_eval); the rest trains",
             frozen=_stages(n),
         )
