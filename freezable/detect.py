@@ -39,8 +39,8 @@ def detect_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
     Returns:
         An ordered dict ``stem, stage1 ... stageN, head, backbone`` of exact module and parameter
-        names relative to ``model``; groups that the model does not have are left out. A model in
-        which no classifier is found gets ``backbone`` alone, covering everything.
+        names relative to ``model``; groups that the model does not have are left out. A model with
+        neither a classifier nor stages gets ``backbone`` alone, covering everything.
 
     Example:
         >>> import torch, torchvision
@@ -405,8 +405,8 @@ def _to_groups(model: nn.Module, labels: Labels) -> dict[str, tuple[str, ...]]:
     order = ["stem"] + sorted((k for k in members if k.startswith("stage")), key=lambda k: int(k[5:])) + ["head"]
     groups = {label: tuple(members[label]) for label in order if members.get(label)}
     head = groups.get("head", ())
-    if not head:
-        return {"backbone": tuple(_complement(model, ()))}
+    if not head and not any(label.startswith("stage") for label in groups):
+        return {"backbone": tuple(_complement(model, ()))}  # neither classifier nor stages: one group
     groups["backbone"] = tuple(_complement(model, head))
     return groups
 
