@@ -9,6 +9,7 @@ from .presets import apply_preset as apply_preset
 from .presets import get_preset as get_preset
 from .presets import list_presets as list_presets
 from .presets import register_preset as register_preset
+from .schedule import UnfreezeSchedule as UnfreezeSchedule
 from .wrapper import FrozenBackbone as FrozenBackbone
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "get_preset",
     "list_presets",
     "register_preset",
+    "UnfreezeSchedule",
 ]
