@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .distributed import DDPFreezeStateError as DDPFreezeStateError
+from .distributed import rewrap_ddp as rewrap_ddp
 from .errors import FreezableError as FreezableError
 from .mixin import Freezable as Freezable
 from .presets import Preset as Preset
@@ -23,4 +25,6 @@ __all__ = [
     "list_presets",
     "register_preset",
     "UnfreezeSchedule",
+    "DDPFreezeStateError",
+    "rewrap_ddp",
 ]

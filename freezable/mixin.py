@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from .distributed import watch_ddp
 from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest
 from .groups import Group, Spec, resolve_group
 from .norms import is_norm
@@ -294,6 +295,7 @@ class Freezable:
         visit(root)
         for module in root.modules():
             _set_held(module, held[id(module)], self.training)  # type: ignore[attr-defined]
+        watch_ddp(self)  # type: ignore[arg-type]
 
     def train(self, mode: bool = True) -> Freezable:
         """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference."""
