@@ -5,58 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import snapshot
-from torch import nn
 
 import freezable as fz
 
 L = pytest.importorskip("lightning")
-pytestmark = pytest.mark.filterwarnings("ignore:Found .* module.*in eval mode", "ignore:You defined a .validation_step.")
+pytestmark = pytest.mark.filterwarnings("ignore:Found .* module.*in eval mode", "ignore:You defined a .validation_step.",
+                                           "ignore:.*LeafSpec.*is deprecated")
+from _lit_models import Body, Lit, SyncCheckLit, loader  # noqa: E402
+
 from freezable.integrations.lightning import GradualUnfreezing  # noqa: E402
-
-
-class Body(fz.Freezable, nn.Module):
-    freeze_groups = {"stem": "stem", "stage1": "stage1", "head": "head"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5))
-        self.stage1 = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU())
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stage1(self.stem(x)))
-
-
-class Lit(L.LightningModule):
-    def __init__(self, use_param_groups: bool) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = Body().freeze_to("stage1")
-        self.use_param_groups = use_param_groups
-        self.seen: list[tuple[int, tuple[str, ...], bool, bool]] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        self.seen.append((self.current_epoch, self.net.frozen_groups, self.net.stem[1].training,
-                          self.net.stage1[1].training))
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        params = self.net.param_groups(0.05) if self.use_param_groups else self.net.trainable_parameters()
-        return torch.optim.SGD(params, lr=0.05, momentum=0.9)
-
-
-def _loader() -> torch.utils.data.DataLoader:
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
-    return torch.utils.data.DataLoader(data, batch_size=8)
 
 
 def _trainer(callback, epochs: int = 3) -> L.Trainer:
@@ -72,7 +29,7 @@ def test_callback_unfreezes_on_schedule_and_holds_frozen_norms(use_param_groups)
     lit = Lit(use_param_groups)
     stem_before = snapshot(lit.net.stem)
     callback = GradualUnfreezing({1: "stage1", 2: ["stem"]})
-    _trainer(callback).fit(lit, _loader(), _loader())
+    _trainer(callback).fit(lit, loader(), loader())
 
     by_epoch = {e: (groups, stem_mode, stage1_mode) for e, groups, stem_mode, stage1_mode in lit.seen}
     assert by_epoch == {
@@ -93,7 +50,7 @@ def test_callback_unfreezes_on_schedule_and_holds_frozen_norms(use_param_groups)
 def test_frozen_parts_stay_bit_identical_while_frozen():
     lit = Lit(use_param_groups=False)
     before = snapshot(lit.net)
-    _trainer(GradualUnfreezing({5: "stage1"}), epochs=2).fit(lit, _loader(), _loader())
+    _trainer(GradualUnfreezing({5: "stage1"}), epochs=2).fit(lit, loader(), loader())
     moved = {n for n, t in before.items() if not torch.equal(t, snapshot(lit.net)[n])}
     assert moved == {"head.weight", "head.bias"}  # BN statistics of the frozen stem and stage1 included
 
@@ -107,7 +64,7 @@ def test_callback_takes_a_built_schedule_and_resumes_from_its_state():
     other = GradualUnfreezing({})
     other.load_state_dict(state)  # before setup: kept until the Trainer sets up
     lit2 = Lit(use_param_groups=True)
-    _trainer(other, epochs=1).fit(lit2, _loader())
+    _trainer(other, epochs=1).fit(lit2, loader())
     assert other.schedule.milestones == {1: ["stage1"]} and lit2.seen[0][1] == ("stem", "stage1")
 
 
@@ -124,3 +81,19 @@ def test_callback_errors():
 
     with pytest.raises(fz.FreezableError, match=r"several Freezable submodules: \['net', 'net2'\]"):
         GradualUnfreezing({}).setup(None, Plain(), "fit")
+
+
+@pytest.mark.slow
+def test_callback_under_ddp_rebuilds_the_wrapper_and_keeps_ranks_in_sync(tmp_path):
+    torch.manual_seed(0)
+    lit = SyncCheckLit(str(tmp_path))
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=3, limit_train_batches=2,
+        limit_val_batches=0, callbacks=[GradualUnfreezing({1: "stage1", 2: ["stem"]})],
+        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
+    )
+    trainer.fit(lit, loader())  # each rank gets different batches (DistributedSampler)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert result["equal"]  # without the rebuild: DDPFreezeStateError at epoch 1
+        assert [(e, groups) for e, groups, *_ in result["seen"]] == [(0, ("stem", "stage1")), (1, ("stem",)), (2, ())]
