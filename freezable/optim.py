@@ -72,13 +72,14 @@ def param_groups(
         weight_decay: weight decay of the groups that are not ``.no_decay``.
         lr_scale: group name -> multiplier of ``lr`` (discriminative learning
             rates, as fastai's ``slice``); a group not named gets ``lr``. The name
-            applies to the group and its ``.no_decay`` companion.
+            applies to the group and its ``.no_decay`` companion; an umbrella's
+            name (``backbone``) applies to every group inside it that is not named itself.
 
     Returns:
         A list of dicts with keys ``params``, ``lr``, ``weight_decay`` and ``name``.
 
     Raises:
-        UnknownGroupError: ``lr_scale`` names a group that is not among the groups returned.
+        UnknownGroupError: ``lr_scale`` names neither a freeze group nor ``"ungrouped"``.
         FreezableTypeError: ``lr``, ``weight_decay`` or a multiplier is not a number >= 0.
 
     Example:
@@ -96,7 +97,7 @@ def param_groups(
     lr = check_lr(lr)
     weight_decay = check_lr(weight_decay, "weight_decay")
     owners = _partition(model)
-    scale = _check_scale(lr_scale, [name for name, _ in owners])
+    scale = _check_scale(model, lr_scale, owners)
     groups: list[dict[str, Any]] = []
     for name, params in owners:
         group_lr = lr * scale.get(name, 1.0)
@@ -129,18 +130,31 @@ def _partition(model: Freezable) -> list[tuple[str, list[nn.Parameter]]]:
     return [(name, params) for name, params in owners if params]
 
 
-def _check_scale(lr_scale: Mapping[str, float] | None, names: list[str]) -> dict[str, float]:
+def _check_scale(
+    model: Freezable, lr_scale: Mapping[str, float] | None, owners: list[tuple[str, list[nn.Parameter]]]
+) -> dict[str, float]:
+    """Multiplier of each returned group; an umbrella's applies to the groups inside it not named themselves."""
     if lr_scale is None:
         return {}
     if not isinstance(lr_scale, Mapping):
         raise FreezableTypeError(f"lr_scale must map group names to multipliers, not {type(lr_scale).__name__}")
+    names = [name for name, _ in owners]
+    valid = names + [g for g in model._groups if g not in names]
     for name, factor in lr_scale.items():
-        if name not in names:
+        if name not in valid:
             raise UnknownGroupError(
-                f"lr_scale names {name!r}, which is not one of the parameter groups; {closest(name, names)}"
+                f"lr_scale names {name!r}, which is neither a freeze group nor {UNGROUPED!r}; {closest(name, valid)}"
             )
         check_lr(factor, f"lr_scale[{name!r}]")
-    return {name: float(factor) for name, factor in lr_scale.items()}
+    scale: dict[str, float] = {}
+    root = model._freeze_root()
+    for umbrella in (g for g in lr_scale if g not in names):  # an umbrella: scale the groups it covers
+        inside = {id(p) for _, p in model._groups[umbrella].named_parameters(root)}
+        for name, params in owners:
+            if all(id(p) in inside for p in params):
+                scale[name] = float(lr_scale[umbrella])
+    scale.update((name, float(factor)) for name, factor in lr_scale.items() if name in names)
+    return scale
 
 
 def add_missing(

@@ -83,3 +83,12 @@ def test_without_torch_distributed_nothing_is_watched(net):
 def test_rewrap_ddp_needs_a_ddp_wrapper():
     with pytest.raises(TypeError, match="rewrap_ddp takes a DistributedDataParallel, not Linear"):
         fz.rewrap_ddp(nn.Linear(2, 2))
+
+
+def test_rewrap_ddp_refuses_settings_it_cannot_carry_over():
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ddp = DDP.__new__(DDP)  # no process group needed to reach the check
+    ddp.__dict__["_delay_all_reduce_params"] = [nn.Parameter(torch.ones(1))]
+    with pytest.raises(fz.FreezableError, match="cannot carry over delay_all_reduce_named_params"):
+        fz.rewrap_ddp(ddp)

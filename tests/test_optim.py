@@ -53,9 +53,16 @@ def test_lr_scale_gives_discriminative_learning_rates(net):
         {"features": 0.001, "features.no_decay": 0.001, "classifier": 0.02, "classifier.no_decay": 0.02})
 
 
+def test_lr_scale_of_an_umbrella_applies_to_the_groups_inside_it():
+    fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4))
+    groups = fb.param_groups(1.0, lr_scale={"backbone": 0.1, "stage4": 0.5})
+    lrs = {g["name"]: g["lr"] for g in groups if not g["name"].endswith(".no_decay")}
+    assert lrs == pytest.approx({"stem": 0.1, "stage1": 0.1, "stage2": 0.1, "stage3": 0.1, "stage4": 0.5, "head": 1.0})
+
+
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({"lr_scale": {"feature": 0.1}}, fz.FreezableError, r"'feature'.*did you mean 'features'"),
-    ({"lr_scale": {"backbone": 0.1}}, fz.FreezableError, r"'backbone'.*not one of the parameter groups"),
+    ({"lr_scale": {"backbone": 0.1}}, fz.FreezableError, r"'backbone', which is neither a freeze group nor"),
     ({"lr_scale": {"features": -1}}, TypeError, r"lr_scale\['features'\] must be a finite number >= 0"),
     ({"weight_decay": "x"}, TypeError, "weight_decay must be a number"),
 ])

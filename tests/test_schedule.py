@@ -136,3 +136,14 @@ def test_freeze_to_errors_change_nothing(fb, group, error, match):
     with pytest.raises(error, match=match):
         fb.freeze_to(group)
     assert full_state(fb) == before
+
+
+def test_schedule_optimizer_and_lr_are_checked(fb):
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, not list"):
+        fz.UnfreezeSchedule(fb, {}, optimizer=[])
+    with pytest.raises(fz.FreezableError, match="lr must be a finite number >= 0"):
+        fz.UnfreezeSchedule(fb, {}, lr=-0.1)
+    before = full_state(fb)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        fz.UnfreezeSchedule(fb, {0: "stage4"}).step(0, optimizer="sgd")
+    assert full_state(fb) == before
