@@ -164,6 +164,17 @@ class UnfreezeSchedule:
     def step(self, epoch: int, *, optimizer: torch.optim.Optimizer | None = None, lr: float | None = None) -> Freezable:
         """Sets the model's freeze state to that of ``epoch``; changes nothing when it is already so.
 
+        With an optimizer, the parameters that each milestone up to ``epoch`` made trainable
+        and that the optimizer lacks are added, one param group per milestone, so the
+        optimizer's groups depend on ``epoch`` only. When resuming with an optimizer built from
+        ``trainable_parameters()``, restore its groups before its state::
+
+            schedule.load_state_dict(ckpt["schedule"])
+            schedule.step(schedule.last_epoch, optimizer=opt)
+            opt.load_state_dict(ckpt["optimizer"])
+
+        (An optimizer built from ``model.param_groups`` never changes groups: nothing to do.)
+
         Args:
             epoch: the epoch about to start (0-based, as Lightning's ``current_epoch``).
             optimizer: overrides the schedule's optimizer for this call.
@@ -179,12 +190,12 @@ class UnfreezeSchedule:
         target = self.target_state(epoch)
         if not _same_state(self.model.freeze_state(), target):
             self.model.load_freeze_state(target)
-        if optimizer is not None:
-            scheduled = self.groups_at(epoch)
-            if scheduled:
-                root = self.model._freeze_root()
-                params = [p for g in scheduled for _, p in self.model._groups[g].named_parameters(root)]
-                add_missing(optimizer, params, lr=lr, name="unfrozen:" + ",".join(scheduled))
+        if optimizer is not None:  # one group per milestone reached, whatever the stepping history
+            root = self.model._freeze_root()
+            for e, groups in self.milestones.items():
+                if e <= epoch:
+                    params = [p for g in groups for _, p in self.model._groups[g].named_parameters(root)]
+                    add_missing(optimizer, params, lr=lr, name=f"unfrozen@{e}:" + ",".join(groups))
         self.last_epoch = epoch
         return self.model
 

@@ -97,3 +97,18 @@ def test_callback_under_ddp_rebuilds_the_wrapper_and_keeps_ranks_in_sync(tmp_pat
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         assert result["equal"]  # without the rebuild: DDPFreezeStateError at epoch 1
         assert [(e, groups) for e, groups, *_ in result["seen"]] == [(0, ("stem", "stage1")), (1, ("stem",)), (2, ())]
+
+
+def test_resume_from_a_lightning_checkpoint_restores_groups_and_state(tmp_path):
+    lit = Lit(use_param_groups=False)  # the optimizer gains a group at epoch 1 and 2
+    first = _trainer(GradualUnfreezing({1: "stage1", 2: ["stem"]}), epochs=2)
+    first.fit(lit, loader(), loader())
+    first.save_checkpoint(tmp_path / "last.ckpt")
+    assert len(first.optimizers[0].param_groups) == 2
+
+    resumed = Lit(use_param_groups=False)  # fresh: initial freeze state, optimizer of one group
+    second = _trainer(GradualUnfreezing({1: "stage1", 2: ["stem"]}), epochs=3)
+    second.fit(resumed, loader(), loader(), ckpt_path=tmp_path / "last.ckpt")
+    assert [(e, groups) for e, groups, *_ in resumed.seen] == [(2, ()), (2, ())]
+    assert [g.get("name") for g in second.optimizers[0].param_groups] == [None, "unfrozen@1:stage1",
+                                                                           "unfrozen@2:stem"]

@@ -85,12 +85,32 @@ def test_step_adds_unfrozen_parameters_to_the_optimizer_once(fb):
     schedule.step(1)
     schedule.step(1)
     schedule.step(2)
-    assert [g.get("name") for g in opt.param_groups] == [None, "unfrozen:stage4"]
+    assert [g.get("name") for g in opt.param_groups] == [None, "unfrozen@1:stage4"]
     assert opt.param_groups[1]["lr"] == 0.01
     schedule.step(3)
     in_opt = [p for g in opt.param_groups for p in g["params"]]
     assert len(in_opt) == len({id(p) for p in in_opt})
     assert {id(p) for p in fb.trainable_parameters()} == {id(p) for p in in_opt}
+
+
+def test_optimizer_groups_depend_on_the_epoch_only_so_a_resumed_optimizer_loads(fb, tmp_path):
+    initial = fb.freeze_state()
+    opt = torch.optim.AdamW(fb.trainable_parameters(), lr=0.1)
+    schedule = fz.UnfreezeSchedule(fb, MILESTONES, optimizer=opt)
+    for epoch in range(4):
+        schedule.step(epoch)
+        opt.zero_grad()
+        fb(torch.randn(2, 3, 32, 32)).sum().backward()
+        opt.step()
+    saved = {"opt": opt.state_dict(), "schedule": schedule.state_dict()}
+
+    fb.load_freeze_state(initial)  # a fresh start: the initial state, an optimizer from trainable_parameters
+    opt2 = torch.optim.AdamW(fb.trainable_parameters(), lr=0.1)
+    resumed = fz.UnfreezeSchedule(fb, {})
+    resumed.load_state_dict(saved["schedule"])
+    resumed.step(resumed.last_epoch, optimizer=opt2)  # straight to epoch 3: groups as stepped one by one
+    assert [g["name"] for g in opt2.param_groups[1:]] == ["unfrozen@1:stage4", "unfrozen@3:stage3,stage2"]
+    opt2.load_state_dict(saved["opt"])
 
 
 @pytest.mark.parametrize(("milestones", "error", "match"), [

@@ -52,8 +52,10 @@ class GradualUnfreezing(pl.Callback):
     """Drives an :class:`~freezable.UnfreezeSchedule` at the start of every training epoch.
 
     At each ``on_train_epoch_start`` the model gets the freeze state of
-    ``trainer.current_epoch`` (so a run resumed from a Lightning checkpoint is right too: the
-    callback's state is saved in it). Frozen parts, norm layers included, stay at inference
+    ``trainer.current_epoch``. Its state is saved in Lightning checkpoints, and a run resumed
+    from one (``trainer.fit(..., ckpt_path=...)``) continues exactly: the freeze state and, for an
+    optimizer built from ``trainable_parameters()``, the optimizer's added groups are restored
+    before Lightning loads the optimizer's state. Frozen parts, norm layers included, stay at inference
     through Lightning's own ``train()``/``eval()`` calls and mode restores: the callback
     re-holds them before every training batch.
 
@@ -106,13 +108,22 @@ class GradualUnfreezing(pl.Callback):
             self.schedule.load_state_dict(self._pending_state)
             self._pending_state = None
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resuming from a Lightning checkpoint: the callback state is back, the optimizer is built but its
+        # state not loaded yet. Give the optimizer the groups it had, so that its saved state loads.
+        if self.schedule is not None and self.schedule.last_epoch is not None:
+            self._step(trainer, self.schedule.last_epoch)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._step(trainer, trainer.current_epoch)
+        self._hold(pl_module)
+
+    def _step(self, trainer: pl.Trainer, epoch: int) -> None:
         before = self.model.freeze_state()
         optimizer = trainer.optimizers[0] if self.add_to_optimizer and trainer.optimizers else None
-        self.schedule.step(trainer.current_epoch, optimizer=optimizer, lr=self.lr)
+        self.schedule.step(epoch, optimizer=optimizer, lr=self.lr)
         if self.model.freeze_state() != before:
             self._rewrap_ddp(trainer)
-        self._hold(pl_module)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._hold(pl_module)
