@@ -32,7 +32,7 @@ from .errors import FreezableError, FreezableTypeError
 
 __all__ = ["DDPFreezeStateError", "rewrap_ddp", "watch_ddp"]
 
-_CACHE = "_freezable_reducer_params"  # on the DDP wrapper: (reducer, ids of its parameters, ids of all it manages)
+_CACHE = "_freezable_reducer_params"  # on the DDP wrapper: (reducer, ids reduced, ids managed, per-module lists)
 
 
 class DDPFreezeStateError(FreezableError):
@@ -61,18 +61,23 @@ def _active_ddp() -> Any:
     return nn.parallel.DistributedDataParallel._get_active_ddp_module()
 
 
-def _reducer_params(ddp: nn.parallel.DistributedDataParallel) -> tuple[frozenset[int], frozenset[int]]:
-    """Ids of the parameters ``ddp``'s reducer all-reduces, and of every parameter ``ddp`` manages."""
-    reducer = getattr(ddp, "reducer", None)
+def _expected(ddp: nn.parallel.DistributedDataParallel, module: nn.Module) -> list[tuple[nn.Parameter, bool]]:
+    """``(parameter, whether ddp's reducer all-reduces it)`` for each of ``module``'s parameters that ddp manages.
+
+    Computed once per reducer and module: the reducer's buckets list its parameters exactly (reading them
+    allocates one gradient-sized buffer, briefly).
+    """
+    reducer = ddp.reducer
     cached = ddp.__dict__.get(_CACHE)
     if cached is None or cached[0] is not reducer:
-        # The reducer's buckets list its parameters exactly; read once per reducer (it allocates one
-        # gradient-sized buffer, briefly).
         with torch.no_grad():
-            reduced = frozenset(id(p) for bucket in reducer._get_zeros_like_grad_buckets() for p in bucket.parameters())
-        managed = frozenset(id(p) for p in ddp._module_parameters)
-        cached = ddp.__dict__[_CACHE] = (reducer, reduced, managed)
-    return cached[1], cached[2]
+            reduced = {id(p) for bucket in reducer._get_zeros_like_grad_buckets() for p in bucket.parameters()}
+        managed = {id(p) for p in ddp._module_parameters}
+        cached = ddp.__dict__[_CACHE] = (reducer, reduced, managed, {})
+    _, reduced, managed, per_module = cached
+    if id(module) not in per_module:
+        per_module[id(module)] = [(p, id(p) in reduced) for p in module.parameters() if id(p) in managed]
+    return per_module[id(module)]
 
 
 def _check_ddp(module: nn.Module, args: Any) -> None:
@@ -82,22 +87,23 @@ def _check_ddp(module: nn.Module, args: Any) -> None:
     ddp = _active_ddp()
     if ddp is None or getattr(ddp, "reducer", None) is None or not torch.is_grad_enabled():
         return
-    reduced, managed = _reducer_params(ddp)
+    if all(p.requires_grad == reduced for p, reduced in _expected(ddp, module)):
+        return
+    expected = {id(p): reduced for p, reduced in _expected(ddp, module)}
     unfrozen, frozen = [], []
     for name, p in module.named_parameters():
-        if id(p) in managed and p.requires_grad != (id(p) in reduced):
+        if id(p) in expected and p.requires_grad != expected[id(p)]:
             (unfrozen if p.requires_grad else frozen).append(name)
-    if unfrozen or frozen:
-        changed = []
-        if unfrozen:
-            changed.append(f"unfrozen: {_names(unfrozen)}")
-        if frozen:
-            changed.append(f"frozen: {_names(frozen)}")
-        raise DDPFreezeStateError(
-            f"the freeze state of {type(module).__name__} changed after it was wrapped in DistributedDataParallel "
-            f"({'; '.join(changed)}); DDP would not synchronise those gradients across ranks. Rebuild the wrapper "
-            f"on every rank after changing the freeze state: ddp_model = freezable.rewrap_ddp(ddp_model)"
-        )
+    changed = []
+    if unfrozen:
+        changed.append(f"unfrozen: {_names(unfrozen)}")
+    if frozen:
+        changed.append(f"frozen: {_names(frozen)}")
+    raise DDPFreezeStateError(
+        f"the freeze state of {type(module).__name__} changed after it was wrapped in DistributedDataParallel "
+        f"({'; '.join(changed)}); DDP would not synchronise those gradients across ranks. Rebuild the wrapper "
+        f"on every rank after changing the freeze state: ddp_model = freezable.rewrap_ddp(ddp_model)"
+    )
 
 
 def _names(names: list[str]) -> str:
