@@ -143,6 +143,19 @@ def test_unfreeze_lr_sets_the_new_groups_rate(net):
     assert opt.param_groups[1]["lr"] == pytest.approx(0.0003)
 
 
+def test_unfreeze_with_optimizer_keeps_onecycle_going(net, images):
+    net.freeze("features")
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=6)
+    _step(net, opt, images)
+    sched.step()
+    net.unfreeze("features", optimizer=opt)
+    for _ in range(3):
+        _step(net, opt, images)
+        sched.step()
+    assert opt.param_groups[1]["lr"] == opt.param_groups[0]["lr"] != 0.1  # the new group follows the cycle
+
+
 @pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
     (("feature",), {"optimizer": "opt"}, fz.FreezableError, "unknown freeze group 'feature'"),
     (("features",), {"optimizer": "not an optimizer"}, TypeError, "must be a torch.optim.Optimizer"),
