@@ -91,7 +91,8 @@ def param_groups(
         >>> net = Net(nn.Linear(4, 4), nn.Linear(4, 2)).freeze("body")
         >>> groups = net.param_groups(1e-3, weight_decay=0.01, lr_scale={"body": 0.1})
         >>> [(g["name"], len(g["params"]), g["lr"], g["weight_decay"]) for g in groups]
-        [('body', 1, 0.0001, 0.01), ('body.no_decay', 1, 0.0001, 0.0), ('head', 1, 0.001, 0.01), ('head.no_decay', 1, 0.001, 0.0)]
+        [('body', 1, 0.0001, 0.01), ('body.no_decay', 1, 0.0001, 0.0),
+         ('head', 1, 0.001, 0.01), ('head.no_decay', 1, 0.001, 0.0)]
         >>> opt = torch.optim.AdamW(groups)  # built once; unfreezing "body" later needs no change
     """
     lr = check_lr(lr)

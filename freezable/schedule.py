@@ -215,7 +215,7 @@ class UnfreezeSchedule:
         Raises:
             FreezeStateError: ``state`` is malformed or names what the model lacks.
         """
-        if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
+        if not isinstance(state, Mapping) or (state.get("format"), state.get("version")) != (_STATE_FORMAT, _STATE_VERSION):
             raise FreezeStateError(f"not an UnfreezeSchedule state of version {_STATE_VERSION}: {state!r:.200}")
         try:
             milestones = _check_milestones(self.model, state["milestones"])
@@ -248,7 +248,9 @@ def _check_milestones(model: Freezable, milestones: object) -> dict[int, list[st
             raise FreezableTypeError(f"milestone {epoch} must be a group name or a list of them, got {groups!r}")
         for group in groups:
             if group not in known:
-                raise UnknownGroupError(f"milestone {epoch} names unknown freeze group {group!r}; {closest(group, known)}")
+                raise UnknownGroupError(
+                    f"milestone {epoch} names unknown freeze group {group!r}; {closest(group, known)}"
+                )
         checked[epoch] = list(groups)
     return dict(sorted(checked.items()))
 

@@ -9,8 +9,9 @@ from conftest import snapshot
 import freezable as fz
 
 L = pytest.importorskip("lightning")
-pytestmark = pytest.mark.filterwarnings("ignore:Found .* module.*in eval mode", "ignore:You defined a .validation_step.",
-                                           "ignore:.*LeafSpec.*is deprecated")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Found .* module.*in eval mode", "ignore:You defined a .validation_step.", "ignore:.*LeafSpec.*is deprecated"
+)
 from _lit_models import Body, Lit, SyncCheckLit, loader  # noqa: E402
 
 from freezable.integrations.lightning import GradualUnfreezing  # noqa: E402

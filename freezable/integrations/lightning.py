@@ -125,7 +125,9 @@ class GradualUnfreezing(pl.Callback):
         if self.model.freeze_state() != before:
             self._rewrap_ddp(trainer)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._hold(pl_module)
 
     def _hold(self, pl_module: pl.LightningModule) -> None:
