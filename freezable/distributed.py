@@ -161,7 +161,9 @@ def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel, **overrides: Any) -> nn
     settings.update(overrides)
     hooks = list(getattr(ddp, "_comm_hooks", []))
     new = ddp_type(ddp.module, **settings)
-    ddp.reducer._remove_autograd_hooks()  # the old wrapper must not touch gradients any more
+    remove_hooks = getattr(ddp.reducer, "_remove_autograd_hooks", None)  # torch >= 2.1
+    if remove_hooks is not None:
+        remove_hooks()  # the old wrapper must not touch gradients any more
     for hook, state in hooks[len(getattr(new, "_comm_hooks", [])):]:
         new.register_comm_hook(state, hook)
     return new
