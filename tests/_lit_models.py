@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import lightning as L
+import pytest
 import torch
 from torch import nn
 
 import freezable as fz
+
+L = pytest.importorskip("lightning")  # collected as a doctest module too: skipped cleanly without Lightning
 
 
 class Body(fz.Freezable, nn.Module):
