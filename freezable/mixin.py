@@ -24,6 +24,8 @@ from .distributed import watch_ddp
 from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest
 from .groups import Group, Spec, resolve_group
 from .norms import is_norm
+from .optim import add_missing, check_lr, check_optimizer, param_groups
+from .schedule import freeze_to
 from .summary import SummaryRow, format_summary
 
 __all__ = ["Freezable", "is_frozen", "is_held"]
@@ -231,8 +233,6 @@ class Freezable:
             FreezableTypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, ``lr`` is
                 not a number >= 0, or ``lr`` is given without ``optimizer``.
         """
-        from .optim import add_missing, check_lr, check_optimizer
-
         selected = self._selected(groups)
         if optimizer is not None:
             check_optimizer(optimizer)
@@ -253,8 +253,6 @@ class Freezable:
 
         See :func:`freezable.schedule.freeze_to` (fastai's ``freeze_to``, by group name).
         """
-        from .schedule import freeze_to
-
         return freeze_to(self, group, train_bn=train_bn)
 
     def param_groups(
@@ -265,8 +263,6 @@ class Freezable:
         Build the optimizer once from them; groups unfrozen later train without
         rebuilding it. See :func:`freezable.optim.param_groups`.
         """
-        from .optim import param_groups
-
         return param_groups(self, lr, weight_decay=weight_decay, lr_scale=lr_scale)
 
     def _unfreeze_resolved(self, groups: list[Group]) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import FreezableError, FreezableTypeError, FreezeStateError, UnknownGroupError, closest
+from .optim import add_missing, check_lr, check_optimizer
 
 if TYPE_CHECKING:
     from .mixin import Freezable
@@ -134,8 +135,6 @@ class UnfreezeSchedule:
         optimizer: torch.optim.Optimizer | None = None,
         lr: float | None = None,
     ) -> None:
-        from .optim import check_lr, check_optimizer
-
         self.model = _check_model(model)
         self.milestones = _check_milestones(self.model, milestones)
         self.optimizer = None if optimizer is None else check_optimizer(optimizer)
@@ -183,8 +182,6 @@ class UnfreezeSchedule:
         Returns:
             The model.
         """
-        from .optim import add_missing, check_lr, check_optimizer
-
         optimizer = self.optimizer if optimizer is None else check_optimizer(optimizer)
         lr = self.lr if lr is None else check_lr(lr)
         target = self.target_state(epoch)
