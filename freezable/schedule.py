@@ -152,12 +152,16 @@ class UnfreezeSchedule:
 
     def target_state(self, epoch: int) -> dict[str, Any]:
         """The freeze state that ``step(epoch)`` sets."""
-        unfrozen: set[str] = set()
-        for group in self.groups_at(epoch):
-            unfrozen |= _members(self.model, group)
+        root = self.model._freeze_root()
+        modules: set[int] = set()  # by identity: a shared module or tied parameter may go by several names
+        params: set[int] = set()
+        for name in self.groups_at(epoch):
+            group = self.model._groups[name]
+            modules.update(id(m) for _, m in group.named_modules(root))
+            params.update(id(p) for _, p in group.named_parameters(root))
         state = dict(self.initial_state)
-        state["frozen_modules"] = [n for n in state["frozen_modules"] if "module:" + n not in unfrozen]
-        state["frozen_parameters"] = [n for n in state["frozen_parameters"] if n not in unfrozen]
+        state["frozen_modules"] = [n for n in state["frozen_modules"] if id(root.get_submodule(n)) not in modules]
+        state["frozen_parameters"] = [n for n in state["frozen_parameters"] if id(root.get_parameter(n)) not in params]
         return state
 
     def step(self, epoch: int, *, optimizer: torch.optim.Optimizer | None = None, lr: float | None = None) -> Freezable:

@@ -167,3 +167,17 @@ def test_schedule_optimizer_and_lr_are_checked(fb):
     with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
         fz.UnfreezeSchedule(fb, {0: "stage4"}).step(0, optimizer="sgd")
     assert full_state(fb) == before
+
+
+def test_step_unfreezes_tied_parameters_whatever_name_they_go_by():
+    class Tied(fz.Freezable, nn.Module):
+        freeze_groups = {"embed": "embed", "out": "out"}
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = nn.Embedding(5, 4), nn.Linear(4, 5, bias=False)
+            self.out.weight = self.embed.weight  # tied: named "embed.weight" in freeze_state
+
+    model = Tied().freeze()
+    fz.UnfreezeSchedule(model, {1: "out"}).step(1)
+    assert model.out.weight.requires_grad and model.freeze_state()["frozen_parameters"] == []
