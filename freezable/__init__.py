@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .distributed import DDPFreezeStateError as DDPFreezeStateError
+from .distributed import rewrap_ddp as rewrap_ddp
 from .errors import FreezableError as FreezableError
 from .mixin import Freezable as Freezable
 from .presets import Preset as Preset
@@ -9,6 +11,7 @@ from .presets import apply_preset as apply_preset
 from .presets import get_preset as get_preset
 from .presets import list_presets as list_presets
 from .presets import register_preset as register_preset
+from .schedule import UnfreezeSchedule as UnfreezeSchedule
 from .wrapper import FrozenBackbone as FrozenBackbone
 
 __all__ = [
@@ -21,4 +24,7 @@ __all__ = [
     "get_preset",
     "list_presets",
     "register_preset",
+    "UnfreezeSchedule",
+    "DDPFreezeStateError",
+    "rewrap_ddp",
 ]

@@ -20,9 +20,12 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from .distributed import watch_ddp
 from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest
 from .groups import Group, Spec, resolve_group
 from .norms import is_norm
+from .optim import add_missing, check_lr, check_optimizer, param_groups
+from .schedule import freeze_to
 from .summary import SummaryRow, format_summary
 
 __all__ = ["Freezable", "is_frozen", "is_held"]
@@ -209,22 +212,58 @@ class Freezable:
                 _set_trainable(param, train_bn and is_norm(owner))
         self._refresh_held()
 
-    def unfreeze(self, *groups: str) -> Freezable:
+    def unfreeze(self, *groups: str, optimizer: Any = None, lr: float | None = None) -> Freezable:
         """Unfreezes the named groups, or the whole model when none is named.
 
         Unfrozen modules return to the model's own current mode.
 
         Args:
             *groups: registered group names.
+            optimizer: an optimizer built from ``trainable_parameters()``: the
+                parameters made trainable that it lacks are added to it as one new
+                param group (none is duplicated; see :func:`freezable.optim.add_missing`).
+            lr: that group's learning rate; default: the optimizer's first group's
+                current ``lr`` (the new group copies that group's other settings too).
 
         Returns:
             The model, for chaining.
 
         Raises:
             UnknownGroupError: a name is not a registered group.
+            FreezableTypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, ``lr`` is
+                not a number >= 0, or ``lr`` is given without ``optimizer``.
         """
-        self._unfreeze_resolved(self._selected(groups))
+        selected = self._selected(groups)
+        if optimizer is not None:
+            check_optimizer(optimizer)
+        if lr is not None:
+            check_lr(lr)
+            if optimizer is None:
+                raise FreezableTypeError("unfreeze(lr=...) sets the learning rate of the group added to optimizer=; "
+                                         "pass optimizer= too")
+        self._unfreeze_resolved(selected)
+        if optimizer is not None:
+            root = self._freeze_root()
+            params = [p for group in selected for _, p in group.named_parameters(root)]
+            add_missing(optimizer, params, lr=lr, name="unfrozen:" + (",".join(groups) or "all"))
         return self
+
+    def freeze_to(self, group: str, *, train_bn: bool = False) -> Freezable:
+        """Freezes the staged groups up to and including ``group``, unfreezes the staged groups after it.
+
+        See :func:`freezable.schedule.freeze_to` (fastai's ``freeze_to``, by group name).
+        """
+        return freeze_to(self, group, train_bn=train_bn)
+
+    def param_groups(
+        self, lr: float, *, weight_decay: float = 0.0, lr_scale: Mapping[str, float] | None = None
+    ) -> list[dict[str, Any]]:
+        """Optimizer-ready parameter groups, one per freeze group, frozen parameters included.
+
+        Build the optimizer once from them; groups unfrozen later train without
+        rebuilding it. See :func:`freezable.optim.param_groups`.
+        """
+        return param_groups(self, lr, weight_decay=weight_decay, lr_scale=lr_scale)
 
     def _unfreeze_resolved(self, groups: list[Group]) -> None:
         root = self._freeze_root()
@@ -252,6 +291,7 @@ class Freezable:
         visit(root)
         for module in root.modules():
             _set_held(module, held[id(module)], self.training)  # type: ignore[attr-defined]
+        watch_ddp(self)  # type: ignore[arg-type]
 
     def train(self, mode: bool = True) -> Freezable:
         """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference."""
