@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .audit import CheckReport as CheckReport
+from .audit import check as check
 from .errors import FreezableError as FreezableError
 from .mixin import Freezable as Freezable
 from .presets import Preset as Preset
@@ -13,11 +15,13 @@ from .wrapper import FrozenBackbone as FrozenBackbone
 
 __all__ = [
     "__version__",
+    "CheckReport",
     "Freezable",
     "FreezableError",
     "FrozenBackbone",
     "Preset",
     "apply_preset",
+    "check",
     "get_preset",
     "list_presets",
     "register_preset",

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from . import guard as _guard
 from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest
 from .groups import Group, Spec, resolve_group
 from .norms import is_norm
@@ -175,7 +176,7 @@ class Freezable:
 
     # -- freezing -----------------------------------------------------------------------
 
-    def freeze(self, *groups: str, train_bn: bool = False) -> Freezable:
+    def freeze(self, *groups: str, train_bn: bool = False, guard: bool = False) -> Freezable:
         """Freezes the named groups, or the whole model when none is named.
 
         Frozen parameters get ``requires_grad=False`` and ``grad=None``; frozen parts
@@ -185,6 +186,9 @@ class Freezable:
             *groups: registered group names.
             train_bn: keep the groups' normalisation layers trainable (affine
                 parameters train, running statistics update), as fastai's ``train_bn``.
+            guard: also record a fingerprint of what this call froze (parameters and
+                buffers), so that :func:`freezable.check` names any of them that changes
+                later (see :mod:`freezable.guard`).
 
         Returns:
             The model, for chaining.
@@ -195,7 +199,11 @@ class Freezable:
         selected = self._selected(groups)
         if not isinstance(train_bn, bool):
             raise FreezableTypeError(f"train_bn must be a bool, not {type(train_bn).__name__}: {train_bn!r}")
+        if not isinstance(guard, bool):
+            raise FreezableTypeError(f"guard must be a bool, not {type(guard).__name__}: {guard!r}")
         self._freeze_resolved(selected, train_bn=train_bn)
+        if guard:
+            _guard.record(self, selected)
         return self
 
     def _freeze_resolved(self, groups: list[Group], *, train_bn: bool = False) -> None:
@@ -233,6 +241,7 @@ class Freezable:
                 _mark(module, False)
             for _, param in group.named_parameters(root):
                 _set_trainable(param, True)
+        _guard.forget(self, groups)
         self._refresh_held()
 
     def _refresh_held(self) -> None:
