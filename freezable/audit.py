@@ -11,7 +11,9 @@ nothing. Each check gives plain sentences, one per problem:
 * **optimizer**: frozen parameters that ``step()`` would move (they hold a gradient;
   weight decay or momentum then move them too), frozen parameters with optimizer
   state (momentum, ``exp_avg``) that would move them as soon as they get a gradient,
-  trainable parameters the optimizer lacks, parameters it holds twice;
+  an ``LBFGS`` whose curvature history spans parameters frozen since (it moves them
+  with no gradient at all), trainable parameters the optimizer lacks, parameters it
+  holds twice;
 * **ddp**: a ``DistributedDataParallel`` wrapper whose synchronised parameters (those
   it registered with its reducer when it was built) differ from the trainable set;
 * **drift**: frozen tensors that changed since ``freeze(..., guard=True)``.
@@ -237,8 +239,9 @@ def _optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, names: dict[i
                 )
             if p.requires_grad:
                 continue
-            state = [k for k, v in optimizer.state.get(p, {}).items()
-                     if k != "step" and isinstance(v, torch.Tensor) and v.numel() and bool(v.detach().ne(0).any())]
+            per_parameter = not isinstance(optimizer, torch.optim.LBFGS)  # LBFGS keeps one flat state
+            state = [k for k, v in optimizer.state.get(p, {}).items() if per_parameter
+                     and k != "step" and isinstance(v, torch.Tensor) and v.numel() and bool(v.detach().ne(0).any())]
             if p.grad is not None:
                 why = ["its gradient"]
                 if group.get("weight_decay"):
@@ -255,6 +258,14 @@ def _optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, names: dict[i
                     f"it gets a gradient, and that a later unfreeze resumes from: leave it out of the optimizer "
                     f"or clear optimizer.state for it"
                 )
+    if isinstance(optimizer, torch.optim.LBFGS):
+        moved = _lbfgs_moves_frozen(optimizer)
+        if moved:
+            problems.append(
+                f"LBFGS has a curvature history over {len(moved)} parameter(s) frozen since "
+                f"({_quote([names.get(id(p), f'<shape {list(p.shape)}>') for p in moved])}): its next step moves "
+                f"them even without a gradient; build a new LBFGS after freezing"
+            )
     missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in counts]
     if missing:
         problems.append(
@@ -262,6 +273,20 @@ def _optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, names: dict[i
             f"move: {_quote(missing)}; freeze them, or add them with optimizer.add_param_group"
         )
     return problems
+
+
+def _lbfgs_moves_frozen(optimizer: torch.optim.LBFGS) -> list[torch.Tensor]:
+    """The frozen parameters on which LBFGS's flat history (directions, steps) is not zero."""
+    params = optimizer.param_groups[0]["params"]
+    state = optimizer.state.get(params[0], {}) if params else {}
+    history = [t for t in [*state.get("old_dirs", []), *state.get("old_stps", []), state.get("d")]
+               if isinstance(t, torch.Tensor)]
+    moved, offset = [], 0
+    for p in params:
+        if not p.requires_grad and any(bool(t[offset:offset + p.numel()].ne(0).any()) for t in history):
+            moved.append(p)
+        offset += p.numel()
+    return moved
 
 
 def _ddp_registered(ddp: nn.parallel.DistributedDataParallel) -> set[int] | None:

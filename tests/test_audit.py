@@ -241,3 +241,27 @@ def test_ddp_built_before_unfreezing_misses_trainable_parameters(process_group, 
     net.unfreeze("features")
     (problem,) = fz.check(model).problems
     assert problem.startswith("DDP wrapper '0' does not synchronise 8 trainable parameter(s): 'features.0.weight'")
+
+
+def test_lbfgs_history_over_parameters_frozen_since_is_reported_and_real():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.randn(16, 4)
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert fz.check(model, opt).ok
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    (problem,) = fz.check(model, opt).problems
+    assert problem.startswith("LBFGS has a curvature history over 2 parameter(s) frozen since ('0.weight', '0.bias')")
+    before = model[0].weight.detach().clone()
+    opt.step(closure)
+    assert not torch.equal(before, model[0].weight)  # what the report warns about is real
