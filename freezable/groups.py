@@ -104,7 +104,16 @@ def _matcher(spec: Spec) -> Callable[[str, object], bool]:
         if _GLOB_CHARS.intersection(spec):
             return lambda name, _: fnmatch.fnmatchcase(name, spec)
         return lambda name, _: name == spec
-    return lambda name, obj: bool(spec(name, obj))
+    def call(name: str, obj: object) -> bool:
+        try:
+            return bool(spec(name, obj))
+        except Exception as e:  # the user's callable failed: say which spec and what a spec must be
+            raise SpecError(
+                f"callable spec {spec!r} raised {type(e).__name__}: {e}; a callable spec takes "
+                f"(name, module_or_parameter) and returns a bool"
+            ) from e
+
+    return call
 
 
 def _is_within(name: str, ancestors: set[str]) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from . import guard as _guard
-from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest
+from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest, describe
 from .groups import Group, Spec, resolve_group
 from .norms import is_norm
 from .summary import SummaryRow, format_summary
@@ -172,7 +172,12 @@ class Freezable:
                 raise FreezableTypeError(f"a group name must be a str, not {type(name).__name__}: {name!r}")
             if name not in known:
                 raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, known)}")
-        return [known[name] for name in groups]
+        selected = [known[name] for name in groups]
+        root = self._freeze_root()
+        for group in selected:  # a member replaced since registration fails here, before anything changes
+            list(group.named_modules(root))
+            list(group.named_parameters(root))
+        return selected
 
     # -- freezing -----------------------------------------------------------------------
 
@@ -387,8 +392,9 @@ def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], mo
 
 def _state_names(state: object, key: str, valid: Mapping[str, object]) -> set[str]:
     if not isinstance(state, Mapping):
-        raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {type(state).__name__}")
-    if state.get("format", _STATE_FORMAT) != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
+        raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {describe(state)}")
+    version = state.get("version")
+    if state.get("format", _STATE_FORMAT) != _STATE_FORMAT or type(version) is not int or version != _STATE_VERSION:
         raise FreezeStateError(
             f"not a freeze state of version {_STATE_VERSION}: format={state.get('format')!r}, "
             f"version={state.get('version')!r}"
