@@ -30,6 +30,7 @@ __all__ = ["Freezable", "is_frozen", "is_held"]
 
 _FROZEN = "_freezable_frozen"
 _GROUPS = "_freezable_groups"
+_MODE = "_freezable_mode"  # the mode last asked for: the model's own flag reads False while it is held itself
 _STATE_FORMAT = "freezable.freeze_state"
 _STATE_VERSION = 1
 _WHOLE_MODEL = Group(modules=("",))
@@ -252,6 +253,7 @@ class Freezable:
     def _refresh_held(self) -> None:
         """Holds at inference exactly the frozen modules whose whole subtree is frozen."""
         root = self._freeze_root()
+        mode = self.__dict__.setdefault(_MODE, self.training)  # before a hold of the model itself hides it
         held: dict[int, bool] = {}
 
         def visit(module: nn.Module) -> bool:
@@ -265,11 +267,12 @@ class Freezable:
 
         visit(root)
         for module in root.modules():
-            _set_held(module, held[id(module)], self.training)  # type: ignore[attr-defined]
+            _set_held(module, held[id(module)], mode)
 
     def train(self, mode: bool = True) -> Freezable:
         """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference."""
         super().train(mode)  # type: ignore[misc]
+        self.__dict__[_MODE] = mode
         for module in self._freeze_root().modules():
             if is_held(module):
                 module.training = False
