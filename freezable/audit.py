@@ -82,7 +82,7 @@ class CheckReport:
         results = {name: "ok" if not problems else f"{len(problems)} problem(s)" for name, problems in self.rows}
         results.update((name, f"skipped: {why}") for name, why in self.skipped)
         order = list(_CHECKS) + [name for name in results if name not in _CHECKS]
-        table = [("check", "what it proves", "result")]
+        table = [("check", "expects", "result")]
         table += [(name, _CHECKS.get(name, name), results[name]) for name in order if name in results]
         widths = [max(len(row[i]) for row in table) for i in range(3)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
@@ -124,14 +124,14 @@ def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, s
         BatchNorm1d(...)
         >>> for problem in fz.check(net, opt).problems:
         ...     print(problem)
-        frozen module '1' (BatchNorm1d) is in training mode (.train() was called on a part of the model directly): ...
+        frozen module '1' (BatchNorm1d) is in training mode: .train() was called on a part of the model directly; ...
         >>> net(torch.randn(3, 4)).shape  # the hold hook puts it back in eval
         torch.Size([3, 2])
         >>> net.eval()[1].weight.grad = torch.zeros(4)  # a stale gradient on a frozen parameter
         >>> for problem in fz.check(net, opt).problems:
         ...     print(problem)
         frozen parameter '1.weight' holds a gradient (.grad is a tensor): ...
-        frozen parameter '1.weight' is in the optimizer with a gradient: step() moves it (its gradient); ...
+        1 frozen parameter(s) are in the optimizer with a gradient, so step() moves them (its gradient): '1.weight'; ...
         >>> net[1].weight.grad = None
         >>> fz.check(net, opt).ok
         True
@@ -189,10 +189,10 @@ def _modes(model: nn.Module) -> list[str]:
         if is_held(module):
             reported.append(name)
             norms = [n for n, m in module.named_modules(prefix=name) if has_running_stats(m) and m.training]
-            inside = f", with {len(norms)} norm layer(s) in training mode inside it," if norms and norms != [name] else ""
+            inside = f" with {len(norms)} norm layer(s) inside it" if norms and norms != [name] else ""
             problems.append(
-                f"frozen module {label} is in training mode{inside} (.train() was called on a part of the model "
-                f"directly): freezable puts it back in eval at its next forward, but a call that skips forward "
+                f"frozen module {label} is in training mode{inside}: .train() was called on a part of the model "
+                f"directly; freezable puts it back in eval at its next forward, but a call that skips forward "
                 f"hooks would use batch statistics and dropout; call model.train(), not .train() on a frozen part"
             )
         elif has_running_stats(module):
@@ -223,10 +223,15 @@ def _optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, names: dict[i
             counts[id(p)] += 1
             where.setdefault(id(p), []).append(index)
 
-    def label(p: torch.Tensor) -> str:
-        return f"'{names[id(p)]}'" if id(p) in names else f"a parameter of shape {list(p.shape)} not in the model"
+    def name(p: torch.Tensor) -> str:
+        return names.get(id(p), f"<a parameter of shape {list(p.shape)} not in the model>")
 
     seen: set[int] = set()
+    with_grad: list[str] = []
+    why_moved: dict[str, None] = {"its gradient": None}  # an ordered set
+    with_state: list[str] = []
+    state_keys: dict[str, None] = {}
+    per_parameter = not isinstance(optimizer, torch.optim.LBFGS)  # LBFGS keeps one flat state
     for group in optimizer.param_groups:
         for p in group["params"]:
             if id(p) in seen:
@@ -234,39 +239,41 @@ def _optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, names: dict[i
             seen.add(id(p))
             if counts[id(p)] > 1:
                 problems.append(
-                    f"parameter {label(p)} is in the optimizer {counts[id(p)]} times (param groups "
+                    f"parameter '{name(p)}' is in the optimizer {counts[id(p)]} times (param groups "
                     f"{where[id(p)]}): each step updates it more than once"
                 )
             if p.requires_grad:
                 continue
-            per_parameter = not isinstance(optimizer, torch.optim.LBFGS)  # LBFGS keeps one flat state
             state = [k for k, v in optimizer.state.get(p, {}).items() if per_parameter
                      and k != "step" and isinstance(v, torch.Tensor) and v.numel() and bool(v.detach().ne(0).any())]
             if p.grad is not None:
-                why = ["its gradient"]
+                with_grad.append(name(p))
                 if group.get("weight_decay"):
-                    why.append(f"weight decay {group['weight_decay']}")
-                if state:
-                    why.append(f"its state {state}")
-                problems.append(
-                    f"frozen parameter {label(p)} is in the optimizer with a gradient: step() moves it "
-                    f"({', '.join(why)}); set its .grad to None or leave it out of the optimizer"
-                )
+                    why_moved[f"weight decay {group['weight_decay']}"] = None
+                why_moved.update(dict.fromkeys(f"its state {k}" for k in state))
             elif state:
-                problems.append(
-                    f"frozen parameter {label(p)} has optimizer state {state} (momentum) that moves it as soon as "
-                    f"it gets a gradient, and that a later unfreeze resumes from: leave it out of the optimizer "
-                    f"or clear optimizer.state for it"
-                )
+                with_state.append(name(p))
+                state_keys.update(dict.fromkeys(state))
+    if with_grad:
+        problems.append(
+            f"{len(with_grad)} frozen parameter(s) are in the optimizer with a gradient, so step() moves them "
+            f"({', '.join(why_moved)}): {_quote(with_grad)}; set their .grad to None or leave them out of the optimizer"
+        )
+    if with_state:
+        problems.append(
+            f"{len(with_state)} frozen parameter(s) have optimizer state ({', '.join(state_keys)}) that moves them "
+            f"as soon as they get a gradient, and that a later unfreeze resumes from: {_quote(with_state)}; leave "
+            f"them out of the optimizer or clear optimizer.state for them"
+        )
     if isinstance(optimizer, torch.optim.LBFGS):
         moved = _lbfgs_moves_frozen(optimizer)
         if moved:
             problems.append(
                 f"LBFGS has a curvature history over {len(moved)} parameter(s) frozen since "
-                f"({_quote([names.get(id(p), f'<shape {list(p.shape)}>') for p in moved])}): its next step moves "
-                f"them even without a gradient; build a new LBFGS after freezing"
+                f"({_quote([name(p) for p in moved])}): its next step moves them even without a gradient; build a "
+                f"new LBFGS after freezing"
             )
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in counts]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in counts]
     if missing:
         problems.append(
             f"{len(missing)} trainable parameter(s) are not in the optimizer: they get gradients but never "
