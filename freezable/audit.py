@@ -297,7 +297,11 @@ def _lbfgs_moves_frozen(optimizer: torch.optim.LBFGS) -> list[torch.Tensor]:
 
 
 def _ddp_registered(ddp: nn.parallel.DistributedDataParallel) -> set[int] | None:
-    """Ids of the parameters DDP registered with its reducer when it was built (what it all-reduces)."""
+    """Ids of the parameters DDP registered with its reducer when it was built (what it all-reduces).
+
+    The reducer hands them out only with zero-filled copies of its gradient buckets, so this
+    allocates, for the duration of the check, memory the size of the synchronised gradients.
+    """
     reducer = getattr(ddp, "reducer", None)
     buckets = getattr(reducer, "_get_zeros_like_grad_buckets", None)
     if buckets is None:
