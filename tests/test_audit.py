@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -268,3 +273,21 @@ def test_lbfgs_history_over_parameters_frozen_since_is_reported_and_real():
     before = model[0].weight.detach().clone()
     opt.step(closure)
     assert not torch.equal(before, model[0].weight)  # what the report warns about is real
+
+
+def test_two_real_processes_drift_apart_exactly_when_check_says_so(tmp_path):
+    """Two gloo processes (tests/ddp_worker.py): DDP built before unfreezing leaves the features unsynchronised."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "result.json"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, str(root / "tests" / "ddp_worker.py"), str(port), str(out)], check=True,
+                   env=env, timeout=300)
+    result = json.loads(out.read_text())
+    right, wrong = result["built_after_freezing"], result["unfrozen_after_ddp"]
+    assert right == {"problems": [], "features_agree": True, "head_agrees": True}
+    assert wrong["problems"][0].startswith("the DDP wrapper does not synchronise 4 trainable parameter(s): "
+                                           "'features.0.weight', 'features.0.bias', 'features.1.weight'")
+    assert wrong["features_agree"] is False and wrong["head_agrees"] is True
