@@ -69,7 +69,7 @@ def _store(model: Freezable) -> dict[str, dict[str, Fingerprint]]:
 
 
 def record(model: Freezable, groups: Iterable[Group]) -> None:
-    """Fingerprints what ``groups`` hold frozen now: their frozen parameters, and the buffers of their frozen modules."""
+    """Fingerprints what ``groups`` hold frozen now: frozen parameters, and buffers of frozen modules."""
     from .mixin import is_frozen
 
     root = model._freeze_root()

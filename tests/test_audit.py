@@ -56,7 +56,8 @@ def test_inner_train_call_on_a_frozen_part_is_reported_until_the_next_forward(ne
     net.features.train()
     problems = fz.check(net).problems
     assert len(problems) == 1  # the top-most module only
-    assert problems[0].startswith("frozen module 'features' (Sequential) is in training mode with 2 norm layer(s) inside it: ")
+    assert problems[0].startswith("frozen module 'features' (Sequential) is in training mode with 2 norm layer(s) "
+                                  "inside it: ")
     net(images)
     assert fz.check(net).ok
 

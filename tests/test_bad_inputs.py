@@ -159,8 +159,8 @@ ROWS: list[Bad] = [
     Bad("register-parameter-typo", lambda s: s.net.register_freeze_group("x", "classifier.1.wieght"), SpecError,
         r"spec 'classifier.1.wieght' .* did you mean 'classifier.1.weight'"),
     Bad("register-prefixed-name-on-frozen-backbone", lambda s: s.fb.register_freeze_group("x", "backbone.conv1"),
-        SpecError, r"spec 'backbone.conv1' of group 'x' matches no submodule or parameter; did you mean 'conv1'\? names are "
-        r"relative to ResNet"),
+        SpecError, r"spec 'backbone.conv1' of group 'x' matches no submodule or parameter; did you mean 'conv1'\? "
+        r"names are relative to ResNet"),
     # -- load_freeze_state ------------------------------------------------------------------------------------------
     Bad("state-a-list", lambda s: s.net.load_freeze_state([]), FreezeStateError,
         r"a freeze state must be a dict from freeze_state\(\), not list \[\]"),
