@@ -104,6 +104,7 @@ def _matcher(spec: Spec) -> Callable[[str, object], bool]:
         if _GLOB_CHARS.intersection(spec):
             return lambda name, _: fnmatch.fnmatchcase(name, spec)
         return lambda name, _: name == spec
+
     def call(name: str, obj: object) -> bool:
         try:
             return bool(spec(name, obj))
