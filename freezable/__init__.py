@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .audit import CheckReport as CheckReport
+from .audit import check as check
 from .distributed import DDPFreezeStateError as DDPFreezeStateError
 from .distributed import rewrap_ddp as rewrap_ddp
 from .errors import FreezableError as FreezableError
@@ -16,15 +18,17 @@ from .wrapper import FrozenBackbone as FrozenBackbone
 
 __all__ = [
     "__version__",
+    "CheckReport",
+    "DDPFreezeStateError",
     "Freezable",
     "FreezableError",
     "FrozenBackbone",
     "Preset",
+    "UnfreezeSchedule",
     "apply_preset",
+    "check",
     "get_preset",
     "list_presets",
     "register_preset",
-    "UnfreezeSchedule",
-    "DDPFreezeStateError",
     "rewrap_ddp",
 ]

@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from . import guard as _guard
 from .distributed import watch_ddp
-from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest
+from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest, describe
 from .groups import Group, Spec, resolve_group
 from .norms import is_norm
 from .optim import add_missing, check_lr, check_optimizer, param_groups
@@ -32,6 +33,7 @@ __all__ = ["Freezable", "is_frozen", "is_held"]
 
 _FROZEN = "_freezable_frozen"
 _GROUPS = "_freezable_groups"
+_MODE = "_freezable_mode"  # the mode last asked for: the model's own flag reads False while it is held itself
 _STATE_FORMAT = "freezable.freeze_state"
 _STATE_VERSION = 1
 _WHOLE_MODEL = Group(modules=("",))
@@ -174,11 +176,16 @@ class Freezable:
                 raise FreezableTypeError(f"a group name must be a str, not {type(name).__name__}: {name!r}")
             if name not in known:
                 raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, known)}")
-        return [known[name] for name in groups]
+        selected = [known[name] for name in groups]
+        root = self._freeze_root()
+        for group in selected:  # a member replaced since registration fails here, before anything changes
+            list(group.named_modules(root))
+            list(group.named_parameters(root))
+        return selected
 
     # -- freezing -----------------------------------------------------------------------
 
-    def freeze(self, *groups: str, train_bn: bool = False) -> Freezable:
+    def freeze(self, *groups: str, train_bn: bool = False, guard: bool = False) -> Freezable:
         """Freezes the named groups, or the whole model when none is named.
 
         Frozen parameters get ``requires_grad=False`` and ``grad=None``; frozen parts
@@ -188,6 +195,9 @@ class Freezable:
             *groups: registered group names.
             train_bn: keep the groups' normalisation layers trainable (affine
                 parameters train, running statistics update), as fastai's ``train_bn``.
+            guard: also record a fingerprint of what this call froze (parameters and
+                buffers), so that :func:`freezable.check` names any of them that changes
+                later (see :mod:`freezable.guard`).
 
         Returns:
             The model, for chaining.
@@ -198,7 +208,11 @@ class Freezable:
         selected = self._selected(groups)
         if not isinstance(train_bn, bool):
             raise FreezableTypeError(f"train_bn must be a bool, not {type(train_bn).__name__}: {train_bn!r}")
+        if not isinstance(guard, bool):
+            raise FreezableTypeError(f"guard must be a bool, not {type(guard).__name__}: {guard!r}")
         self._freeze_resolved(selected, train_bn=train_bn)
+        if guard:
+            _guard.record(self, selected)
         return self
 
     def _freeze_resolved(self, groups: list[Group], *, train_bn: bool = False) -> None:
@@ -272,11 +286,15 @@ class Freezable:
                 _mark(module, False)
             for _, param in group.named_parameters(root):
                 _set_trainable(param, True)
+        _guard.forget(self, groups)
         self._refresh_held()
 
     def _refresh_held(self) -> None:
         """Holds at inference exactly the frozen modules whose whole subtree is frozen."""
         root = self._freeze_root()
+        # the model's own flag, unless a hold of the model itself hides it (then: the mode last asked for)
+        mode = self.__dict__.get(_MODE, self.training) if is_held(self) else self.training  # type: ignore[arg-type]
+        self.__dict__[_MODE] = mode
         held: dict[int, bool] = {}
 
         def visit(module: nn.Module) -> bool:
@@ -290,12 +308,13 @@ class Freezable:
 
         visit(root)
         for module in root.modules():
-            _set_held(module, held[id(module)], self.training)  # type: ignore[attr-defined]
+            _set_held(module, held[id(module)], mode)
         watch_ddp(self)  # type: ignore[arg-type]
 
     def train(self, mode: bool = True) -> Freezable:
         """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference."""
         super().train(mode)  # type: ignore[misc]
+        self.__dict__[_MODE] = mode
         for module in self._freeze_root().modules():
             if is_held(module):
                 module.training = False
@@ -418,8 +437,9 @@ def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], mo
 
 def _state_names(state: object, key: str, valid: Mapping[str, object]) -> set[str]:
     if not isinstance(state, Mapping):
-        raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {type(state).__name__}")
-    if state.get("format", _STATE_FORMAT) != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
+        raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {describe(state)}")
+    version = state.get("version")
+    if state.get("format", _STATE_FORMAT) != _STATE_FORMAT or type(version) is not int or version != _STATE_VERSION:
         raise FreezeStateError(
             f"not a freeze state of version {_STATE_VERSION}: format={state.get('format')!r}, "
             f"version={state.get('version')!r}"

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FreezableTypeError, SpecError
+from .errors import FreezableTypeError, SpecError, describe
 from .groups import Group, resolve_group
 from .mixin import Freezable
 from .presets import Preset, resolve_preset
@@ -83,7 +83,7 @@ class FrozenBackbone(Freezable, nn.Module):
         preset: str | Preset | None = None,
     ) -> None:
         if not isinstance(backbone, nn.Module):
-            raise FreezableTypeError(f"FrozenBackbone wraps an nn.Module, not {type(backbone).__name__}")
+            raise FreezableTypeError(f"FrozenBackbone wraps an nn.Module, not {describe(backbone)}")
         if isinstance(trainable, (str, bytes)) or not isinstance(trainable, Sequence):
             trainable = [trainable]
         if preset is not None:
