@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .errors import FreezableTypeError, UnknownGroupError, closest
+from .errors import FreezableError, FreezableTypeError, UnknownGroupError, closest
 
 if TYPE_CHECKING:
     from .mixin import Freezable
@@ -36,7 +36,7 @@ def check_lr(lr: object, what: str = "lr") -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise FreezableTypeError(f"{what} must be a number, not {type(lr).__name__}: {lr!r}")
     if not math.isfinite(lr) or lr < 0:
-        raise FreezableTypeError(f"{what} must be a finite number >= 0, got {lr!r}")
+        raise FreezableError(f"{what} must be a finite number >= 0, got {lr!r}")
     return float(lr)
 
 

@@ -114,7 +114,8 @@ class UnfreezeSchedule:
 
     Raises:
         UnknownGroupError: a milestone names a group the model lacks.
-        FreezableTypeError: an epoch is not an int >= 0, or a value is not a name or list of names.
+        FreezableError: an epoch is negative.
+        FreezableTypeError: an epoch is not an int, or a value is not a name or list of names.
 
     Example:
         >>> import torchvision
@@ -231,8 +232,10 @@ class UnfreezeSchedule:
 
 
 def _check_epoch(epoch: object) -> int:
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise FreezableTypeError(f"an epoch must be an int >= 0, got {epoch!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise FreezableTypeError(f"an epoch must be an int >= 0, not {type(epoch).__name__}: {epoch!r}")
+    if epoch < 0:
+        raise FreezableError(f"an epoch must be an int >= 0, got {epoch!r}")
     return epoch
 
 

@@ -63,7 +63,7 @@ def test_lr_scale_of_an_umbrella_applies_to_the_groups_inside_it():
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({"lr_scale": {"feature": 0.1}}, fz.FreezableError, r"'feature'.*did you mean 'features'"),
     ({"lr_scale": {"backbone": 0.1}}, fz.FreezableError, r"'backbone', which is neither a freeze group nor"),
-    ({"lr_scale": {"features": -1}}, TypeError, r"lr_scale\['features'\] must be a finite number >= 0"),
+    ({"lr_scale": {"features": -1}}, fz.FreezableError, r"lr_scale\['features'\] must be a finite number >= 0"),
     ({"weight_decay": "x"}, TypeError, "weight_decay must be a number"),
 ])
 def test_param_groups_errors(net, kwargs, error, match):
