@@ -2,7 +2,11 @@
 
 __version__ = "0.1.0"
 
+from .audit import CheckReport as CheckReport
+from .audit import check as check
 from .cache import FeatureCache as FeatureCache
+from .distributed import DDPFreezeStateError as DDPFreezeStateError
+from .distributed import rewrap_ddp as rewrap_ddp
 from .errors import FreezableError as FreezableError
 from .mixin import Freezable as Freezable
 from .presets import Preset as Preset
@@ -10,17 +14,23 @@ from .presets import apply_preset as apply_preset
 from .presets import get_preset as get_preset
 from .presets import list_presets as list_presets
 from .presets import register_preset as register_preset
+from .schedule import UnfreezeSchedule as UnfreezeSchedule
 from .wrapper import FrozenBackbone as FrozenBackbone
 
 __all__ = [
     "__version__",
+    "CheckReport",
+    "DDPFreezeStateError",
     "FeatureCache",
     "Freezable",
     "FreezableError",
     "FrozenBackbone",
     "Preset",
+    "UnfreezeSchedule",
     "apply_preset",
+    "check",
     "get_preset",
     "list_presets",
     "register_preset",
+    "rewrap_ddp",
 ]

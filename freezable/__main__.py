@@ -56,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--preset", help="apply this preset")
     show.add_argument("--trainable", nargs="*", default=[], metavar="GROUP", help="groups or specs left trainable")
     show.set_defaults(run=_show)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse printed its usage error (code 2) or --help (code 0)
+        return e.code if isinstance(e.code, int) else 2
     try:
         args.run(args)
     except FreezableError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -56,11 +56,17 @@ def build_model(name: str) -> nn.Module:
     source, _, bare = name.rpartition("/")
     tv_names = torchvision.models.list_models(module=torchvision.models)
     if source in ("", "torchvision") and bare in tv_names:
-        make = lambda: torchvision.models.get_model(bare, weights=None)  # noqa: E731
+        model = _on_meta(lambda: torchvision.models.get_model(bare, weights=None))
     elif source in ("", "timm") and timm.is_model(bare):
-        make = lambda: timm.create_model(bare, pretrained=False)  # noqa: E731
+        model = _on_meta(lambda: timm.create_model(bare, pretrained=False))
+        if getattr(model, "num_classes", None) == 0:  # a feature model by default: give it timm's usual classifier
+            model = _on_meta(lambda: timm.create_model(bare, pretrained=False, num_classes=1000))
     else:
         raise FreezableError(f"unknown model {name!r}; {closest(bare, tv_names + timm.list_models())}")
+    return model
+
+
+def _on_meta(make: Callable[[], nn.Module]) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -47,26 +47,25 @@ def _family(name: str) -> str:
     return timm.models.model_entrypoint(name).__module__.rpartition(".")[2]
 
 
-def classifier_parameters(model: nn.Module) -> set[str]:
-    """Names of the classifier's parameters: timm's ``get_classifier()``, else the last Linear or conv."""
-    names = {id(p): n for n, p in model.named_parameters()}
+def classifier_parameters(model: nn.Module) -> set[int]:
+    """The classifier's parameters (by identity): timm's ``get_classifier()``, else the last Linear or conv."""
     if hasattr(model, "get_classifier"):
         heads = model.get_classifier()
         heads = heads if isinstance(heads, tuple) else (heads,)
-        return {names[id(p)] for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
+        return {id(p) for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
     last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
-    return {names[id(p)] for p in last.parameters()}
+    return {id(p) for p in last.parameters()}
 
 
 def check_groups(model: nn.Module) -> dict[str, object]:
     """Detects the model's groups and checks what they claim (see the module docstring)."""
     groups = detect_groups(model)
-    params = {n for n, _ in model.named_parameters()}
+    params = {id(p) for p in model.parameters()}  # by identity: a shared module's parameters have two names
 
-    def members(group: str) -> set[str]:
+    def members(group: str) -> set[int]:
         if group not in groups:
             return set()
-        return {n for n, _ in resolve_group(model, group, list(groups[group])).named_parameters(model)}
+        return {id(p) for _, p in resolve_group(model, group, list(groups[group])).named_parameters(model)}
 
     head, backbone = members("head"), members("backbone")
     stages = [g for g in groups if g.startswith("stage")]

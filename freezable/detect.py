@@ -39,8 +39,8 @@ def detect_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
     Returns:
         An ordered dict ``stem, stage1 ... stageN, head, backbone`` of exact module and parameter
-        names relative to ``model``; groups that the model does not have are left out. A model in
-        which no classifier is found gets ``backbone`` alone, covering everything.
+        names relative to ``model``; groups that the model does not have are left out. A model with
+        neither a classifier nor stages gets ``backbone`` alone, covering everything.
 
     Example:
         >>> import torch, torchvision
@@ -73,16 +73,16 @@ def _is_torchvision(model: nn.Module) -> bool:
 def _timm_labels(model: nn.Module) -> Labels:
     labels: Labels = {}
     head = _timm_head(model)
-    matcher = model.group_matcher(coarse=True) if hasattr(model, "group_matcher") else None
+    matcher = _timm_matcher(model)
     if matcher is None:
         return _generic_labels(model, head)
     ordinal = _ordinal_fn(matcher)
-    stem_ordinal = 0.0 if isinstance(matcher, dict) and next(iter(matcher), None) == "stem" else None
     by_ordinal: dict[tuple[float, ...], list[str]] = defaultdict(list)
     for name, _ in model.named_parameters():
         if _within(name, head):
             continue
         by_ordinal[ordinal(name)].append(name)
+    stem_ordinal = _stem_ordinal(model, matcher, ordinal, head)
     blocks: list[list[str]] = []
     for key in sorted(by_ordinal):
         names = by_ordinal[key]
@@ -100,12 +100,46 @@ def _timm_labels(model: nn.Module) -> Labels:
     return labels
 
 
+def _timm_matcher(model: nn.Module) -> dict | Callable | None:
+    """``group_matcher(coarse=True)``, else the fine one (some models implement only that), else None."""
+    if not hasattr(model, "group_matcher"):
+        return None
+    for coarse in (True, False):
+        try:
+            return model.group_matcher(coarse=coarse)
+        except (AssertionError, NotImplementedError, TypeError):
+            continue
+    return None
+
+
+def _stem_ordinal(model: nn.Module, matcher: dict | Callable, ordinal: Callable, head: list[str]) -> float | None:
+    """The ordinal of the stem: the first group of a dict matcher named ``stem*``, or, for a callable
+    matcher, the group of the first parameter when no group comes before it."""
+    if isinstance(matcher, dict):
+        return 0.0 if str(next(iter(matcher), "")).startswith("stem") else None
+    keys = [ordinal(n)[0] for n, _ in model.named_parameters() if not _within(n, head)]
+    return keys[0] if keys and keys[0] == min(keys) else None
+
+
 def _timm_head(model: nn.Module) -> list[str]:
+    """The classifier: ``get_classifier()``'s modules with parameters, and ``pretrained_cfg["classifier"]``."""
+    module_names = {id(m): n for n, m in model.named_modules()}
+    names: list[str] = []
+    if hasattr(model, "get_classifier"):
+        try:
+            found = model.get_classifier()
+        except Exception:  # some models' get_classifier needs state they lack
+            found = None
+        for module in found if isinstance(found, (tuple, list)) else (found,):
+            if isinstance(module, nn.Module) and id(module) in module_names and any(True for _ in module.parameters()):
+                names.append(module_names[id(module)])
     classifier = model.pretrained_cfg.get("classifier") if isinstance(model.pretrained_cfg, dict) else None
-    names = [classifier] if isinstance(classifier, str) else list(classifier or ())
-    known = set(dict(model.named_modules())) | set(dict(model.named_parameters()))
-    found = [n for n in names if n in known]
-    return found or _generic_head(model)
+    known = set(module_names.values()) | set(dict(model.named_parameters()))
+    for name in [classifier] if isinstance(classifier, str) else list(classifier or ()):
+        if name in known and not _within(name, names):
+            names.append(name)
+    names = [n for n in names if not any(_within(n, [other]) for other in names if other != n)]
+    return names or _generic_head(model)
 
 
 def _ordinal_fn(matcher: dict | Callable) -> Callable[[str], tuple[float, ...]]:
@@ -292,14 +326,31 @@ def _generic_head(model: nn.Module) -> list[str]:
     return linears[-1:]
 
 
+_STAGE_CONTAINERS = ("stages", "dense_stages", "layers", "blocks", "features")
+
+
 def _generic_labels(model: nn.Module, head: list[str] | None = None) -> Labels:
+    """The head; the first child with parameters as the stem; and, where the model keeps its stages in a
+    container child (``stages``, ``layers``, ``blocks``...), each of that container's children as a stage
+    (a long flat list split into 4), with the children before it joining the stem."""
     head = _generic_head(model) if head is None else head
     labels: Labels = {name: "head" for name in head}
-    for name, child in model.named_children():
-        if not _within(name, head) and any(True for _ in child.parameters()):
-            labels[name] = "stem"
-            break
+    children = [(n, c) for n, c in model.named_children() if not _within(n, head) and _has_params(c)]
+    container = next((n for n, c in children if n in _STAGE_CONTAINERS and isinstance(c, (nn.Sequential, nn.ModuleList))
+                      and sum(_has_params(s) for s in c.children()) >= 2), None)
+    if container is None:
+        if children:
+            labels[children[0][0]] = "stem"
+        return labels
+    labels.update((n, "stem") for n, _ in children[: [n for n, _ in children].index(container)])
+    blocks = [[f"{container}.{n}"] for n, c in model.get_submodule(container).named_children() if _has_params(c)]
+    for stage, names in enumerate(_as_stages(blocks), start=1):
+        labels.update((n, f"stage{stage}") for n in names)
     return labels
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
 
 
 # -- from labels to groups ------------------------------------------------------------------------
@@ -354,8 +405,8 @@ def _to_groups(model: nn.Module, labels: Labels) -> dict[str, tuple[str, ...]]:
     order = ["stem"] + sorted((k for k in members if k.startswith("stage")), key=lambda k: int(k[5:])) + ["head"]
     groups = {label: tuple(members[label]) for label in order if members.get(label)}
     head = groups.get("head", ())
-    if not head:
-        return {"backbone": tuple(_complement(model, ()))}
+    if not head and not any(label.startswith("stage") for label in groups):
+        return {"backbone": tuple(_complement(model, ()))}  # neither classifier nor stages: one group
     groups["backbone"] = tuple(_complement(model, head))
     return groups
 

@@ -7,6 +7,7 @@ raised before anything is changed.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "FreezeStateError",
     "PresetError",
     "closest",
+    "describe",
 ]
 
 
@@ -62,3 +64,15 @@ def closest(value: object, choices: Iterable[str], n: int = 3) -> str:
     shown = ", ".join(repr(c) for c in choices[:8])
     more = f" and {len(choices) - 8} more" if len(choices) > 8 else ""
     return f"valid choices: {shown}{more}"
+
+
+def describe(value: object) -> str:
+    """A bad value's type and a short one-line repr, for an error message.
+
+    Example:
+        >>> describe(["features", 3])
+        "list ['features', 3]"
+        >>> describe(None)
+        'NoneType None'
+    """
+    return f"{type(value).__name__} {' '.join(reprlib.repr(value).split())}"

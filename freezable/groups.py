@@ -104,7 +104,17 @@ def _matcher(spec: Spec) -> Callable[[str, object], bool]:
         if _GLOB_CHARS.intersection(spec):
             return lambda name, _: fnmatch.fnmatchcase(name, spec)
         return lambda name, _: name == spec
-    return lambda name, obj: bool(spec(name, obj))
+
+    def call(name: str, obj: object) -> bool:
+        try:
+            return bool(spec(name, obj))
+        except Exception as e:  # the user's callable failed: say which spec and what a spec must be
+            raise SpecError(
+                f"callable spec {spec!r} raised {type(e).__name__}: {e}; a callable spec takes "
+                f"(name, module_or_parameter) and returns a bool"
+            ) from e
+
+    return call
 
 
 def _is_within(name: str, ancestors: set[str]) -> bool:
@@ -115,6 +125,16 @@ def _is_within(name: str, ancestors: set[str]) -> bool:
         return True
     parts = name.split(".")
     return any(".".join(parts[:i]) in ancestors for i in range(1, len(parts)))
+
+
+def _suggest(spec: Spec, root: nn.Module, candidates: list[tuple[str, object]], names: list[str]) -> str:
+    """Close names; or, for a name with a prefix too many (``backbone.conv1``), the name without it."""
+    if isinstance(spec, str) and "." in spec:
+        rest = spec.partition(".")[2]
+        match = _matcher(rest)
+        if any(match(name, obj) for name, obj in candidates):
+            return f"did you mean {rest!r}? names are relative to {type(root).__name__}"
+    return closest(spec, names)
 
 
 def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
@@ -152,7 +172,7 @@ def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
         if not hits:
             raise SpecError(
                 f"spec {spec!r} of group {group!r} matches no submodule or parameter; "
-                f"{closest(spec, module_names + [name for name, _ in named_params])}"
+                f"{_suggest(spec, root, candidates, module_names + [name for name, _ in named_params])}"
             )
         matched |= hits
 

@@ -20,15 +20,20 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest
+from . import guard as _guard
+from .distributed import watch_ddp
+from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest, describe
 from .groups import Group, Spec, resolve_group
 from .norms import is_norm
+from .optim import add_missing, check_lr, check_optimizer, param_groups
+from .schedule import freeze_to
 from .summary import SummaryRow, format_summary
 
 __all__ = ["Freezable", "is_frozen", "is_held"]
 
 _FROZEN = "_freezable_frozen"
 _GROUPS = "_freezable_groups"
+_MODE = "_freezable_mode"  # the mode last asked for: the model's own flag reads False while it is held itself
 _STATE_FORMAT = "freezable.freeze_state"
 _STATE_VERSION = 1
 _WHOLE_MODEL = Group(modules=("",))
@@ -171,11 +176,16 @@ class Freezable:
                 raise FreezableTypeError(f"a group name must be a str, not {type(name).__name__}: {name!r}")
             if name not in known:
                 raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, known)}")
-        return [known[name] for name in groups]
+        selected = [known[name] for name in groups]
+        root = self._freeze_root()
+        for group in selected:  # a member replaced since registration fails here, before anything changes
+            list(group.named_modules(root))
+            list(group.named_parameters(root))
+        return selected
 
     # -- freezing -----------------------------------------------------------------------
 
-    def freeze(self, *groups: str, train_bn: bool = False) -> Freezable:
+    def freeze(self, *groups: str, train_bn: bool = False, guard: bool = False) -> Freezable:
         """Freezes the named groups, or the whole model when none is named.
 
         Frozen parameters get ``requires_grad=False`` and ``grad=None``; frozen parts
@@ -185,6 +195,9 @@ class Freezable:
             *groups: registered group names.
             train_bn: keep the groups' normalisation layers trainable (affine
                 parameters train, running statistics update), as fastai's ``train_bn``.
+            guard: also record a fingerprint of what this call froze (parameters and
+                buffers), so that :func:`freezable.check` names any of them that changes
+                later (see :mod:`freezable.guard`).
 
         Returns:
             The model, for chaining.
@@ -195,7 +208,11 @@ class Freezable:
         selected = self._selected(groups)
         if not isinstance(train_bn, bool):
             raise FreezableTypeError(f"train_bn must be a bool, not {type(train_bn).__name__}: {train_bn!r}")
+        if not isinstance(guard, bool):
+            raise FreezableTypeError(f"guard must be a bool, not {type(guard).__name__}: {guard!r}")
         self._freeze_resolved(selected, train_bn=train_bn)
+        if guard:
+            _guard.record(self, selected)
         return self
 
     def _freeze_resolved(self, groups: list[Group], *, train_bn: bool = False) -> None:
@@ -209,22 +226,58 @@ class Freezable:
                 _set_trainable(param, train_bn and is_norm(owner))
         self._refresh_held()
 
-    def unfreeze(self, *groups: str) -> Freezable:
+    def unfreeze(self, *groups: str, optimizer: Any = None, lr: float | None = None) -> Freezable:
         """Unfreezes the named groups, or the whole model when none is named.
 
         Unfrozen modules return to the model's own current mode.
 
         Args:
             *groups: registered group names.
+            optimizer: an optimizer built from ``trainable_parameters()``: the
+                parameters made trainable that it lacks are added to it as one new
+                param group (none is duplicated; see :func:`freezable.optim.add_missing`).
+            lr: that group's learning rate; default: the optimizer's first group's
+                current ``lr`` (the new group copies that group's other settings too).
 
         Returns:
             The model, for chaining.
 
         Raises:
             UnknownGroupError: a name is not a registered group.
+            FreezableTypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, ``lr`` is
+                not a number >= 0, or ``lr`` is given without ``optimizer``.
         """
-        self._unfreeze_resolved(self._selected(groups))
+        selected = self._selected(groups)
+        if optimizer is not None:
+            check_optimizer(optimizer)
+        if lr is not None:
+            check_lr(lr)
+            if optimizer is None:
+                raise FreezableTypeError("unfreeze(lr=...) sets the learning rate of the group added to optimizer=; "
+                                         "pass optimizer= too")
+        self._unfreeze_resolved(selected)
+        if optimizer is not None:
+            root = self._freeze_root()
+            params = [p for group in selected for _, p in group.named_parameters(root)]
+            add_missing(optimizer, params, lr=lr, name="unfrozen:" + (",".join(groups) or "all"))
         return self
+
+    def freeze_to(self, group: str, *, train_bn: bool = False) -> Freezable:
+        """Freezes the staged groups up to and including ``group``, unfreezes the staged groups after it.
+
+        See :func:`freezable.schedule.freeze_to` (fastai's ``freeze_to``, by group name).
+        """
+        return freeze_to(self, group, train_bn=train_bn)
+
+    def param_groups(
+        self, lr: float, *, weight_decay: float = 0.0, lr_scale: Mapping[str, float] | None = None
+    ) -> list[dict[str, Any]]:
+        """Optimizer-ready parameter groups, one per freeze group, frozen parameters included.
+
+        Build the optimizer once from them; groups unfrozen later train without
+        rebuilding it. See :func:`freezable.optim.param_groups`.
+        """
+        return param_groups(self, lr, weight_decay=weight_decay, lr_scale=lr_scale)
 
     def _unfreeze_resolved(self, groups: list[Group]) -> None:
         root = self._freeze_root()
@@ -233,11 +286,15 @@ class Freezable:
                 _mark(module, False)
             for _, param in group.named_parameters(root):
                 _set_trainable(param, True)
+        _guard.forget(self, groups)
         self._refresh_held()
 
     def _refresh_held(self) -> None:
         """Holds at inference exactly the frozen modules whose whole subtree is frozen."""
         root = self._freeze_root()
+        # the model's own flag, unless a hold of the model itself hides it (then: the mode last asked for)
+        mode = self.__dict__.get(_MODE, self.training) if is_held(self) else self.training  # type: ignore[arg-type]
+        self.__dict__[_MODE] = mode
         held: dict[int, bool] = {}
 
         def visit(module: nn.Module) -> bool:
@@ -251,11 +308,13 @@ class Freezable:
 
         visit(root)
         for module in root.modules():
-            _set_held(module, held[id(module)], self.training)  # type: ignore[attr-defined]
+            _set_held(module, held[id(module)], mode)
+        watch_ddp(self)  # type: ignore[arg-type]
 
     def train(self, mode: bool = True) -> Freezable:
         """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference."""
         super().train(mode)  # type: ignore[misc]
+        self.__dict__[_MODE] = mode
         for module in self._freeze_root().modules():
             if is_held(module):
                 module.training = False
@@ -378,8 +437,9 @@ def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], mo
 
 def _state_names(state: object, key: str, valid: Mapping[str, object]) -> set[str]:
     if not isinstance(state, Mapping):
-        raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {type(state).__name__}")
-    if state.get("format", _STATE_FORMAT) != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
+        raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {describe(state)}")
+    version = state.get("version")
+    if state.get("format", _STATE_FORMAT) != _STATE_FORMAT or type(version) is not int or version != _STATE_VERSION:
         raise FreezeStateError(
             f"not a freeze state of version {_STATE_VERSION}: format={state.get('format')!r}, "
             f"version={state.get('version')!r}"

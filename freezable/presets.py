@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .errors import FreezableTypeError, PresetError, SpecError, closest
+from .errors import FreezableTypeError, PresetError, SpecError, closest, describe
 from .groups import Group, as_spec_list, resolve_group
 
 if TYPE_CHECKING:
@@ -42,13 +42,31 @@ class Preset:
     models: tuple[str, ...] = field(default=("*",))  # fnmatch patterns of the model names it is meant for
 
     def __post_init__(self) -> None:
+        for field_name in ("name", "description"):
+            value = getattr(self, field_name)
+            if not isinstance(value, str) or not value.strip():
+                raise FreezableTypeError(f"Preset {field_name} must be a non-empty str, not {describe(value)}")
+        if self.groups is not None and not isinstance(self.groups, Mapping):
+            raise FreezableTypeError(
+                f"Preset groups must be a mapping of group name to specs, or None, not {describe(self.groups)}"
+            )
+        for field_name in ("frozen", "models"):
+            value = getattr(self, field_name)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+                hint = f"; did you mean ({value!r},)?" if isinstance(value, str) else ""
+                raise FreezableTypeError(f"Preset {field_name} must be a tuple of str, not {describe(value)}{hint}")
+        if not isinstance(self.train_bn, bool):
+            raise FreezableTypeError(f"Preset train_bn must be a bool, not {describe(self.train_bn)}")
         if self.groups is not None:
             object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
         object.__setattr__(self, "frozen", tuple(self.frozen))
         if self.groups is not None:
             missing = [g for g in self.frozen if g not in self.groups]
             if missing:
-                raise PresetError(f"preset {self.name!r} freezes groups it does not define: {missing}")
+                raise PresetError(
+                    f"preset {self.name!r} freezes groups it does not define: {missing}; "
+                    f"{closest(missing[0], self.groups)}"
+                )
 
 
 _PRESETS: dict[str, Preset] = {}
@@ -61,7 +79,7 @@ def register_preset(preset: Preset) -> Preset:
         PresetError: a preset of that name is already registered.
     """
     if not isinstance(preset, Preset):
-        raise FreezableTypeError(f"register_preset takes a Preset, not {type(preset).__name__}")
+        raise FreezableTypeError(f"register_preset takes a Preset, not {describe(preset)}")
     if preset.name in _PRESETS:
         raise PresetError(f"a preset named {preset.name!r} is already registered")
     _PRESETS[preset.name] = preset
@@ -165,7 +183,7 @@ def apply_preset(model: Freezable, name: str | Preset) -> Freezable:
 
     if not isinstance(model, Freezable):
         raise FreezableTypeError(
-            f"apply_preset needs a Freezable model, not {type(model).__name__}; "
+            f"apply_preset needs a Freezable model, not {describe(model)}; "
             f"wrap it: FrozenBackbone(model, preset=...)"
         )
     preset = get_preset(name)
@@ -227,7 +245,7 @@ for _preset in (
     *(
         Preset(
             name=f"{source}.frozen_stages_{n}",
-            description=f"stem and stages 1-{n} frozen with their norms held in eval (mmdetection's "
+            description=f"stem and {'stage 1' if n == 1 else f'stages 1-{n}'} frozen with their norms held in eval (mmdetection's "
             f"frozen_stages={n}, norm_eval); the rest trains",
             frozen=_stages(n),
         )

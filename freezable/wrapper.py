@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FreezableError, FreezableTypeError, SpecError
+from .errors import FreezableError, FreezableTypeError, SpecError, describe
 from .fast import FastPath, build_fast_path, clone_outputs
 from .groups import Group, resolve_group
 from .mixin import Freezable
@@ -106,7 +106,7 @@ class FrozenBackbone(Freezable, nn.Module):
         frozen_dtype: torch.dtype | None = None,
     ) -> None:
         if not isinstance(backbone, nn.Module):
-            raise FreezableTypeError(f"FrozenBackbone wraps an nn.Module, not {type(backbone).__name__}")
+            raise FreezableTypeError(f"FrozenBackbone wraps an nn.Module, not {describe(backbone)}")
         if not isinstance(fast, bool):
             raise FreezableTypeError(f"fast must be a bool, not {type(fast).__name__}: {fast!r}")
         if frozen_dtype is not None and not (isinstance(frozen_dtype, torch.dtype) and frozen_dtype.is_floating_point):

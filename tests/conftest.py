@@ -85,3 +85,18 @@ def images() -> torch.Tensor:
 
 def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+# -- hypothesis profiles: "ci" by default, "long" one flag away ---------------------------------------------------
+# pytest --hypothesis-profile=long tests/test_properties.py
+try:
+    from hypothesis import HealthCheck, Phase, settings
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
+else:
+    settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, print_blob=True,
+                              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile("ci")

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -39,6 +40,23 @@ def test_timm_pretrained_local(capsys):
     assert "FrozenBackbone(resnet18" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["alexnet_classifier_only", "hrnet_frozen_backbone", "timm_pretrained_local"])
+def test_gradual_unfreezing_resumes_bit_identical_to_an_uninterrupted_run(capsys):
+    result = load("gradual_unfreezing").main(epochs=4, stop_after=2)
+    assert result["resumed_equals_uninterrupted"] is True
+    assert result["frozen_by_epoch"] == {0: ("stem", "stage1", "stage2"), 1: ("stem", "stage1"), 2: ("stem",), 3: ()}
+    assert result["resumed_frozen_by_epoch"] == {2: ("stem",), 3: ()}
+    assert "bit-identical to the uninterrupted one: True" in capsys.readouterr().out
+
+
+def test_gradual_unfreezing_checkpoint_loads_with_weights_only(tmp_path):
+    example = load("gradual_unfreezing")
+    example.train(epochs=2, stop_after=1, checkpoint_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "epoch1.pt", weights_only=True)
+    assert set(ckpt) >= {"model", "optimizer", "lr_scheduler", "freeze_state", "schedule"}
+    assert ckpt["schedule"]["initial_state"]["frozen_modules"]  # the initial freeze state, saved
+
+
+@pytest.mark.parametrize("name", ["alexnet_classifier_only", "hrnet_frozen_backbone", "timm_pretrained_local",
+                                  "gradual_unfreezing"])
 def test_examples_have_a_docstring_that_says_how_to_run_them(name):
     assert f"python examples/{name}.py" in load(name).__doc__

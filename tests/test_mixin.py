@@ -447,3 +447,11 @@ def test_class_level_group_errors_are_raised_at_first_use():
 
 def test_freezable_error_is_a_value_error():
     assert issubclass(fz.FreezableError, ValueError)
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_unfreezing_a_wholly_frozen_model_returns_it_to_its_own_mode(mode):
+    """The model itself was held, so its own flag read False (found writing tests/test_properties.py)."""
+    model = Net().train(mode).freeze().unfreeze()
+    assert all(m.training is mode for m in model.modules())
+    assert all(m.training is True for m in Net().freeze().unfreeze().modules())

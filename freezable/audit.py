@@ -1,0 +1,338 @@
+"""``fz.check``: an audit of everything that can defeat freezing, run whenever a user wants proof.
+
+It reads the model (and the optimizer, and a DDP wrapper) as they are now and changes
+nothing. Each check gives plain sentences, one per problem:
+
+* **modes**: a frozen part in training mode (someone called ``.train()`` on an inner
+  module directly; the hold hook would undo it at the next forward, but the audit
+  reports it now), or, in a plain module, a norm layer whose parameters are all frozen
+  but which would update its running statistics;
+* **gradients**: a frozen parameter (``requires_grad=False``) holding a ``.grad``;
+* **optimizer**: frozen parameters that ``step()`` would move (they hold a gradient;
+  weight decay or momentum then move them too), frozen parameters with optimizer
+  state (momentum, ``exp_avg``) that would move them as soon as they get a gradient,
+  an ``LBFGS`` whose curvature history spans parameters frozen since (it moves them
+  with no gradient at all), trainable parameters the optimizer lacks, parameters it
+  holds twice;
+* **ddp**: a ``DistributedDataParallel`` wrapper whose synchronised parameters (those
+  it registered with its reducer when it was built) differ from the trainable set;
+* **drift**: frozen tensors that changed since ``freeze(..., guard=True)``.
+
+On a plain ``nn.Module`` a parameter is frozen when ``requires_grad`` is ``False``;
+whatever needs freezable's marks (held modules, the guard) is checked where a
+:class:`~freezable.Freezable` is found, at any depth.
+
+(The module is named ``audit``, not ``check``, so that importing it can never rebind
+``freezable.check`` from the function to the module.)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import guard
+from .errors import FreezableError, FreezableTypeError
+from .mixin import Freezable, is_held
+from .norms import has_running_stats
+
+__all__ = ["CheckReport", "check"]
+
+_CHECKS = {
+    "modes": "frozen parts in eval mode",
+    "gradients": "frozen parameters hold no gradient",
+    "optimizer": "optimizer holds exactly the trainable parameters",
+    "ddp": "DDP synchronises exactly the trainable parameters",
+    "drift": "guarded frozen tensors unchanged",
+}
+_MAX_NAMES = 10
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What :func:`check` found: a row per check, each with its problems in plain sentences.
+
+    Example:
+        >>> report = CheckReport(rows=(("modes", ()), ("gradients", ("frozen parameter 'w' holds a gradient",))))
+        >>> report.ok, report.problems
+        (False, ["frozen parameter 'w' holds a gradient"])
+    """
+
+    rows: tuple[tuple[str, tuple[str, ...]], ...]  # (check name, its problems), in the order run
+    skipped: tuple[tuple[str, str], ...] = ()  # (check name, why it was not run)
+
+    @property
+    def ok(self) -> bool:
+        """Whether no check found a problem."""
+        return not self.problems
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem found, one plain sentence each."""
+        return [problem for _, problems in self.rows for problem in problems]
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        results = {name: "ok" if not problems else f"{len(problems)} problem(s)" for name, problems in self.rows}
+        results.update((name, f"skipped: {why}") for name, why in self.skipped)
+        order = list(_CHECKS) + [name for name in results if name not in _CHECKS]
+        table = [("check", "expects", "result")]
+        table += [(name, _CHECKS.get(name, name), results[name]) for name in order if name in results]
+        widths = [max(len(row[i]) for row in table) for i in range(3)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        problems = self.problems
+        lines.append("")
+        if problems:
+            lines.append(f"{len(problems)} problem(s):")
+            lines += [f"- {p}" for p in problems]
+        else:
+            lines.append("ok: nothing defeats freezing")
+        return "\n".join(lines)
+
+
+def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, strict: bool = False) -> CheckReport:
+    """Audits ``model`` (and ``optimizer``) for anything that defeats freezing; changes nothing.
+
+    Args:
+        model: a Freezable, any module containing Freezables, a DDP wrapper, or a plain module.
+        optimizer: the optimizer that trains ``model``; without it the optimizer check is skipped.
+        strict: raise instead of returning a report with problems.
+
+    Returns:
+        A :class:`CheckReport`; ``report.ok`` is ``True`` when nothing was found, ``print(report)``
+        shows the table.
+
+    Raises:
+        FreezableError: ``strict`` is ``True`` and there are problems (the message lists them).
+        FreezableTypeError: ``model`` is not a module, or ``optimizer`` is not an optimizer.
+
+    Example:
+        >>> import torch, freezable as fz
+        >>> from torch import nn
+        >>> class Net(fz.Freezable, nn.Sequential):
+        ...     freeze_groups = {"body": ["0", "1"], "head": "2"}
+        >>> net = Net(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).freeze("body", guard=True)
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> net[1].train()  # an inner .train() call
+        BatchNorm1d(...)
+        >>> for problem in fz.check(net, opt).problems:
+        ...     print(problem)
+        frozen module '1' (BatchNorm1d) is in training mode: .train() was called on a part of the model directly; ...
+        >>> net(torch.randn(3, 4)).shape  # the hold hook puts it back in eval
+        torch.Size([3, 2])
+        >>> net.eval()[1].weight.grad = torch.zeros(4)  # a stale gradient on a frozen parameter
+        >>> for problem in fz.check(net, opt).problems:
+        ...     print(problem)
+        frozen parameter '1.weight' holds a gradient (.grad is a tensor): ...
+        1 frozen parameter(s) are in the optimizer with a gradient, so step() moves them (its gradient): '1.weight'; ...
+        >>> net[1].weight.grad = None
+        >>> fz.check(net, opt).ok
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise FreezableTypeError(f"check needs an nn.Module, not {type(model).__name__}: {model!r}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise FreezableTypeError(
+            f"optimizer must be a torch.optim.Optimizer or None, not {type(optimizer).__name__}: {optimizer!r}"
+        )
+    if not isinstance(strict, bool):
+        raise FreezableTypeError(f"strict must be a bool, not {type(strict).__name__}: {strict!r}")
+
+    names = _parameter_names(model)
+    rows = [("modes", _modes(model)), ("gradients", _gradients(model))]
+    skipped = []
+    if optimizer is None:
+        skipped.append(("optimizer", "no optimizer given"))
+    else:
+        rows.append(("optimizer", _optimizer(model, optimizer, names)))
+    ddps = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.parallel.DistributedDataParallel)]
+    if ddps:
+        rows.append(("ddp", [p for name, ddp in ddps for p in _ddp(name, ddp)]))
+    rows.append(("drift", [p for name, m in _freezables(model) for p in guard.verify(m, name)]))
+    report = CheckReport(rows=tuple((n, tuple(p)) for n, p in rows), skipped=tuple(skipped))
+    if strict and not report.ok:
+        raise FreezableError(
+            f"fz.check found {len(report.problems)} problem(s):\n" + "\n".join(f"- {p}" for p in report.problems)
+        )
+    return report
+
+
+def _freezables(model: nn.Module) -> Iterator[tuple[str, Freezable]]:
+    for name, module in model.named_modules():
+        if isinstance(module, Freezable):
+            yield name, module
+
+
+def _parameter_names(model: nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+def _quote(names: list[str]) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:_MAX_NAMES])
+    return shown + (f" and {len(names) - _MAX_NAMES} more" if len(names) > _MAX_NAMES else "")
+
+
+def _modes(model: nn.Module) -> list[str]:
+    problems = []
+    reported: list[str] = []
+    for name, module in model.named_modules():
+        if not module.training or any(not r or name.startswith(r + ".") for r in reported):
+            continue
+        label = f"'{name}' ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
+        if is_held(module):
+            reported.append(name)
+            norms = [n for n, m in module.named_modules(prefix=name) if has_running_stats(m) and m.training]
+            inside = f" with {len(norms)} norm layer(s) inside it" if norms and norms != [name] else ""
+            problems.append(
+                f"frozen module {label} is in training mode{inside}: .train() was called on a part of the model "
+                f"directly; freezable puts it back in eval at its next forward, but a call that skips forward "
+                f"hooks would use batch statistics and dropout; call model.train(), not .train() on a frozen part"
+            )
+        elif has_running_stats(module):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                problems.append(
+                    f"norm layer {label} has frozen parameters but is in training mode: its running statistics "
+                    f"update at every forward; put it in eval, or freeze it with freezable, which holds it there"
+                )
+    return problems
+
+
+def _gradients(model: nn.Module) -> list[str]:
+    return [
+        f"frozen parameter '{name}' holds a gradient (.grad is a tensor): an optimizer that holds it moves it "
+        f"(weight decay, momentum); set its .grad to None"
+        for name, p in model.named_parameters()
+        if not p.requires_grad and p.grad is not None
+    ]
+
+
+def _optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, names: dict[int, str]) -> list[str]:
+    problems = []
+    counts: Counter[int] = Counter()
+    where: dict[int, list[int]] = {}
+    for index, group in enumerate(optimizer.param_groups):
+        for p in group["params"]:
+            counts[id(p)] += 1
+            where.setdefault(id(p), []).append(index)
+
+    def name(p: torch.Tensor) -> str:
+        return names.get(id(p), f"<a parameter of shape {list(p.shape)} not in the model>")
+
+    seen: set[int] = set()
+    with_grad: list[str] = []
+    why_moved: dict[str, None] = {"its gradient": None}  # an ordered set
+    with_state: list[str] = []
+    state_keys: dict[str, None] = {}
+    per_parameter = not isinstance(optimizer, torch.optim.LBFGS)  # LBFGS keeps one flat state
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if counts[id(p)] > 1:
+                problems.append(
+                    f"parameter '{name(p)}' is in the optimizer {counts[id(p)]} times (param groups "
+                    f"{where[id(p)]}): each step updates it more than once"
+                )
+            if p.requires_grad:
+                continue
+            state = [k for k, v in optimizer.state.get(p, {}).items() if per_parameter
+                     and k != "step" and isinstance(v, torch.Tensor) and v.numel() and bool(v.detach().ne(0).any())]
+            if p.grad is not None:
+                with_grad.append(name(p))
+                if group.get("weight_decay"):
+                    why_moved[f"weight decay {group['weight_decay']}"] = None
+                why_moved.update(dict.fromkeys(f"its state {k}" for k in state))
+            elif state:
+                with_state.append(name(p))
+                state_keys.update(dict.fromkeys(state))
+    if with_grad:
+        problems.append(
+            f"{len(with_grad)} frozen parameter(s) are in the optimizer with a gradient, so step() moves them "
+            f"({', '.join(why_moved)}): {_quote(with_grad)}; set their .grad to None or leave them out of the optimizer"
+        )
+    if with_state:
+        problems.append(
+            f"{len(with_state)} frozen parameter(s) have optimizer state ({', '.join(state_keys)}) that moves them "
+            f"as soon as they get a gradient, and that a later unfreeze resumes from: {_quote(with_state)}; leave "
+            f"them out of the optimizer or clear optimizer.state for them"
+        )
+    if isinstance(optimizer, torch.optim.LBFGS):
+        moved = _lbfgs_moves_frozen(optimizer)
+        if moved:
+            problems.append(
+                f"LBFGS has a curvature history over {len(moved)} parameter(s) frozen since "
+                f"({_quote([name(p) for p in moved])}): its next step moves them even without a gradient; build a "
+                f"new LBFGS after freezing"
+            )
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in counts]
+    if missing:
+        problems.append(
+            f"{len(missing)} trainable parameter(s) are not in the optimizer: they get gradients but never "
+            f"move: {_quote(missing)}; freeze them, or add them with optimizer.add_param_group"
+        )
+    return problems
+
+
+def _lbfgs_moves_frozen(optimizer: torch.optim.LBFGS) -> list[torch.Tensor]:
+    """The frozen parameters on which LBFGS's flat history (directions, steps) is not zero."""
+    params = optimizer.param_groups[0]["params"]
+    state = optimizer.state.get(params[0], {}) if params else {}
+    history = [t for t in [*state.get("old_dirs", []), *state.get("old_stps", []), state.get("d")]
+               if isinstance(t, torch.Tensor)]
+    moved, offset = [], 0
+    for p in params:
+        if not p.requires_grad and any(bool(t[offset:offset + p.numel()].ne(0).any()) for t in history):
+            moved.append(p)
+        offset += p.numel()
+    return moved
+
+
+def _ddp_registered(ddp: nn.parallel.DistributedDataParallel) -> set[int] | None:
+    """Ids of the parameters DDP registered with its reducer when it was built (what it all-reduces).
+
+    The reducer hands them out only with zero-filled copies of its gradient buckets, so this
+    allocates, for the duration of the check, memory the size of the synchronised gradients.
+    """
+    reducer = getattr(ddp, "reducer", None)
+    buckets = getattr(reducer, "_get_zeros_like_grad_buckets", None)
+    if buckets is None:
+        return None
+    return {id(p) for bucket in buckets() for p in bucket.parameters()}
+
+
+def _ddp(prefix: str, ddp: nn.parallel.DistributedDataParallel) -> list[str]:
+    registered = _ddp_registered(ddp)
+    ignored = set(getattr(ddp, "parameters_to_ignore", ()))
+    trainable = {id(p): n for n, p in ddp.module.named_parameters() if p.requires_grad and n not in ignored}
+    where = f"DDP wrapper '{prefix}'" if prefix else "the DDP wrapper"
+    if registered is None:  # a torch without the reducer's buckets: compare counts
+        count = ddp._get_ddp_logging_data().get("num_parameter_tensors")
+        if count is not None and count != len(trainable):
+            return [f"{where} synchronises {count} parameter tensors but {len(trainable)} are trainable: "
+                    f"build DistributedDataParallel after freezing"]
+        return []
+    frozen_synced = [n for n, p in ddp.module.named_parameters() if id(p) in registered and id(p) not in trainable]
+    unsynced = [n for i, n in trainable.items() if i not in registered]
+    problems = []
+    if frozen_synced:
+        problems.append(
+            f"{where} synchronises {len(frozen_synced)} parameter(s) that are now frozen: {_quote(frozen_synced)}; "
+            f"backward fails waiting for their gradients unless find_unused_parameters=True; build "
+            f"DistributedDataParallel after freezing"
+        )
+    if unsynced:
+        problems.append(
+            f"{where} does not synchronise {len(unsynced)} trainable parameter(s): {_quote(unsynced)}; their "
+            f"gradients are not averaged across processes and the replicas drift apart; build "
+            f"DistributedDataParallel after unfreezing"
+        )
+    return problems

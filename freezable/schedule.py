@@ -1,0 +1,273 @@
+"""Gradual unfreezing: :class:`UnfreezeSchedule` and :func:`freeze_to`, over the staged groups.
+
+*Staged* groups are the registered groups that contain no other registered group,
+in group order (``stem, stage1 ... stageN, head`` for detected models). Umbrella
+groups (``backbone``, which contains the stem and stages) are skipped by the walks here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import FreezableError, FreezableTypeError, FreezeStateError, UnknownGroupError, closest
+from .optim import add_missing, check_lr, check_optimizer
+
+if TYPE_CHECKING:
+    from .mixin import Freezable
+
+__all__ = ["UnfreezeSchedule", "freeze_to", "staged_groups"]
+
+_STATE_FORMAT = "freezable.unfreeze_schedule"
+_STATE_VERSION = 1
+
+
+def _members(model: Freezable, name: str) -> frozenset[str]:
+    root = model._freeze_root()
+    group = model._groups[name]
+    return frozenset(n for n, _ in group.named_parameters(root)) | frozenset(
+        "module:" + n for n, _ in group.named_modules(root)
+    )
+
+
+def staged_groups(model: Freezable) -> tuple[str, ...]:
+    """The registered groups that contain no other registered group, in group order.
+
+    Example:
+        >>> import torch, torchvision
+        >>> from freezable import FrozenBackbone
+        >>> staged_groups(FrozenBackbone(torchvision.models.resnet18()))
+        ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'head')
+    """
+    members = {name: _members(model, name) for name in model._groups}
+    return tuple(
+        name for name, own in members.items()
+        if not any(other and other < own for o, other in members.items() if o != name)
+    )
+
+
+def _check_model(model: object) -> Freezable:
+    from .mixin import Freezable
+
+    if not isinstance(model, Freezable):
+        raise FreezableTypeError(f"expected a Freezable model, not {type(model).__name__}")
+    return model
+
+
+def freeze_to(model: Freezable, group: str, *, train_bn: bool = False) -> Freezable:
+    """Freezes the staged groups up to and including ``group`` and unfreezes the staged groups after it.
+
+    fastai's ``freeze_to``, by name: with groups ``stem, stage1, stage2, head``,
+    ``freeze_to("stage1")`` freezes ``stem`` and ``stage1`` and unfreezes ``stage2`` and ``head``.
+
+    Args:
+        model: a :class:`~freezable.Freezable`.
+        group: a staged group (not an umbrella such as ``backbone``).
+        train_bn: keep the frozen groups' norm layers trainable.
+
+    Returns:
+        The model.
+
+    Raises:
+        UnknownGroupError: ``group`` is not a staged group.
+
+    Example:
+        >>> import torchvision
+        >>> from freezable import FrozenBackbone
+        >>> fb = FrozenBackbone(torchvision.models.resnet18())
+        >>> fb.freeze_to("stage2").frozen_groups
+        ('stem', 'stage1', 'stage2')
+    """
+    model = _check_model(model)
+    staged = staged_groups(model)
+    if not isinstance(group, str):
+        raise FreezableTypeError(f"a group name must be a str, not {type(group).__name__}: {group!r}")
+    if group not in staged:
+        why = "an umbrella group (it contains others)" if group in model._groups else "not a registered group"
+        raise UnknownGroupError(f"freeze_to needs a staged group; {group!r} is {why}; {closest(group, staged)}")
+    if not isinstance(train_bn, bool):
+        raise FreezableTypeError(f"train_bn must be a bool, not {type(train_bn).__name__}: {train_bn!r}")
+    cut = staged.index(group) + 1
+    model._unfreeze_resolved([model._groups[g] for g in staged[cut:]])
+    model._freeze_resolved([model._groups[g] for g in staged[:cut]], train_bn=train_bn)
+    return model
+
+
+class UnfreezeSchedule:
+    """Unfreezes groups at given epochs; ``step(epoch)`` sets the state that epoch should have.
+
+    The state at epoch ``e`` is the freeze state the model had when the schedule
+    was built, with every group scheduled at an epoch ``<= e`` unfrozen. ``step``
+    sets exactly that state, so it is idempotent and right after a resume at any
+    epoch (or a step back). Keep :meth:`state_dict` beside the checkpoint: it holds
+    that initial state, which a resumed model no longer shows.
+
+    Args:
+        model: a :class:`~freezable.Freezable`, in its initial freeze state.
+        milestones: epoch (int >= 0) -> a group name or a list of them.
+        optimizer: default optimizer for :meth:`step`: parameters that become
+            trainable and that it lacks are added to it as one new group
+            (see ``Freezable.unfreeze``).
+        lr: learning rate of such added groups (default: the optimizer's first group's).
+
+    Raises:
+        UnknownGroupError: a milestone names a group the model lacks.
+        FreezableError: an epoch is negative.
+        FreezableTypeError: an epoch is not an int, or a value is not a name or list of names.
+
+    Example:
+        >>> import torchvision
+        >>> from freezable import FrozenBackbone
+        >>> fb = FrozenBackbone(torchvision.models.resnet18(), trainable=["head"])
+        >>> schedule = UnfreezeSchedule(fb, {1: ["stage4"], 3: ["stage3", "stage2"]})
+        >>> schedule.step(3).frozen_groups      # resumed at epoch 3
+        ('stem', 'stage1')
+        >>> schedule.step(1).frozen_groups
+        ('stem', 'stage1', 'stage2', 'stage3')
+    """
+
+    def __init__(
+        self,
+        model: Freezable,
+        milestones: Mapping[int, str | Sequence[str]],
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr: float | None = None,
+    ) -> None:
+        self.model = _check_model(model)
+        self.milestones = _check_milestones(self.model, milestones)
+        self.optimizer = None if optimizer is None else check_optimizer(optimizer)
+        self.lr = None if lr is None else check_lr(lr)
+        self.initial_state = self.model.freeze_state()
+        self.last_epoch: int | None = None
+
+    def __repr__(self) -> str:
+        return f"UnfreezeSchedule({self.milestones}, last_epoch={self.last_epoch})"
+
+    def groups_at(self, epoch: int) -> list[str]:
+        """The groups unfrozen at ``epoch`` (scheduled at or before it), in schedule order."""
+        epoch = _check_epoch(epoch)
+        return [g for e, groups in sorted(self.milestones.items()) if e <= epoch for g in groups]
+
+    def target_state(self, epoch: int) -> dict[str, Any]:
+        """The freeze state that ``step(epoch)`` sets."""
+        root = self.model._freeze_root()
+        modules: set[int] = set()  # by identity: a shared module or tied parameter may go by several names
+        params: set[int] = set()
+        for name in self.groups_at(epoch):
+            group = self.model._groups[name]
+            modules.update(id(m) for _, m in group.named_modules(root))
+            params.update(id(p) for _, p in group.named_parameters(root))
+        state = dict(self.initial_state)
+        state["frozen_modules"] = [n for n in state["frozen_modules"] if id(root.get_submodule(n)) not in modules]
+        state["frozen_parameters"] = [n for n in state["frozen_parameters"] if id(root.get_parameter(n)) not in params]
+        return state
+
+    def step(self, epoch: int, *, optimizer: torch.optim.Optimizer | None = None, lr: float | None = None) -> Freezable:
+        """Sets the model's freeze state to that of ``epoch``; changes nothing when it is already so.
+
+        With an optimizer, the parameters that each milestone up to ``epoch`` made trainable
+        and that the optimizer lacks are added, one param group per milestone, so the
+        optimizer's groups depend on ``epoch`` only. When resuming with an optimizer built from
+        ``trainable_parameters()``, restore its groups before its state::
+
+            schedule.load_state_dict(ckpt["schedule"])
+            schedule.step(schedule.last_epoch, optimizer=opt)
+            opt.load_state_dict(ckpt["optimizer"])
+
+        (An optimizer built from ``model.param_groups`` never changes groups: nothing to do.)
+
+        Args:
+            epoch: the epoch about to start (0-based, as Lightning's ``current_epoch``).
+            optimizer: overrides the schedule's optimizer for this call.
+            lr: overrides the schedule's ``lr`` for this call.
+
+        Returns:
+            The model.
+        """
+        optimizer = self.optimizer if optimizer is None else check_optimizer(optimizer)
+        lr = self.lr if lr is None else check_lr(lr)
+        target = self.target_state(epoch)
+        if not _same_state(self.model.freeze_state(), target):
+            self.model.load_freeze_state(target)
+        if optimizer is not None:  # one group per milestone reached, whatever the stepping history
+            root = self.model._freeze_root()
+            for e, groups in self.milestones.items():
+                if e <= epoch:
+                    params = [p for g in groups for _, p in self.model._groups[g].named_parameters(root)]
+                    add_missing(optimizer, params, lr=lr, name=f"unfrozen@{e}:" + ",".join(groups))
+        self.last_epoch = epoch
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Milestones, the initial freeze state and the last epoch stepped; plain data (``weights_only``-safe)."""
+        return {
+            "format": _STATE_FORMAT,
+            "version": _STATE_VERSION,
+            "milestones": {e: list(g) for e, g in self.milestones.items()},
+            "initial_state": self.initial_state,
+            "last_epoch": self.last_epoch,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores what :meth:`state_dict` saved; the model is not changed until the next :meth:`step`.
+
+        Raises:
+            FreezeStateError: ``state`` is malformed or names what the model lacks.
+        """
+        if not isinstance(state, Mapping) or (state.get("format"), state.get("version")) != (_STATE_FORMAT, _STATE_VERSION):
+            raise FreezeStateError(f"not an UnfreezeSchedule state of version {_STATE_VERSION}: {state!r:.200}")
+        try:
+            milestones = _check_milestones(self.model, state["milestones"])
+            last_epoch = state["last_epoch"]
+            if last_epoch is not None:
+                _check_epoch(last_epoch)
+        except (KeyError, FreezableError) as e:
+            raise FreezeStateError(f"bad UnfreezeSchedule state: {e}") from None
+        initial = state.get("initial_state")
+        _check_freeze_state(self.model, initial)
+        self.milestones, self.initial_state, self.last_epoch = milestones, dict(initial), last_epoch
+
+
+def _check_epoch(epoch: object) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise FreezableTypeError(f"an epoch must be an int >= 0, not {type(epoch).__name__}: {epoch!r}")
+    if epoch < 0:
+        raise FreezableError(f"an epoch must be an int >= 0, got {epoch!r}")
+    return epoch
+
+
+def _check_milestones(model: Freezable, milestones: object) -> dict[int, list[str]]:
+    if not isinstance(milestones, Mapping):
+        raise FreezableTypeError(f"milestones must map epochs to group names, not {type(milestones).__name__}")
+    known = model._groups
+    checked: dict[int, list[str]] = {}
+    for epoch, groups in milestones.items():
+        _check_epoch(epoch)
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(groups, Sequence) or not all(isinstance(g, str) for g in groups):
+            raise FreezableTypeError(f"milestone {epoch} must be a group name or a list of them, got {groups!r}")
+        for group in groups:
+            if group not in known:
+                raise UnknownGroupError(
+                    f"milestone {epoch} names unknown freeze group {group!r}; {closest(group, known)}"
+                )
+        checked[epoch] = list(groups)
+    return dict(sorted(checked.items()))
+
+
+def _check_freeze_state(model: Freezable, state: object) -> None:
+    """Raises FreezeStateError when ``state`` would not load on ``model`` (without changing it)."""
+    from .mixin import _state_names
+
+    root = model._freeze_root()
+    _state_names(state, "frozen_modules", dict(root.named_modules()))
+    _state_names(state, "frozen_parameters", dict(root.named_parameters()))
+
+
+def _same_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return (set(a["frozen_modules"]) == set(b["frozen_modules"])
+            and set(a["frozen_parameters"]) == set(b["frozen_parameters"]))

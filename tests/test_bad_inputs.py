@@ -1,0 +1,375 @@
+"""Bad input, everywhere: every public function answers with a FreezableError that names the bad value.
+
+One row per distinct bad input: ``Bad(id, call, error, match)``. ``call`` gets the subjects
+(``s.net``: a :class:`conftest.Net` with a guard and a registered group, ``s.fb``: a
+FrozenBackbone of a small ResNet, ``s.extra``: whatever the row's ``setup`` built). ``error``
+is the exception class expected (``pytest.raises(error, match=match)``), or, for the command
+line, the exit code expected with ``match`` searched in stderr. After every row the subjects
+must be exactly as before: freeze state, ``requires_grad`` and gradients, modes and hooks,
+every tensor bit for bit, groups, the guard, and the preset registry.
+
+To add a row, append a ``Bad`` to ``ROWS``; ids must stay unique.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from conftest import Net, full_state
+from torch import nn
+
+import freezable as fz
+from freezable.__main__ import main
+from freezable.errors import FreezableTypeError, FreezeStateError, PresetError, SpecError, UnknownGroupError
+from freezable.guard import guarded_names
+
+FreezableError = fz.FreezableError
+
+
+@dataclass
+class Subjects:
+    net: Net
+    fb: fz.FrozenBackbone
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bad:
+    id: str  # unique, says what is wrong
+    call: Callable[[Subjects], Any]  # the bad call
+    error: type[BaseException] | int  # the exception expected, or the CLI's exit code
+    match: str  # regex searched in the message (or in stderr for the CLI)
+    setup: Callable[[Subjects], None] | None = None  # runs before the "before" snapshot
+
+
+def cli(*argv: str) -> Callable[[Subjects], int]:
+    return lambda s: main(list(argv))
+
+
+STATE = {"format": "freezable.freeze_state", "version": 1, "frozen_modules": [], "frozen_parameters": []}
+
+
+def state(**changes: Any) -> dict[str, Any]:
+    """A valid empty freeze state with ``changes`` (a value of ``...`` removes the key)."""
+    out = {**STATE, **changes}
+    return {k: v for k, v in out.items() if v is not ...}
+
+
+class ListGroups(Net):
+    freeze_groups = ["features"]  # type: ignore[assignment]
+
+
+class TypoGroups(Net):
+    freeze_groups = {"features": "featurez"}
+
+
+def replace_a_member(s: Subjects) -> None:
+    s.net.register_freeze_group("loose", "classifier.0", "classifier.1.weight")
+    s.net.classifier[1] = nn.Identity()
+
+
+def make_extra(cls: type[nn.Module]) -> Callable[[Subjects], None]:
+    def setup(s: Subjects) -> None:
+        s.extra["model"] = cls()
+
+    return setup
+
+
+def inner_train(s: Subjects) -> None:
+    s.net.features.train()
+
+
+CONFLICT = fz.Preset("test.conflict", "redefines 'features'", {"features": "classifier"}, frozen=("features",))
+
+ROWS: list[Bad] = [
+    # -- Freezable.freeze / unfreeze -------------------------------------------------------------------------------
+    Bad("freeze-unknown-group", lambda s: s.net.freeze("featurs"), UnknownGroupError,
+        r"unknown freeze group 'featurs'; did you mean 'features'"),
+    Bad("freeze-second-name-unknown", lambda s: s.net.freeze("features", "clasifier"), UnknownGroupError,
+        r"unknown freeze group 'clasifier'; did you mean 'classifier'"),
+    Bad("freeze-empty-name", lambda s: s.net.freeze(""), UnknownGroupError,
+        r"unknown freeze group ''; valid choices: 'classifier', 'conv1', 'features'"),
+    Bad("freeze-int-name", lambda s: s.net.freeze(3), FreezableTypeError, r"group name must be a str, not int: 3"),
+    Bad("freeze-none-name", lambda s: s.net.freeze(None), FreezableTypeError, r"not NoneType: None"),
+    Bad("freeze-list-of-names", lambda s: s.net.freeze(["features"]), FreezableTypeError,
+        r"not list: \['features'\]"),
+    Bad("freeze-train_bn-str", lambda s: s.net.freeze("features", train_bn="yes"), FreezableTypeError,
+        r"train_bn must be a bool, not str: 'yes'"),
+    Bad("freeze-train_bn-int", lambda s: s.net.freeze(train_bn=1), FreezableTypeError,
+        r"train_bn must be a bool, not int: 1"),
+    Bad("freeze-guard-str", lambda s: s.net.freeze("features", guard="yes"), FreezableTypeError,
+        r"guard must be a bool, not str: 'yes'"),
+    Bad("freeze-guard-none", lambda s: s.net.freeze(guard=None), FreezableTypeError,
+        r"guard must be a bool, not NoneType: None"),
+    Bad("freeze-member-replaced-since-registration", lambda s: s.net.freeze("loose"), FreezableError,
+        r"no parameter 'classifier.1.weight' any more", setup=replace_a_member),
+    Bad("unfreeze-member-replaced-since-registration", lambda s: s.net.unfreeze("loose"), FreezableError,
+        r"no parameter 'classifier.1.weight' any more", setup=replace_a_member),
+    Bad("unfreeze-unknown-group", lambda s: s.net.unfreeze("head"), UnknownGroupError,
+        r"unknown freeze group 'head'; valid choices: 'classifier', 'conv1', 'features'"),
+    Bad("unfreeze-float-name", lambda s: s.net.unfreeze(1.5), FreezableTypeError, r"not float: 1.5"),
+    Bad("unfreeze-bytes-name", lambda s: s.net.unfreeze(b"features"), FreezableTypeError, r"not bytes: b'features'"),
+    Bad("class-groups-not-a-mapping", lambda s: s.extra["model"].freeze("features"), FreezableTypeError,
+        r"ListGroups.freeze_groups must be a mapping of group name to specs, not list",
+        setup=make_extra(ListGroups)),
+    Bad("class-group-spec-matches-nothing", lambda s: s.extra["model"].freeze("features"), SpecError,
+        r"spec 'featurez' of group 'features' matches no submodule or parameter; did you mean 'features'",
+        setup=make_extra(TypoGroups)),
+    # -- register_freeze_group --------------------------------------------------------------------------------------
+    Bad("register-duplicate-name", lambda s: s.net.register_freeze_group("features", "features"), SpecError,
+        r"a group named 'features' is already registered"),
+    Bad("register-spec-typo", lambda s: s.net.register_freeze_group("x", "featurs"), SpecError,
+        r"spec 'featurs' of group 'x' matches no submodule or parameter; did you mean 'features'"),
+    Bad("register-glob-matches-nothing", lambda s: s.net.register_freeze_group("x", "layer[12]"), SpecError,
+        r"spec 'layer\[12\]' of group 'x' matches no submodule"),
+    Bad("register-regex-matches-nothing", lambda s: s.net.register_freeze_group("x", re.compile("^zzz")), SpecError,
+        r"spec re.compile\('\^zzz'\) of group 'x' matches no"),
+    Bad("register-callable-matches-nothing", lambda s: s.net.register_freeze_group("x", lambda n, o: False),
+        SpecError, r"spec <function .*> of group 'x' matches no submodule"),
+    Bad("register-callable-raises", lambda s: s.net.register_freeze_group("x", lambda n, o: 1 / 0), SpecError,
+        r"callable spec <function .*> raised ZeroDivisionError: division by zero; a callable spec takes \(name, "),
+    Bad("register-callable-wrong-arity", lambda s: s.net.register_freeze_group("x", lambda n: True), SpecError,
+        r"raised TypeError: .*; a callable spec takes \(name, module_or_parameter\)"),
+    Bad("register-no-spec", lambda s: s.net.register_freeze_group("x"), SpecError,
+        r"register_freeze_group\('x'\) needs at least one spec"),
+    Bad("register-empty-spec", lambda s: s.net.register_freeze_group("x", ""), SpecError,
+        r"a group spec must not be empty or blank, got ''"),
+    Bad("register-blank-spec", lambda s: s.net.register_freeze_group("x", "  "), SpecError,
+        r"must not be empty or blank, got '  '"),
+    Bad("register-empty-name", lambda s: s.net.register_freeze_group("", "features"), SpecError,
+        r"a group name must not be empty or blank, got ''"),
+    Bad("register-int-name", lambda s: s.net.register_freeze_group(3, "features"), FreezableTypeError,
+        r"a group name must be a str, not int: 3"),
+    Bad("register-int-spec", lambda s: s.net.register_freeze_group("x", 3), FreezableTypeError,
+        r"a group spec must be a name, a glob, a re.Pattern or a callable, not int: 3"),
+    Bad("register-bytes-spec", lambda s: s.net.register_freeze_group("x", b"features"), FreezableTypeError,
+        r"not bytes: b'features'"),
+    Bad("register-nested-list-spec", lambda s: s.net.register_freeze_group("x", ["features", 3]), FreezableTypeError,
+        r"not list: \['features', 3\]"),
+    Bad("register-second-spec-matches-nothing", lambda s: s.net.register_freeze_group("x", "features", "nope"),
+        SpecError, r"spec 'nope' of group 'x' matches no"),
+    Bad("register-index-out-of-range", lambda s: s.net.register_freeze_group("x", "features.9"), SpecError,
+        r"spec 'features.9' .* did you mean 'features.8'"),
+    Bad("register-parameter-typo", lambda s: s.net.register_freeze_group("x", "classifier.1.wieght"), SpecError,
+        r"spec 'classifier.1.wieght' .* did you mean 'classifier.1.weight'"),
+    Bad("register-prefixed-name-on-frozen-backbone", lambda s: s.fb.register_freeze_group("x", "backbone.conv1"),
+        SpecError, r"spec 'backbone.conv1' of group 'x' matches no submodule or parameter; did you mean 'conv1'\? "
+        r"names are relative to ResNet"),
+    # -- load_freeze_state ------------------------------------------------------------------------------------------
+    Bad("state-a-list", lambda s: s.net.load_freeze_state([]), FreezeStateError,
+        r"a freeze state must be a dict from freeze_state\(\), not list \[\]"),
+    Bad("state-none", lambda s: s.net.load_freeze_state(None), FreezeStateError, r"not NoneType None"),
+    Bad("state-a-str", lambda s: s.net.load_freeze_state("features"), FreezeStateError, r"not str 'features'"),
+    Bad("state-empty-dict", lambda s: s.net.load_freeze_state({}), FreezeStateError,
+        r"not a freeze state of version 1: format=None, version=None"),
+    Bad("state-version-2", lambda s: s.net.load_freeze_state(state(version=2)), FreezeStateError,
+        r"version 1: format='freezable.freeze_state', version=2"),
+    Bad("state-version-a-str", lambda s: s.net.load_freeze_state(state(version="1")), FreezeStateError,
+        r"version='1'"),
+    Bad("state-version-a-bool", lambda s: s.net.load_freeze_state(state(version=True)), FreezeStateError,
+        r"version=True"),
+    Bad("state-other-format", lambda s: s.net.load_freeze_state(state(format="peft.adapter")), FreezeStateError,
+        r"format='peft.adapter'"),
+    Bad("state-modules-missing", lambda s: s.net.load_freeze_state(state(frozen_modules=...)), FreezeStateError,
+        r"'frozen_modules' must be a list of names, got None"),
+    Bad("state-parameters-missing", lambda s: s.net.load_freeze_state(state(frozen_parameters=...)),
+        FreezeStateError, r"'frozen_parameters' must be a list of names, got None"),
+    Bad("state-modules-a-str", lambda s: s.net.load_freeze_state(state(frozen_modules="features")),
+        FreezeStateError, r"'frozen_modules' must be a list of names, got 'features'"),
+    Bad("state-modules-with-an-int", lambda s: s.net.load_freeze_state(state(frozen_modules=["features", 1])),
+        FreezeStateError, r"got \['features', 1\]"),
+    Bad("state-parameters-a-dict", lambda s: s.net.load_freeze_state(state(frozen_parameters={"a": 1})),
+        FreezeStateError, r"'frozen_parameters' must be a list of names, got \{'a': 1\}"),
+    Bad("state-unknown-module", lambda s: s.net.load_freeze_state(state(frozen_modules=["featurs"])),
+        FreezeStateError, r"'frozen_modules' names 'featurs', which the model lacks; did you mean 'features'"),
+    Bad("state-unknown-parameter", lambda s: s.net.load_freeze_state(state(frozen_parameters=["features.0.wieght"])),
+        FreezeStateError, r"names 'features.0.wieght', which the model lacks; did you mean 'features.0.weight'"),
+    Bad("state-good-modules-bad-parameters",
+        lambda s: s.net.load_freeze_state(state(frozen_modules=["features"], frozen_parameters=["x"])),
+        FreezeStateError, r"'frozen_parameters' names 'x', which the model lacks"),
+    Bad("state-prefixed-names-on-frozen-backbone",
+        lambda s: s.fb.load_freeze_state(state(frozen_modules=["backbone.layer1"])), FreezeStateError,
+        r"names 'backbone.layer1', which the model lacks; did you mean 'layer1'"),
+    # -- FrozenBackbone ---------------------------------------------------------------------------------------------
+    Bad("wrapper-none", lambda s: fz.FrozenBackbone(None), FreezableTypeError,
+        r"FrozenBackbone wraps an nn.Module, not NoneType None"),
+    Bad("wrapper-model-name", lambda s: fz.FrozenBackbone("resnet18"), FreezableTypeError, r"not str 'resnet18'"),
+    Bad("wrapper-class-not-instance", lambda s: fz.FrozenBackbone(nn.Linear), FreezableTypeError,
+        r"not type <class 'torch"),
+    Bad("wrapper-tensor", lambda s: fz.FrozenBackbone(torch.zeros(2)), FreezableTypeError, r"not Tensor tensor"),
+    Bad("wrapper-trainable-unknown-group", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=["stage9"]),
+        SpecError, r"spec 'stage9' of group 'trainable' matches no .*; groups: \['stem', 'stage1'"),
+    Bad("wrapper-trainable-glob-matches-nothing", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable="layer9*"),
+        SpecError, r"spec 'layer9\*' of group 'trainable' matches no"),
+    Bad("wrapper-trainable-int", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=3), FreezableTypeError,
+        r"not int: 3"),
+    Bad("wrapper-trainable-none", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=None), FreezableTypeError,
+        r"not NoneType: None"),
+    Bad("wrapper-preset-typo", lambda s: fz.FrozenBackbone(s.fb.backbone, preset="torchvision.linear_prob"),
+        PresetError, r"unknown preset 'torchvision.linear_prob'; did you mean 'torchvision.linear_probe'"),
+    Bad("wrapper-preset-int", lambda s: fz.FrozenBackbone(s.fb.backbone, preset=3), FreezableTypeError,
+        r"a preset name must be a str, not int: 3"),
+    Bad("wrapper-preset-for-another-model", lambda s: fz.FrozenBackbone(s.fb.backbone, preset="timm.hrnet.backbone"),
+        PresetError, r"preset 'timm.hrnet.backbone' does not fit ResNet: spec 'conv2'"),
+    Bad("wrapper-alexnet-preset-on-resnet",
+        lambda s: fz.FrozenBackbone(s.fb.backbone, preset="torchvision.alexnet.classifier_only"), PresetError,
+        r"does not fit ResNet: spec 'features' of group 'features' matches no"),
+    Bad("wrapper-freeze-unknown-stage", lambda s: s.fb.freeze("stage9"), UnknownGroupError,
+        r"unknown freeze group 'stage9'; did you mean 'stage4' or 'stage3' or 'stage2'\?"),
+    # -- presets ----------------------------------------------------------------------------------------------------
+    Bad("get-preset-typo", lambda s: fz.get_preset("timm.hrnet.backbon"), PresetError,
+        r"unknown preset 'timm.hrnet.backbon'; did you mean 'timm.hrnet.backbone'"),
+    Bad("get-preset-int", lambda s: fz.get_preset(3), FreezableTypeError, r"not int: 3"),
+    Bad("get-preset-none", lambda s: fz.get_preset(None), FreezableTypeError, r"not NoneType: None"),
+    Bad("list-presets-int-pattern", lambda s: fz.list_presets(3), FreezableTypeError,
+        r"pattern must be a str, not int: 3"),
+    Bad("list-presets-list-pattern", lambda s: fz.list_presets(["timm.*"]), FreezableTypeError,
+        r"not list: \['timm.\*'\]"),
+    Bad("register-preset-duplicate", lambda s: fz.register_preset(
+        fz.Preset("timm.hrnet.backbone", "again", frozen=("backbone",))), PresetError,
+        r"a preset named 'timm.hrnet.backbone' is already registered"),
+    Bad("register-preset-a-name", lambda s: fz.register_preset("timm.mine"), FreezableTypeError,
+        r"register_preset takes a Preset, not str 'timm.mine'"),
+    Bad("preset-frozen-a-str", lambda s: fz.Preset("t.x", "d", {"a": "features"}, frozen="a"), FreezableTypeError,
+        r"Preset frozen must be a tuple of str, not str 'a'; did you mean \('a',\)\?"),
+    Bad("preset-frozen-undefined-group", lambda s: fz.Preset("t.x", "d", {"features": "f"}, frozen=("featurs",)),
+        PresetError, r"freezes groups it does not define: \['featurs'\]; did you mean 'features'"),
+    Bad("preset-empty-name", lambda s: fz.Preset("", "d"), FreezableTypeError,
+        r"Preset name must be a non-empty str, not str ''"),
+    Bad("preset-groups-a-list", lambda s: fz.Preset("t.x", "d", ["features"]), FreezableTypeError,
+        r"Preset groups must be a mapping .* not list \['features'\]"),
+    Bad("preset-train_bn-str", lambda s: fz.Preset("t.x", "d", train_bn="yes"), FreezableTypeError,
+        r"Preset train_bn must be a bool, not str 'yes'"),
+    Bad("preset-models-a-str", lambda s: fz.Preset("t.x", "d", models="resnet*"), FreezableTypeError,
+        r"Preset models must be a tuple of str, not str 'resnet\*'; did you mean \('resnet\*',\)"),
+    Bad("apply-preset-plain-module", lambda s: fz.apply_preset(s.fb.backbone, "torchvision.linear_probe"),
+        FreezableTypeError, r"apply_preset needs a Freezable model, not ResNet .*; wrap it: FrozenBackbone"),
+    Bad("apply-preset-unknown", lambda s: fz.apply_preset(s.net, "torchvision.alexnet.classifier"), PresetError,
+        r"unknown preset 'torchvision.alexnet.classifier'; did you mean 'torchvision.alexnet.classifier_only'"),
+    Bad("apply-preset-wrong-model", lambda s: fz.apply_preset(s.net, "timm.hrnet.backbone"), PresetError,
+        r"preset 'timm.hrnet.backbone' does not fit Net: spec 'conv1' of group 'stem' matches no"),
+    Bad("apply-preset-int", lambda s: fz.apply_preset(s.net, 3), FreezableTypeError, r"not int: 3"),
+    Bad("apply-preset-conflicting-group", lambda s: fz.apply_preset(s.net, CONFLICT), PresetError,
+        r"preset 'test.conflict' defines group 'features', which the model already has with other members"),
+    # -- check ------------------------------------------------------------------------------------------------------
+    Bad("check-not-a-module", lambda s: fz.check("model"), FreezableTypeError,
+        r"check needs an nn.Module, not str: 'model'"),
+    Bad("check-none", lambda s: fz.check(None), FreezableTypeError, r"not NoneType: None"),
+    Bad("check-optimizer-a-str", lambda s: fz.check(s.net, "sgd"), FreezableTypeError,
+        r"optimizer must be a torch.optim.Optimizer or None, not str: 'sgd'"),
+    Bad("check-optimizer-a-list", lambda s: fz.check(s.net, list(s.net.parameters())), FreezableTypeError,
+        r"not list: \[Parameter"),
+    Bad("check-strict-a-str", lambda s: fz.check(s.net, strict="yes"), FreezableTypeError,
+        r"strict must be a bool, not str: 'yes'"),
+    Bad("check-strict-with-a-problem", lambda s: fz.check(s.net, strict=True), FreezableError,
+        r"fz.check found 1 problem\(s\):\n- frozen module 'features' \(Sequential\) is in training mode",
+        setup=inner_train),
+    # -- command line (exit code 2, message on stderr) --------------------------------------------------------------
+    Bad("cli-unknown-model", cli("show", "resnet181"), 2, r"unknown model 'resnet181'; did you mean 'resnet18'"),
+    Bad("cli-unknown-preset", cli("show", "resnet18", "--preset", "timm.linear_prob"), 2,
+        r"unknown preset 'timm.linear_prob'; did you mean 'timm.linear_probe'"),
+    Bad("cli-preset-for-another-model", cli("show", "resnet18", "--preset", "timm.hrnet.backbone"), 2,
+        r"preset 'timm.hrnet.backbone' does not fit ResNet"),
+    Bad("cli-unknown-trainable", cli("show", "resnet18", "--trainable", "stage9"), 2,
+        r"spec 'stage9' of group 'trainable' matches no .*groups: \['stem'"),
+    Bad("cli-no-preset-matches", cli("presets", "zzz*"), 2, r"no preset matches 'zzz\*'"),
+    Bad("cli-unknown-command", cli("bogus"), 2, r"invalid choice: 'bogus' \(choose from '?presets'?, '?show'?\)"),
+    Bad("cli-no-command", cli(), 2, r"the following arguments are required: command"),
+    Bad("cli-show-without-model", cli("show"), 2, r"the following arguments are required: model"),
+    Bad("cli-unknown-option", cli("show", "resnet18", "--bogus"), 2, r"unrecognized arguments: --bogus"),
+    # -- training loops: param_groups, unfreeze(optimizer=), freeze_to, UnfreezeSchedule, rewrap_ddp ---------------
+    Bad("param_groups-lr-str", lambda s: s.net.param_groups("fast"), FreezableTypeError,
+        r"lr must be a number, not str: 'fast'"),
+    Bad("param_groups-lr-negative", lambda s: s.net.param_groups(-1.0), FreezableError,
+        r"lr must be a finite number >= 0, got -1.0"),
+    Bad("param_groups-lr-nan", lambda s: s.net.param_groups(float("nan")), FreezableError,
+        r"lr must be a finite number >= 0, got nan"),
+    Bad("param_groups-weight_decay-str", lambda s: s.net.param_groups(0.1, weight_decay="x"), FreezableTypeError,
+        r"weight_decay must be a number, not str: 'x'"),
+    Bad("param_groups-lr_scale-unknown", lambda s: s.net.param_groups(0.1, lr_scale={"featurs": 0.1}),
+        UnknownGroupError, r"lr_scale names 'featurs'.*did you mean 'features'"),
+    Bad("param_groups-lr_scale-a-list", lambda s: s.net.param_groups(0.1, lr_scale=[0.1]), FreezableTypeError,
+        r"lr_scale must map group names to multipliers, not list"),
+    Bad("param_groups-lr_scale-negative", lambda s: s.net.param_groups(0.1, lr_scale={"features": -1}),
+        FreezableError, r"lr_scale\['features'\] must be a finite number >= 0, got -1"),
+    Bad("unfreeze-optimizer-a-str", lambda s: s.net.unfreeze("features", optimizer="sgd"), FreezableTypeError,
+        r"optimizer must be a torch.optim.Optimizer, not str: 'sgd'"),
+    Bad("unfreeze-lr-without-optimizer", lambda s: s.net.unfreeze("features", lr=0.1), FreezableTypeError,
+        r"unfreeze\(lr=...\) sets the learning rate of the group added to optimizer=; pass optimizer= too"),
+    Bad("unfreeze-optimizer-lr-negative",
+        lambda s: s.net.unfreeze("features", optimizer=torch.optim.SGD(s.net.trainable_parameters(), lr=0.1), lr=-1),
+        FreezableError, r"lr must be a finite number >= 0, got -1"),
+    Bad("freeze_to-unknown-group", lambda s: s.net.freeze_to("featurs"), UnknownGroupError,
+        r"'featurs' is not a registered group"),
+    Bad("freeze_to-int", lambda s: s.net.freeze_to(1), FreezableTypeError, r"group name must be a str, not int: 1"),
+    Bad("schedule-not-a-freezable", lambda s: fz.UnfreezeSchedule(nn.Linear(2, 2), {1: ["features"]}),
+        FreezableTypeError, r"expected a Freezable model, not Linear"),
+    Bad("schedule-unknown-group", lambda s: fz.UnfreezeSchedule(s.net, {1: ["featurs"]}), UnknownGroupError,
+        r"milestone 1 names unknown freeze group 'featurs'; did you mean 'features'"),
+    Bad("schedule-negative-epoch", lambda s: fz.UnfreezeSchedule(s.net, {-1: ["features"]}), FreezableError,
+        r"an epoch must be an int >= 0, got -1"),
+    Bad("schedule-str-epoch", lambda s: fz.UnfreezeSchedule(s.net, {"1": ["features"]}), FreezableTypeError,
+        r"an epoch must be an int >= 0, not str: '1'"),
+    Bad("schedule-milestones-a-list", lambda s: fz.UnfreezeSchedule(s.net, [1]), FreezableTypeError,
+        r"milestones must map epochs to group names, not list"),
+    Bad("schedule-step-negative", lambda s: fz.UnfreezeSchedule(s.net, {1: ["features"]}).step(-2), FreezableError,
+        r"an epoch must be an int >= 0, got -2"),
+    Bad("schedule-load-malformed-state", lambda s: fz.UnfreezeSchedule(s.net, {1: ["features"]}).load_state_dict({"x": 1}),
+        FreezeStateError, r"not an UnfreezeSchedule state of version 1: \{'x': 1\}"),
+    Bad("rewrap_ddp-not-ddp", lambda s: fz.rewrap_ddp(s.net), FreezableTypeError,
+        r"rewrap_ddp takes a DistributedDataParallel, not Net"),
+]
+
+
+def test_the_table_has_at_least_50_distinct_bad_inputs():
+    ids = [row.id for row in ROWS]
+    assert len(ids) == len(set(ids)) and len(ids) >= 50
+
+
+@pytest.fixture(scope="module")
+def backbone_wrapper() -> fz.FrozenBackbone:
+    torch.manual_seed(0)
+    resnet = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4)
+    return fz.FrozenBackbone(resnet, trainable=["head"]).train()
+
+
+@pytest.fixture
+def subjects(backbone_wrapper) -> Subjects:
+    torch.manual_seed(0)
+    net = Net()
+    net.register_freeze_group("conv1", "features.0")
+    net.freeze("features", guard=True).train()
+    return Subjects(net=net, fb=backbone_wrapper)
+
+
+def everything(s: Subjects) -> tuple:
+    models = [s.net, s.fb, *s.extra.values()]
+    return (
+        [full_state(m) for m in models],
+        [m.freeze_group_names if "_freezable_groups" in m.__dict__ else None for m in models],
+        [guarded_names(m) for m in models],
+        {name: fz.get_preset(name) for name in fz.list_presets()},
+    )
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
+def test_bad_input_is_answered_clearly_and_changes_nothing(row: Bad, subjects: Subjects, capsys):
+    if row.setup is not None:
+        row.setup(subjects)
+    before = everything(subjects)
+    if isinstance(row.error, int):
+        assert row.call(subjects) == row.error
+        assert re.search(row.match, capsys.readouterr().err)
+    else:
+        with pytest.raises(row.error, match=row.match) as info:
+            row.call(subjects)
+        assert isinstance(info.value, FreezableError)
+        if isinstance(info.value, FreezableTypeError):
+            assert isinstance(info.value, TypeError)
+    assert everything(subjects) == before

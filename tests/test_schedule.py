@@ -1,0 +1,184 @@
+"""UnfreezeSchedule and freeze_to: gradual unfreezing over the staged groups."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from conftest import full_state
+from torch import nn
+
+import freezable as fz
+from freezable.schedule import staged_groups
+
+
+@pytest.fixture
+def fb() -> fz.FrozenBackbone:
+    torch.manual_seed(0)
+    return fz.FrozenBackbone(torchvision.models.resnet18(num_classes=3), trainable=["head"])
+
+
+MILESTONES = {1: ["stage4"], 3: ["stage3", "stage2"], 5: "stem"}
+
+
+def test_staged_groups_skip_umbrellas(fb):
+    assert staged_groups(fb) == ("stem", "stage1", "stage2", "stage3", "stage4", "head")
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 2, 3, 4, 5, 9])
+def test_step_sets_the_state_of_its_epoch_whatever_came_before(fb, epoch):
+    expected = {0: 5, 1: 4, 2: 4, 3: 2, 4: 2, 5: 1, 9: 1}[epoch]  # frozen staged groups
+    fresh = fz.UnfreezeSchedule(fb, MILESTONES)
+    initial = fb.freeze_state()
+    fresh.step(epoch)  # a resume straight at `epoch`
+    resumed = fb.freeze_state()
+    assert len([g for g in fb.frozen_groups if g != "backbone"]) == expected
+    fb.load_freeze_state(initial)
+    walked = fz.UnfreezeSchedule(fb, MILESTONES)
+    for e in range(10):  # forwards then back: step is exact, not incremental
+        walked.step(e)
+    walked.step(epoch)
+    assert fb.freeze_state() == resumed
+    before = full_state(fb)
+    walked.step(epoch)  # idempotent
+    assert full_state(fb) == before
+
+
+def test_step_keeps_the_initial_freeze_state_including_train_bn(fb):
+    fb.freeze("stage1", train_bn=True)
+    schedule = fz.UnfreezeSchedule(fb, {2: ["stage1"]})
+    assert fb.backbone.layer1[0].bn1.weight.requires_grad and not fb.backbone.layer1[0].conv1.weight.requires_grad
+    schedule.step(2)
+    assert fb.backbone.layer1[0].conv1.weight.requires_grad
+    schedule.step(0)
+    assert fb.backbone.layer1[0].bn1.weight.requires_grad and not fb.backbone.layer1[0].conv1.weight.requires_grad
+    assert fb.backbone.layer1[0].bn1.training == fb.training
+
+
+def test_state_dict_round_trips_through_torch_save_weights_only(fb, tmp_path):
+    schedule = fz.UnfreezeSchedule(fb, MILESTONES)
+    schedule.step(3)
+    torch.save({"schedule": schedule.state_dict(), "freeze": fb.freeze_state()}, tmp_path / "ckpt.pt")
+    json.dumps(schedule.state_dict())  # plain data (int keys become strings in JSON, fine for torch.save)
+
+    torch.manual_seed(0)
+    other = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=3))  # fully frozen: another initial state
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    other.load_freeze_state(ckpt["freeze"])
+    resumed = fz.UnfreezeSchedule(other, {})
+    resumed.load_state_dict(ckpt["schedule"])
+    assert (resumed.milestones, resumed.last_epoch) == (schedule.milestones, 3)
+    resumed.step(0)
+    assert other.freeze_state() == schedule.initial_state  # head trainable as in the original initial state
+    resumed.step(4)
+    fb_state = fb.freeze_state()
+    assert other.freeze_state() == fb_state
+
+
+def test_step_adds_unfrozen_parameters_to_the_optimizer_once(fb):
+    opt = torch.optim.SGD(fb.trainable_parameters(), lr=0.1, momentum=0.9)
+    schedule = fz.UnfreezeSchedule(fb, MILESTONES, optimizer=opt, lr=0.01)
+    schedule.step(0)
+    assert len(opt.param_groups) == 1
+    schedule.step(1)
+    schedule.step(1)
+    schedule.step(2)
+    assert [g.get("name") for g in opt.param_groups] == [None, "unfrozen@1:stage4"]
+    assert opt.param_groups[1]["lr"] == 0.01
+    schedule.step(3)
+    in_opt = [p for g in opt.param_groups for p in g["params"]]
+    assert len(in_opt) == len({id(p) for p in in_opt})
+    assert {id(p) for p in fb.trainable_parameters()} == {id(p) for p in in_opt}
+
+
+def test_optimizer_groups_depend_on_the_epoch_only_so_a_resumed_optimizer_loads(fb, tmp_path):
+    initial = fb.freeze_state()
+    opt = torch.optim.AdamW(fb.trainable_parameters(), lr=0.1)
+    schedule = fz.UnfreezeSchedule(fb, MILESTONES, optimizer=opt)
+    for epoch in range(4):
+        schedule.step(epoch)
+        opt.zero_grad()
+        fb(torch.randn(2, 3, 32, 32)).sum().backward()
+        opt.step()
+    saved = {"opt": opt.state_dict(), "schedule": schedule.state_dict()}
+
+    fb.load_freeze_state(initial)  # a fresh start: the initial state, an optimizer from trainable_parameters
+    opt2 = torch.optim.AdamW(fb.trainable_parameters(), lr=0.1)
+    resumed = fz.UnfreezeSchedule(fb, {})
+    resumed.load_state_dict(saved["schedule"])
+    resumed.step(resumed.last_epoch, optimizer=opt2)  # straight to epoch 3: groups as stepped one by one
+    assert [g["name"] for g in opt2.param_groups[1:]] == ["unfrozen@1:stage4", "unfrozen@3:stage3,stage2"]
+    opt2.load_state_dict(saved["opt"])
+
+
+@pytest.mark.parametrize(("milestones", "error", "match"), [
+    ({1: ["stage9"]}, fz.FreezableError, r"milestone 1 names unknown freeze group 'stage9'.*did you mean"),
+    ({-1: ["stage1"]}, fz.FreezableError, "an epoch must be an int >= 0, got -1"),
+    ({"1": ["stage1"]}, TypeError, "an epoch must be an int >= 0, not str: '1'"),
+    ({1: [3]}, TypeError, "milestone 1 must be a group name or a list of them"),
+    (["stage1"], TypeError, "milestones must map epochs to group names"),
+])
+def test_schedule_errors(fb, milestones, error, match):
+    with pytest.raises(error, match=match):
+        fz.UnfreezeSchedule(fb, milestones)
+    schedule = fz.UnfreezeSchedule(fb, {})
+    with pytest.raises(fz.FreezableError, match="an epoch must be an int >= 0"):
+        schedule.step(-1)
+    with pytest.raises(fz.FreezableError, match="not an UnfreezeSchedule state"):
+        schedule.load_state_dict({"milestones": {}})
+    bad = schedule.state_dict() | {"initial_state": {"format": "freezable.freeze_state", "version": 1,
+                                                     "frozen_modules": ["nope"], "frozen_parameters": []}}
+    with pytest.raises(fz.FreezableError, match="names 'nope', which the model lacks"):
+        schedule.load_state_dict(bad)
+    with pytest.raises(TypeError, match="expected a Freezable model"):
+        fz.UnfreezeSchedule(nn.Linear(2, 2), {})
+
+
+def test_freeze_to_freezes_up_to_and_including_the_group(fb):
+    fb.freeze_to("stage2")
+    assert fb.frozen_groups == ("stem", "stage1", "stage2")
+    fb.freeze()
+    fb.freeze_to("stage3", train_bn=True)
+    assert not fb.backbone.layer3[0].conv1.weight.requires_grad and fb.backbone.layer3[0].bn1.weight.requires_grad
+    assert fb.backbone.fc.weight.requires_grad and fb.backbone.layer4[0].conv1.weight.requires_grad
+    fb.freeze_to("head")
+    assert not any(p.requires_grad for p in fb.parameters())
+
+
+@pytest.mark.parametrize(("group", "error", "match"), [
+    ("backbone", fz.FreezableError, r"'backbone' is an umbrella group"),
+    ("stage5", fz.FreezableError, r"'stage5' is not a registered group; did you mean"),
+    (2, TypeError, "a group name must be a str"),
+])
+def test_freeze_to_errors_change_nothing(fb, group, error, match):
+    before = full_state(fb)
+    with pytest.raises(error, match=match):
+        fb.freeze_to(group)
+    assert full_state(fb) == before
+
+
+def test_schedule_optimizer_and_lr_are_checked(fb):
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, not list"):
+        fz.UnfreezeSchedule(fb, {}, optimizer=[])
+    with pytest.raises(fz.FreezableError, match="lr must be a finite number >= 0"):
+        fz.UnfreezeSchedule(fb, {}, lr=-0.1)
+    before = full_state(fb)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        fz.UnfreezeSchedule(fb, {0: "stage4"}).step(0, optimizer="sgd")
+    assert full_state(fb) == before
+
+
+def test_step_unfreezes_tied_parameters_whatever_name_they_go_by():
+    class Tied(fz.Freezable, nn.Module):
+        freeze_groups = {"embed": "embed", "out": "out"}
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = nn.Embedding(5, 4), nn.Linear(4, 5, bias=False)
+            self.out.weight = self.embed.weight  # tied: named "embed.weight" in freeze_state
+
+    model = Tied().freeze()
+    fz.UnfreezeSchedule(model, {1: "out"}).step(1)
+    assert model.out.weight.requires_grad and model.freeze_state()["frozen_parameters"] == []
