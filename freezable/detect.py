@@ -407,7 +407,9 @@ def _to_groups(model: nn.Module, labels: Labels) -> dict[str, tuple[str, ...]]:
     head = groups.get("head", ())
     if not head and not any(label.startswith("stage") for label in groups):
         return {"backbone": tuple(_complement(model, ()))}  # neither classifier nor stages: one group
-    groups["backbone"] = tuple(_complement(model, head))
+    backbone = _complement(model, head)
+    if backbone:  # a model that is all head (a lone Linear) has no backbone
+        groups["backbone"] = tuple(backbone)
     return groups
 
 

@@ -66,6 +66,17 @@ def test_a_model_without_a_classifier_is_all_backbone():
     assert detect_groups(model) == {"backbone": ("0", "1")}
 
 
+def test_a_model_that_is_all_head_has_no_empty_backbone():
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+    assert detect_groups(Probe()) == {"head": ("linear",)}
+    fb = fz.FrozenBackbone(Probe(), trainable=["head"])
+    assert fb.freeze_group_names == ("head",) and all(p.requires_grad for p in fb.parameters())
+
+
 def test_generic_rule_finds_a_head_and_a_stem():
     model = nn.Sequential()
     model.add_module("conv", nn.Conv2d(3, 4, 3))
