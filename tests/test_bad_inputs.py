@@ -85,6 +85,15 @@ def inner_train(s: Subjects) -> None:
     s.net.features.train()
 
 
+class Tiny(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+
+
+def tiny_frozen() -> fz.FrozenBackbone:
+    return fz.FrozenBackbone(Tiny())
+
+
 CONFLICT = fz.Preset("test.conflict", "redefines 'features'", {"features": "classifier"}, frozen=("features",))
 
 ROWS: list[Bad] = [
@@ -322,6 +331,38 @@ ROWS: list[Bad] = [
         r"an epoch must be an int >= 0, got -2"),
     Bad("schedule-load-malformed-state", lambda s: fz.UnfreezeSchedule(s.net, {1: ["features"]}).load_state_dict({"x": 1}),
         FreezeStateError, r"not an UnfreezeSchedule state of version 1: \{'x': 1\}"),
+    # -- the fast path and FeatureCache -------------------------------------------------------------------------------
+    Bad("wrapper-fast-a-str", lambda s: fz.FrozenBackbone(s.extra["model"], fast="yes"), FreezableTypeError,
+        r"fast must be a bool, not str: 'yes'", setup=make_extra(Tiny)),
+    Bad("wrapper-frozen_dtype-without-fast", lambda s: fz.FrozenBackbone(s.extra["model"], frozen_dtype=torch.bfloat16),
+        FreezableError, r"frozen_dtype=torch.bfloat16 needs fast=True", setup=make_extra(Tiny)),
+    Bad("wrapper-frozen_dtype-integer", lambda s: fz.FrozenBackbone(s.extra["model"], fast=True, frozen_dtype=torch.int8),
+        FreezableError, r"frozen_dtype must be a floating torch.dtype such as torch.bfloat16, not torch.int8",
+        setup=make_extra(Tiny)),
+    Bad("wrapper-frozen_dtype-a-str", lambda s: fz.FrozenBackbone(s.extra["model"], fast=True, frozen_dtype="bf16"),
+        FreezableError, r"not 'bf16'", setup=make_extra(Tiny)),
+    Bad("cache-not-a-module", lambda s: fz.FeatureCache("resnet"), FreezableTypeError,
+        r"FeatureCache caches an nn.Module's outputs, not str"),
+    Bad("cache-backbone-not-fully-frozen", lambda s: fz.FeatureCache(s.fb), FreezableError,
+        r"FeatureCache needs a fully frozen backbone"),
+    Bad("cache-max_items-zero", lambda s: fz.FeatureCache(tiny_frozen(), max_items=0), FreezableError,
+        r"max_items must be a positive int or None, not 0"),
+    Bad("cache-max_bytes-a-float", lambda s: fz.FeatureCache(tiny_frozen(), max_bytes=1e6), FreezableError,
+        r"max_bytes must be a positive int or None, not 1000000.0"),
+    Bad("cache-fewer-keys-than-samples", lambda s: fz.FeatureCache(tiny_frozen())(torch.zeros(2, 3, 8, 8), keys=[0]),
+        FreezableError, r"got 1 keys for a batch of 2 samples"),
+    Bad("cache-keys-a-str", lambda s: fz.FeatureCache(tiny_frozen())(torch.zeros(2, 3, 8, 8), keys="ab"),
+        FreezableTypeError, r"keys must be a sequence with one key per sample, not str"),
+    Bad("cache-float-key", lambda s: fz.FeatureCache(tiny_frozen())(torch.zeros(1, 3, 8, 8), keys=[0.5]),
+        FreezableTypeError, r"a FeatureCache key must be an int, a str or a tuple of them"),
+    Bad("cache-float-tensor-keys",
+        lambda s: fz.FeatureCache(tiny_frozen())(torch.zeros(2, 3, 8, 8), keys=torch.tensor([0.0, 1.0])),
+        FreezableError, r"tensor keys must be a 1-d integer tensor"),
+    Bad("cache-input-needs-grad",
+        lambda s: fz.FeatureCache(tiny_frozen())(torch.zeros(1, 3, 8, 8, requires_grad=True), keys=[0]),
+        FreezableError, r"FeatureCache input requires grad"),
+    Bad("cache-input-not-a-tensor", lambda s: fz.FeatureCache(tiny_frozen())([[0.0]], keys=[0]), FreezableTypeError,
+        r"FeatureCache takes a batch tensor, not list"),
     Bad("rewrap_ddp-not-ddp", lambda s: fz.rewrap_ddp(s.net), FreezableTypeError,
         r"rewrap_ddp takes a DistributedDataParallel, not Net"),
 ]
