@@ -9,7 +9,7 @@ mkdir -p "$R"
 $PY benchmarks/throughput.py --device cpu --results-file $R/cpu_resnet18.json --plot $R/cpu_resnet18.png
 $PY benchmarks/throughput.py --device cpu --model resnet50 --img-size 160 --batch-size 16 \
     --results-file $R/cpu_resnet50_160.json --plot $R/cpu_resnet50_160.png
-$PY benchmarks/throughput.py --device cpu --model efficientnet_b0 --results-file $R/cpu_efficientnet_b0.json
+$PY benchmarks/throughput.py --device cpu --model efficientnet_b0 --steps 40 --results-file $R/cpu_efficientnet_b0.json
 $PY benchmarks/fast_levers.py --device cpu --model resnet50 --img-size 160 --batch-size 16 \
     --results-file $R/cpu_fast_levers_resnet50.json
 $PY benchmarks/feature_cache.py --device cpu --results-file $R/cpu_feature_cache_resnet50.json
