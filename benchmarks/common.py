@@ -226,6 +226,22 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def report(heading: str, meta: dict[str, Any], rows: list[dict[str, Any]], columns: list[str],
+           results_file: str | None, plot: Callable[[str, dict[str, Any], list[dict[str, Any]]], None] | None = None,
+           plot_file: str | None = None) -> None:
+    """Prints the heading, the environment line and the table; writes the results file and the plot if asked."""
+    print(heading)
+    print(f"{meta['device']} ({meta['device_name']}, {meta['threads']} threads)  torch {meta['torch']}  "
+          f"timm {meta['timm']}  {meta['date']}")
+    print(format_table(rows, columns))
+    if results_file:
+        write_results(results_file, meta, rows)
+        print(f"results: {results_file}")
+    if plot is not None and plot_file:
+        plot(plot_file, meta, rows)
+        print(f"plot: {plot_file}")
+
+
 def write_results(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """``.json``: ``{"meta": ..., "rows": [...]}``; ``.csv``: one line per row, the meta repeated in columns."""
     out = Path(path)

@@ -110,11 +110,8 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, 
     meta = {"benchmark": "fast_levers", "model": args.model, "batch_size": args.batch_size,
             "img_size": args.img_size, **common.environment(args.device, "fp32"),
             "command": "python benchmarks/fast_levers.py " + " ".join(argv)}
-    print(f"{args.model}  batch {args.batch_size}  {args.img_size} px  {meta['device']} ({meta['device_name']}, "
-          f"{meta['threads']} threads)  torch {meta['torch']}  {meta['date']}")
-    print(common.format_table(rows, COLUMNS))
-    if args.results_file:
-        common.write_results(args.results_file, meta, rows)
+    common.report(f"{args.model}  batch {args.batch_size}  {args.img_size} px", meta, rows, COLUMNS,
+                  args.results_file)
     return meta, rows
 
 

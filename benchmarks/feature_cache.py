@@ -136,14 +136,8 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     meta, rows = measure(args, argv)
-    print(f"{meta['model']} linear probe: {meta['num_samples']} samples, batch {meta['batch_size']}, "
-          f"{meta['img_size']} px")
-    print(f"{meta['device']} ({meta['device_name']}, {meta['threads']} threads)  torch {meta['torch']}  "
-          f"timm {meta['timm']}  {meta['date']}")
-    print(common.format_table(rows, COLUMNS))
-    if args.results_file:
-        common.write_results(args.results_file, meta, rows)
-        print(f"results: {args.results_file}")
+    common.report(f"{meta['model']} linear probe: {meta['num_samples']} samples, batch {meta['batch_size']}, "
+                  f"{meta['img_size']} px", meta, rows, COLUMNS, args.results_file)
     return meta, rows
 
 

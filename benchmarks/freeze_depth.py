@@ -187,16 +187,8 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, 
         common.run_memory_child(builder(args, model_name, configurations(model_name, args.img_size)[label]))
         return None
     meta, rows = measure(args, argv)
-    print(f"batch {meta['batch_size']}  {meta['img_size']} px  {meta['dtype']}  fast={meta['fast']}")
-    print(f"{meta['device']} ({meta['device_name']}, {meta['threads']} threads)  torch {meta['torch']}  "
-          f"timm {meta['timm']}  {meta['date']}")
-    print(common.format_table(rows, COLUMNS))
-    if args.results_file:
-        common.write_results(args.results_file, meta, rows)
-        print(f"results: {args.results_file}")
-    if args.plot:
-        plot(args.plot, meta, rows)
-        print(f"plot: {args.plot}")
+    common.report(f"batch {meta['batch_size']}  {meta['img_size']} px  {meta['dtype']}  fast={meta['fast']}",
+                  meta, rows, COLUMNS, args.results_file, plot, args.plot)
     return meta, rows
 
 

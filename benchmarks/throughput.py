@@ -209,17 +209,9 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, 
         return None
     torch.manual_seed(args.seed)
     meta, rows = measure(args, argv)
-    print(f"{meta['model']}  batch {meta['batch_size']}  {meta['img_size']} px  {meta['dtype']}  "
-          f"channels_last={meta['channels_last']}  compile={meta['compile']}")
-    print(f"{meta['device']} ({meta['device_name']}, {meta['threads']} threads)  torch {meta['torch']}  "
-          f"timm {meta['timm']}  {meta['date']}")
-    print(common.format_table(rows, COLUMNS))
-    if args.results_file:
-        common.write_results(args.results_file, meta, rows)
-        print(f"results: {args.results_file}")
-    if args.plot:
-        plot(args.plot, meta, rows)
-        print(f"plot: {args.plot}")
+    common.report(f"{meta['model']}  batch {meta['batch_size']}  {meta['img_size']} px  {meta['dtype']}  "
+                  f"channels_last={meta['channels_last']}  compile={meta['compile']}",
+                  meta, rows, COLUMNS, args.results_file, plot, args.plot)
     return meta, rows
 
 
