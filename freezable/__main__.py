@@ -1,4 +1,4 @@
-"""Look before training: ``python -m freezable presets`` and ``python -m freezable show MODEL``.
+"""Look before training: ``python -m freezable presets``, ``show MODEL`` and ``sweep SOURCE``.
 
 Example:
     >>> main(["presets", "timm.hrnet.*"])
@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-
+from . import _sweep
 from ._models import build_model
 from .errors import FreezableError, closest
 from .presets import get_preset, list_presets
@@ -56,16 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--preset", help="apply this preset")
     show.add_argument("--trainable", nargs="*", default=[], metavar="GROUP", help="groups or specs left trainable")
     show.set_defaults(run=_show)
+    sweep = commands.add_parser("sweep", help="group detection checked on every timm or torchvision model (meta device)")
+    _sweep.add_arguments(sweep)
+    sweep.set_defaults(run=_sweep.run_from_args)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse printed its usage error (code 2) or --help (code 0)
         return e.code if isinstance(e.code, int) else 2
     try:
-        args.run(args)
+        code = args.run(args)
     except FreezableError as e:
         print(f"freezable: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -58,3 +58,13 @@ def test_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "freezable", "presets", "timm.hrnet.*"],
                             capture_output=True, text=True, check=True)
     assert result.stdout.startswith("timm.hrnet.backbone")
+
+
+def test_sweep_prints_coverage_and_fails_on_a_model_without_a_head(capsys):
+    assert main(["sweep", "torchvision", "--models", "resnet18", "alexnet", "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "torchvision: 2/2 models with backbone/head (100.0%), 2 with a stem, 2 with stem and stages")
+    assert main(["sweep", "timm", "--models", "resnet18", "mobilenetv5_300m_enc", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "timm: 1/2 models with backbone/head (50.0%), 2 with a stem, 2 with stem and stages" in out
+    assert "mobilenetv5_300m_enc: backbone/head=False stem=True" in out
