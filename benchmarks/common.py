@@ -242,6 +242,16 @@ def report(heading: str, meta: dict[str, Any], rows: list[dict[str, Any]], colum
         print(f"plot: {plot_file}")
 
 
+def save_figure(fig: Any, path: str, title: str, meta: dict[str, Any]) -> None:
+    """Titles a matplotlib figure with ``title`` and the device and torch version, saves it and closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(f"{title}, {meta['device']} ({meta['device_name']}), torch {meta['torch']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_results(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """``.json``: ``{"meta": ..., "rows": [...]}``; ``.csv``: one line per row, the meta repeated in columns."""
     out = Path(path)

@@ -172,11 +172,7 @@ def plot(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     for ax in axes:
         ax.set_xlabel("parameters frozen (%)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"batch {meta['batch_size']}, {meta['img_size']} px, {meta['dtype']}, {meta['device']} "
-                 f"({meta['device_name']}), torch {meta['torch']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, f"batch {meta['batch_size']}, {meta['img_size']} px, {meta['dtype']}", meta)
 
 
 def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:

@@ -194,11 +194,8 @@ def plot(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     axes[1].set_ylabel("peak memory (MB)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
-    fig.suptitle(f"{meta['model']}, batch {meta['batch_size']}, {meta['img_size']} px, {meta['dtype']}, "
-                 f"{meta['device']} ({meta['device_name']}), torch {meta['torch']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, f"{meta['model']}, batch {meta['batch_size']}, {meta['img_size']} px, "
+                       f"{meta['dtype']}", meta)
 
 
 def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:

@@ -47,6 +47,15 @@ def _params(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _error_of_step(ddp, opt, rank: int, step: int) -> str | None:
+    """The FreezableError a training step raises, as text; None when it trains."""
+    try:
+        _train_step(ddp, opt, rank, step)
+    except fz.FreezableError as e:
+        return str(e)
+    return None
+
+
 def _train_step(model: nn.Module, opt: torch.optim.Optimizer, rank: int, step: int) -> None:
     x, y = _batch(rank, step)
     opt.zero_grad()
@@ -69,11 +78,7 @@ def ddp_scenarios(rank: int) -> dict:
 
     # B: unfrozen after wrapping -> a clear error at the next forward, before any gradient
     net.unfreeze("features")
-    try:
-        _train_step(ddp, opt, rank, 2)
-        out["B_error"] = None
-    except fz.FreezableError as e:
-        out["B_error"] = str(e)
+    out["B_error"] = _error_of_step(ddp, opt, rank, 2)
 
     # C: rewrap -> the newly unfrozen gradients are averaged across ranks
     ddp = fz.rewrap_ddp(ddp)
@@ -84,11 +89,7 @@ def ddp_scenarios(rank: int) -> dict:
 
     # D: frozen after wrapping -> error; rewrap -> trains, the frozen group stays put
     net.freeze("classifier")
-    try:
-        _train_step(ddp, opt, rank, 5)
-        out["D_error"] = None
-    except fz.FreezableError as e:
-        out["D_error"] = str(e)
+    out["D_error"] = _error_of_step(ddp, opt, rank, 5)
     ddp = fz.rewrap_ddp(ddp)
     before = _params(net)
     for step in range(6, 8):
@@ -97,11 +98,7 @@ def ddp_scenarios(rank: int) -> dict:
 
     # E: a plain requires_grad_ change on a wrapped model that a freeze call has watched is caught too
     net.classifier.weight.requires_grad_(True)
-    try:
-        _train_step(ddp, opt, rank, 8)
-        out["E_error"] = None
-    except fz.FreezableError as e:
-        out["E_error"] = str(e)
+    out["E_error"] = _error_of_step(ddp, opt, rank, 8)
     return out
 
 

@@ -85,18 +85,8 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-class Model(fz.Freezable, nn.Module):
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-        self.head = nn.Linear(F, 1)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
 class Plain(nn.Module):
-    """The same model without the mixin."""
+    """The model without the mixin."""
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
@@ -105,6 +95,10 @@ class Plain(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
+
+
+class Model(fz.Freezable, Plain):
+    """The same model with the mixin."""
 
 
 LEAVES = {"linear": lambda: nn.Linear(F, F), "conv": Conv, "bn": lambda: nn.BatchNorm1d(F),
