@@ -14,7 +14,8 @@ pytestmark = pytest.mark.filterwarnings(
 )
 from _lit_models import Body, Lit, SyncCheckLit, loader  # noqa: E402
 
-from freezable.integrations.lightning import GradualUnfreezing  # noqa: E402
+from freezable.errors import FreezeStateError  # noqa: E402
+from freezable.integrations.lightning import GradualUnfreezing, restore_groups  # noqa: E402
 
 
 def _trainer(callback, epochs: int = 3) -> L.Trainer:
@@ -113,3 +114,39 @@ def test_resume_from_a_lightning_checkpoint_restores_groups_and_state(tmp_path):
     assert [(e, groups) for e, groups, *_ in resumed.seen] == [(2, ()), (2, ())]
     assert [g.get("name") for g in second.optimizers[0].param_groups] == [None, "unfrozen@1:stage1",
                                                                            "unfrozen@2:stem"]
+
+
+@pytest.mark.parametrize("same_object", [True, False], ids=["same_model_object", "fresh_model_object"])
+def test_resume_into_the_same_or_a_fresh_model_object(tmp_path, same_object):
+    lit = Lit(use_param_groups=False)  # optimizer from trainable_parameters(): a group per milestone
+    first = _trainer(GradualUnfreezing({1: "stage1", 2: ["stem"]}), epochs=2)
+    first.fit(lit, loader(), loader())
+    first.save_checkpoint(tmp_path / "last.ckpt")
+    names = {id(p): n for n, p in lit.named_parameters()}
+    saved_groups = [[names[id(p)] for p in g["params"]] for g in first.optimizers[0].param_groups]
+    assert len(saved_groups) == 2  # head; stage1 (unfrozen at epoch 1)
+
+    # the same object has stage1 trainable already: configure_optimizers builds one group of both
+    resumed = lit if same_object else Lit(use_param_groups=False)
+    second = _trainer(GradualUnfreezing({1: "stage1", 2: ["stem"]}), epochs=3)
+    second.fit(resumed, loader(), loader(), ckpt_path=tmp_path / "last.ckpt")
+    names = {id(p): n for n, p in resumed.named_parameters()}
+    groups = second.optimizers[0].param_groups
+    assert [[names[id(p)] for p in g["params"]] for g in groups] == saved_groups + [
+        ["net.stem.0.weight", "net.stem.0.bias", "net.stem.1.weight", "net.stem.1.bias"]]  # epoch 2 adds stem
+    assert [g.get("name") for g in groups] == [None, "unfrozen@1:stage1", "unfrozen@2:stem"]
+    assert [(e, g) for e, g, *_ in resumed.seen][-2:] == [(2, ()), (2, ())]
+    assert all(g["momentum"] == 0.9 for g in groups)
+
+
+def test_restoring_optimizer_groups_checks_the_record_first():
+    net = Body()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = [list(g["params"]) for g in opt.param_groups]
+    with pytest.raises(FreezeStateError, match=r"lacks: \['haed.weight'\]; did you mean 'head.weight'"):
+        restore_groups(opt, net, [{"name": None, "params": ["haed.weight"]}])
+    with pytest.raises(FreezeStateError, match=r"groups lack: \['stem.0.weight'"):
+        restore_groups(opt, net, [{"name": None, "params": ["head.weight", "head.bias"]}])
+    assert [list(g["params"]) for g in opt.param_groups] == before
+    with pytest.raises(FreezeStateError, match="not a GradualUnfreezing record"):
+        GradualUnfreezing({}).load_state_dict({"optimizer_groups": [{"params": "head.weight"}]})

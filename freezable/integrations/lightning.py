@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..distributed import rewrap_ddp
-from ..errors import FreezableError, FreezableTypeError
+from ..errors import FreezableError, FreezableTypeError, FreezeStateError, closest
 from ..mixin import Freezable, is_held
 from ..schedule import UnfreezeSchedule
 
@@ -29,6 +30,8 @@ except ImportError:  # pragma: no cover - the older package name
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
 __all__ = ["GradualUnfreezing"]
+
+_GROUPS_KEY = "optimizer_groups"  # the callback's own entry beside the schedule's state
 
 
 def find_freezable(module: nn.Module) -> Freezable:
@@ -53,9 +56,12 @@ class GradualUnfreezing(pl.Callback):
 
     At each ``on_train_epoch_start`` the model gets the freeze state of
     ``trainer.current_epoch``. Its state is saved in Lightning checkpoints, and a run resumed
-    from one (``trainer.fit(..., ckpt_path=...)``) continues exactly: the freeze state and, for an
-    optimizer built from ``trainable_parameters()``, the optimizer's added groups are restored
-    before Lightning loads the optimizer's state. Frozen parts, norm layers included, stay at inference
+    from one (``trainer.fit(..., ckpt_path=...)``) continues exactly, into a fresh model object or
+    the one that saved it: the freeze state is restored and, as Lightning's ``BaseFinetuning``
+    does, the first optimizer's param groups are rebuilt from the record the checkpoint holds
+    (each group's parameter names) before Lightning loads the optimizer's state, whatever groups
+    ``configure_optimizers`` built from the model's current ``trainable_parameters()``.
+    Frozen parts, norm layers included, stay at inference
     through Lightning's own ``train()``/``eval()`` calls and mode restores: the callback
     re-holds them before every training batch.
 
@@ -94,6 +100,8 @@ class GradualUnfreezing(pl.Callback):
         self.add_to_optimizer = add_to_optimizer
         self.lr = lr
         self._pending_state: dict[str, Any] | None = None
+        self._optimizer_groups: list[dict[str, Any]] | None = None  # the first optimizer's groups, by name
+        self._restoring = False  # a checkpoint's record waits for the rebuilt optimizer (on_fit_start)
 
     @property
     def model(self) -> Freezable:
@@ -110,7 +118,12 @@ class GradualUnfreezing(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Resuming from a Lightning checkpoint: the callback state is back, the optimizer is built but its
-        # state not loaded yet. Give the optimizer the groups it had, so that its saved state loads.
+        # state not loaded yet. Give the optimizer the groups it had, so that its saved state loads: from the
+        # record (configure_optimizers saw the model's current freeze state, which on the object that saved
+        # the checkpoint is not the initial one), then any the record lacks (checkpoints without one).
+        if self._restoring and self._optimizer_groups is not None and self.add_to_optimizer and trainer.optimizers:
+            restore_groups(trainer.optimizers[0], pl_module, self._optimizer_groups)
+        self._restoring = False
         if self.schedule is not None and self.schedule.last_epoch is not None:
             self._step(trainer, self.schedule.last_epoch)
 
@@ -122,6 +135,8 @@ class GradualUnfreezing(pl.Callback):
         before = self.model.freeze_state()
         optimizer = trainer.optimizers[0] if self.add_to_optimizer and trainer.optimizers else None
         self.schedule.step(epoch, optimizer=optimizer, lr=self.lr)
+        if optimizer is not None:
+            self._optimizer_groups = record_groups(optimizer, trainer.lightning_module)
         if self.model.freeze_state() != before:
             self._rewrap_ddp(trainer)
 
@@ -143,12 +158,95 @@ class GradualUnfreezing(pl.Callback):
             trainer.strategy.model = rewrap_ddp(wrapped)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.schedule is None else self.schedule.state_dict()
+        if self.schedule is None:
+            return {}
+        state = self.schedule.state_dict()
+        if self._optimizer_groups is not None:
+            state[_GROUPS_KEY] = [dict(g) for g in self._optimizer_groups]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
+        state = dict(state_dict)
+        record = state.pop(_GROUPS_KEY, None)
+        if record is not None:
+            _check_record(record)
         if self.schedule is None:
-            self._pending_state = dict(state_dict)
+            self._pending_state = state
         else:
-            self.schedule.load_state_dict(state_dict)
+            self.schedule.load_state_dict(state)
+        self._optimizer_groups, self._restoring = record, record is not None
+
+
+def record_groups(optimizer: torch.optim.Optimizer, module: nn.Module) -> list[dict[str, Any]] | None:
+    """The optimizer's param groups as plain data: each group's ``name`` and parameter names in ``module``.
+
+    ``None`` when the optimizer holds a parameter that ``module`` does not name.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> opt = torch.optim.SGD(net[1].parameters(), lr=0.1)
+        >>> _ = opt.add_param_group({"params": net[0].parameters(), "name": "unfrozen@1:stem"})
+        >>> record_groups(opt, net)
+        [{'name': None, 'params': ['1.weight', '1.bias']}, {'name': 'unfrozen@1:stem', 'params': ['0.weight', '0.bias']}]
+    """
+    names = {id(p): n for n, p in module.named_parameters()}
+    if any(id(p) not in names for g in optimizer.param_groups for p in g["params"]):
+        return None
+    return [{"name": g.get("name"), "params": [names[id(p)] for p in g["params"]]} for g in optimizer.param_groups]
+
+
+def restore_groups(optimizer: torch.optim.Optimizer, module: nn.Module, record: list[dict[str, Any]]) -> None:
+    """Rebuilds ``optimizer``'s param groups from :func:`record_groups`' record (for a checkpoint's state to load).
+
+    Each rebuilt group takes the first group's hyperparameters (the optimizer's saved state then
+    sets every group's own); only a freshly built optimizer, without state, should be rebuilt.
+
+    Raises:
+        FreezeStateError: the record names a parameter ``module`` lacks, or the optimizer holds one
+            the record lacks (it was not built as in the run that saved the record); nothing is changed.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)  # one group, where the record has two
+        >>> restore_groups(opt, net, [{"name": None, "params": ["1.weight", "1.bias"]},
+        ...                           {"name": "unfrozen@1:stem", "params": ["0.weight", "0.bias"]}])
+        >>> [(g.get("name"), len(g["params"]), g["lr"]) for g in opt.param_groups]
+        [(None, 2, 0.1), ('unfrozen@1:stem', 2, 0.1)]
+    """
+    params = dict(module.named_parameters())
+    recorded = [n for g in record for n in g["params"]]
+    unknown = [n for n in recorded if n not in params]
+    if unknown:
+        raise FreezeStateError(
+            f"the checkpoint's optimizer groups name parameters the model lacks: {unknown[:5]}; "
+            f"{closest(unknown[0], params)}"
+        )
+    names = {id(p): n for n, p in params.items()}
+    known = {id(params[n]) for n in recorded}
+    extra = [names.get(id(p), "<unnamed>") for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
+    if extra:
+        raise FreezeStateError(
+            f"the optimizer holds parameters that the checkpoint's optimizer groups lack: {extra[:5]}; "
+            f"configure_optimizers must build the optimizer over the same parameters as in the run that saved it"
+        )
+    hyper = {k: v for k, v in optimizer.param_groups[0].items() if k not in ("params", "name")}
+    groups = []
+    for g in record:
+        group = {**hyper, "params": [params[n] for n in g["params"]]}
+        if g["name"] is not None:
+            group["name"] = g["name"]
+        groups.append(group)
+    optimizer.param_groups = groups
+
+
+def _check_record(record: object) -> None:
+    if not (isinstance(record, list) and all(
+        isinstance(g, Mapping) and (g.get("name") is None or isinstance(g.get("name"), str))
+        and isinstance(g.get("params"), list) and all(isinstance(n, str) for n in g["params"])
+        for g in record
+    )):
+        raise FreezeStateError(f"not a GradualUnfreezing record of optimizer groups: {record!r:.200}")
