@@ -10,9 +10,10 @@ tensor (``p.add_()``, ``p.copy_()``, an optimizer step, ``load_state_dict``) bum
 counter; ``load_state_dict(assign=True)`` or a replaced module changes an identity. Writes through
 ``p.data`` bypass the version counter: only a full check sees them.
 
-Inputs: four float64 numbers per sample, its sum, its sum of squares and two fixed pseudo-random
-projections (a flip or a crop moves these even where the sum stays), compared with a relative
-tolerance of 1e-6, far above rounding and far below any augmentation.
+Inputs: four numbers per sample, its sum, its norm and two fixed pseudo-random projections (a
+flip or a crop moves these even where the sum stays), compared with a tolerance of 1e-4 of the
+largest: 25 times the float32 rounding measured between batches of 64 and of 1 at 224 px (4e-6),
+and far below what a random crop, a flip or color jitter changes (1e-2 and more).
 """
 
 from __future__ import annotations
@@ -87,15 +88,18 @@ class WeightsWatch:
 
 
 @functools.lru_cache(maxsize=4)
-def _projections(numel: int, device: torch.device) -> torch.Tensor:
+def _projections(numel: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Two fixed pseudo-random weight vectors in [-0.5, 0.5), the same in every process and torch version."""
     i = torch.arange(numel, dtype=torch.int64)
-    w = torch.stack([(i * 2654435761 + 12345) % 2**32, (i * 2246822519 + 67890) % 2**32], 1)
-    return (w.double() / 2**32 - 0.5).to(device)
+    w = [((i * a + b) % 2**32).double() / 2**32 - 0.5 for a, b in ((2654435761, 12345), (2246822519, 67890))]
+    return w[0].to(device, dtype), w[1].to(device, dtype)
 
 
 def input_prints(x: torch.Tensor) -> torch.Tensor:
-    """Four float64 numbers per sample of batch ``x``: sum, sum of squares, two projections (on the CPU).
+    """Four numbers per sample of batch ``x``: sum, norm, two projections (float64, on the CPU).
+
+    Computed in float32 (float64 for float64 inputs) without a copy of the batch: one pass for
+    each number, a matrix-vector product for each projection.
 
     Example:
         >>> x = torch.randn(2, 3, 8, 8)
@@ -103,13 +107,15 @@ def input_prints(x: torch.Tensor) -> torch.Tensor:
         >>> same_input(a, b), same_input(a, input_prints(x[:1])[0])  # flipped: another input
         (False, True)
     """
-    flat = x.detach().reshape(len(x), -1).double()
-    stats = [flat.sum(1, keepdim=True), flat.square().sum(1, keepdim=True), flat @ _projections(flat.shape[1],
-                                                                                                 flat.device)]
-    return torch.cat(stats, 1).cpu()
+    flat = x.detach().reshape(len(x), -1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    w1, w2 = _projections(flat.shape[1], flat.dtype, flat.device)
+    stats = [flat.sum(1), torch.linalg.vector_norm(flat, dim=1), flat @ w1, flat @ w2]
+    return torch.stack(stats, 1).double().cpu()
 
 
 def same_input(recorded: torch.Tensor, now: torch.Tensor) -> bool:
-    """Whether two input prints agree within rounding (relative 1e-6 of the largest of them)."""
+    """Whether two input prints agree within float32 rounding (1e-4 of the largest of them)."""
     scale = float(recorded.abs().max()) if recorded.numel() else 0.0
-    return recorded.shape == now.shape and torch.allclose(now, recorded, rtol=1e-6, atol=1e-6 * scale)
+    return recorded.shape == now.shape and torch.allclose(now, recorded, rtol=1e-4, atol=1e-4 * scale)
