@@ -8,8 +8,15 @@ synthetic dataset without augmentation. Rows, each an epoch's median time:
 * ``cache_epoch1``: the first epoch through ``fz.FeatureCache`` (every sample a miss);
 * ``cache_epoch2+``: the later epochs (every sample a hit: only the head trains).
 
+With ``--checks``, instead, the cost of the cache's guarantees for one batch, each a row with its
+median milliseconds and its share of the backbone's forward: the forward alone; a batch of misses
+and a batch of hits, with and without ``verify_inputs``; the per-call weights check (version
+counters and identities); the input fingerprint; the full weights fingerprint (at construction, when
+a directory is opened, and when the per-call check moved); and building a cache on a directory.
+
     python benchmarks/feature_cache.py
     python benchmarks/feature_cache.py --cache-dir /tmp/features --results-file cache.json
+    python benchmarks/feature_cache.py --checks --batch-size 64 --img-size 224 --device cpu
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +40,10 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import common  # noqa: E402
 
 import freezable as fz  # noqa: E402
+from freezable._cache_binding import WeightsWatch, input_prints, weights_fingerprint  # noqa: E402
 
 COLUMNS = ["mode", "epoch_ms", "samples_per_sec", "speedup_vs_uncached"]
+CHECK_COLUMNS = ["case", "batch_ms", "pct_of_forward"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,10 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--cache-dir", default=None, help="also keep features on disk here")
     parser.add_argument("--results-file", default=None, help="write results to X.json or X.csv")
+    parser.add_argument("--checks", action="store_true", help="time the guarantees' checks for one batch instead")
+    parser.add_argument("--repeats", type=int, default=3, help="--checks: timed repeats of each forward-sized case")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("num_samples", "batch_size", "img_size", "uncached_epochs"):
+    for name in ("num_samples", "batch_size", "img_size", "uncached_epochs", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.epochs < 2:
@@ -132,9 +145,77 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], 
     return meta, rows
 
 
+def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        common.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        common.synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measure_checks(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The cost of the cache's checks for one batch of ``--batch-size`` (medians, milliseconds)."""
+    torch.manual_seed(args.seed)
+    device, n, r = args.device, args.batch_size, args.repeats
+    backbone, _ = common.build_backbone(args.model, args.img_size)
+    fb = fz.FrozenBackbone(backbone.to(device))
+    x = torch.randn(n, 3, args.img_size, args.img_size, device=device)
+    with torch.inference_mode():
+        fb(x)  # warm-up
+    fresh = iter(range(10**9))
+
+    def misses(cache: fz.FeatureCache) -> Callable[[], Any]:
+        return lambda: cache(x, keys=[next(fresh) for _ in range(n)])  # new keys: every sample a miss
+
+    plain, verified = fz.FeatureCache(fb), fz.FeatureCache(fb, verify_inputs=True)
+    plain(x, keys=list(range(n)))
+    verified(x, keys=list(range(n)))
+    watch = WeightsWatch(fb)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            fb(x)
+
+    with tempfile.TemporaryDirectory() as directory:
+        fz.FeatureCache(fb, directory=directory)  # writes the manifest: later ones open and check it
+        cases = {
+            "forward (no cache)": _median_ms(forward, r, device),
+            "cache, all misses": _median_ms(misses(plain), r, device),
+            "cache, all misses, verify_inputs": _median_ms(misses(verified), r, device),
+            "cache, all hits": _median_ms(lambda: plain(x, keys=list(range(n))), 20 * r, device),
+            "cache, all hits, verify_inputs": _median_ms(lambda: verified(x, keys=list(range(n))), 20 * r, device),
+            "per-call weights check": _median_ms(watch.moved, 100 * r, device),
+            "input fingerprint (verify_inputs)": _median_ms(lambda: input_prints(x), 5 * r, device),
+            "weights fingerprint (full)": _median_ms(lambda: weights_fingerprint(fb), r, device),
+            "open a cache directory": _median_ms(lambda: fz.FeatureCache(fb, directory=directory), r, device),
+        }
+    forward_ms = cases["forward (no cache)"]
+    rows = [{"case": case, "batch_ms": round(ms, 3), "pct_of_forward": round(100 * ms / forward_ms, 3)}
+            for case, ms in cases.items()]
+    meta = {
+        "benchmark": "feature_cache_checks",
+        "model": args.model,
+        "batch_size": n,
+        "img_size": args.img_size,
+        "repeats": r,
+        "parameters": sum(p.numel() for p in fb.parameters()),
+        **common.environment(device, "fp32"),
+        "command": "python benchmarks/feature_cache.py " + " ".join(argv),
+    }
+    return meta, rows
+
+
 def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.checks:
+        meta, rows = measure_checks(args, argv)
+        common.report(f"{meta['model']} FeatureCache checks: batch {meta['batch_size']}, {meta['img_size']} px",
+                      meta, rows, CHECK_COLUMNS, args.results_file)
+        return meta, rows
     meta, rows = measure(args, argv)
     common.report(f"{meta['model']} linear probe: {meta['num_samples']} samples, batch {meta['batch_size']}, "
                   f"{meta['img_size']} px", meta, rows, COLUMNS, args.results_file)

@@ -160,3 +160,12 @@ def test_fast_levers_tiny_run(tmp_path: Path) -> None:
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     assert list(rows) == list(fast_levers.VARIANTS)
     assert rows["fold"]["folded"] > 0 and rows["channels_last"]["folded"] == 0 and rows["floor"]["x_floor"] == 1.0
+
+
+def test_feature_cache_checks_tiny_run(feature_cache: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "checks.json"
+    feature_cache.main(["--checks", "--model", "test_resnet", "--batch-size", "2", "--img-size", "32", "--repeats",
+                        "1", "--device", "cpu", "--no-progress", "--results-file", str(out)])
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["forward (no cache)"]["pct_of_forward"] == 100
+    assert {"per-call weights check", "weights fingerprint (full)", "cache, all hits, verify_inputs"} <= set(rows)
