@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import FreezableError, FreezableTypeError
-from .mixin import is_held
+from ._state import is_held
 
 __all__ = ["FeatureCache"]
 
