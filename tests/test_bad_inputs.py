@@ -81,6 +81,13 @@ def make_extra(cls: type[nn.Module]) -> Callable[[Subjects], None]:
     return setup
 
 
+def plain_freezable() -> nn.Module:
+    """A Freezable without groups, its (empty) groups already resolved."""
+    model = type("Plain", (fz.Freezable, nn.Sequential), {})(nn.Linear(2, 2))
+    assert model.freeze_group_names == ()
+    return model
+
+
 def inner_train(s: Subjects) -> None:
     s.net.features.train()
 
@@ -125,10 +132,10 @@ ROWS: list[Bad] = [
     Bad("freeze-on-a-model-without-groups", lambda s: s.extra["model"].freeze("backbone"), UnknownGroupError,
         r"unknown freeze group 'backbone'; there are none: Plain has no freeze groups\. Declare them in the class "
         r"\(freeze_groups = .*register_freeze_group\(name, \*specs\).*fz\.apply_preset\(model, 'linear_probe'\)",
-        setup=lambda s: s.extra.update(model=type("Plain", (fz.Freezable, nn.Sequential), {})(nn.Linear(2, 2)))),
+        setup=lambda s: s.extra.update(model=plain_freezable())),
     Bad("mixin-after-nn-module", lambda s: type("Net2", (nn.Module, fz.Freezable), {}), FreezableTypeError,
         r"class Net2 puts Freezable after nn.Module .*put the mixin first: class Net2\(Freezable, Module\)"),
- lambda s: s.net.unfreeze("head"), UnknownGroupError,
+    Bad("unfreeze-unknown-group", lambda s: s.net.unfreeze("head"), UnknownGroupError,
         r"unknown freeze group 'head'; valid choices: 'classifier', 'conv1', 'features'"),
     Bad("unfreeze-float-name", lambda s: s.net.unfreeze(1.5), FreezableTypeError, r"not float: 1.5"),
     Bad("unfreeze-bytes-name", lambda s: s.net.unfreeze(b"features"), FreezableTypeError, r"not bytes: b'features'"),

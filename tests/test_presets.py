@@ -29,12 +29,22 @@ def example_for(preset: fz.Preset) -> tuple[str, str]:
 
 
 def test_required_presets_are_registered():
-    names = fz.list_presets()
-    assert names == sorted(names)
-    required = ["torchvision.alexnet.classifier_only", "timm.hrnet.backbone", "timm.linear_probe",
-                "torchvision.linear_probe"]
-    required += [f"{s}.frozen_stages_{n}" for s in ("timm", "torchvision") for n in range(1, 5)]
-    assert set(required) <= set(names)
+    required = ["torchvision.alexnet.classifier_only", "timm.hrnet.backbone", "linear_probe"]
+    required += [f"frozen_stages_{n}" for n in range(1, 5)]
+    assert set(required) <= set(fz.list_presets())
+
+
+def test_list_presets_is_sorted():
+    assert fz.list_presets("*frozen_stages_1") == ["frozen_stages_1", "timm.frozen_stages_1",
+                                                    "torchvision.frozen_stages_1"]
+
+
+@pytest.mark.parametrize("source", ["timm", "torchvision"])
+@pytest.mark.parametrize("generic", ["linear_probe"] + [f"frozen_stages_{n}" for n in range(1, 5)])
+def test_library_names_are_aliases_of_the_generic_presets(source, generic):
+    alias, preset = fz.get_preset(f"{source}.{generic}"), fz.get_preset(generic)
+    assert (alias.groups, alias.frozen, alias.train_bn) == (preset.groups, preset.frozen, preset.train_bn)
+    assert alias.description == f"alias of {generic}: {preset.description}"
 
 
 def test_list_presets_filters_with_a_glob():
