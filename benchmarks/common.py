@@ -203,12 +203,21 @@ def environment(device: torch.device, precision: str) -> dict[str, Any]:
 
 
 def summarise(times: list[float], batch_size: int) -> dict[str, float]:
+    """Median step, fastest step, throughput, and ``spread_pct``: the interquartile range of the steps over their median."""
     median = statistics.median(times)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
     return {
         "step_ms": round(median, 2),
         "step_ms_min": round(min(times), 2),
         "samples_per_sec": round(batch_size * 1000 / median, 1),
+        "spread_pct": round(100 * (q3 - q1) / median, 1),
     }
+
+
+def phase(message: str, progress: bool = True) -> None:
+    """Says on stderr which phase a benchmark is in, so that no phase passes in silence."""
+    if progress:
+        print(message, file=sys.stderr, flush=True)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -1,10 +1,11 @@
-"""Markdown tables from benchmark results JSON, for the README.
+"""Markdown tables from benchmark results JSON: every table for benchmarks/README.md, the headline for README.md.
 
     python benchmarks/readme_table.py benchmarks/results/cpu_resnet18.json ...   # print the tables
-    python benchmarks/readme_table.py --update README.md benchmarks/results/*.json
+    python benchmarks/readme_table.py --update benchmarks/README.md --headline README.md benchmarks/results/*.json
 
-With ``--update`` the text between ``<!-- benchmark-tables:start -->`` and
-``<!-- benchmark-tables:end -->`` in that file is replaced by the tables.
+With ``--update`` the text between ``<!-- benchmark-tables:start -->`` and ``<!-- benchmark-tables:end -->``
+in that file is replaced by the full tables; with ``--headline`` the text between
+``<!-- benchmark-headline:start -->`` and ``<!-- benchmark-headline:end -->`` by one row per throughput run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 START, END = "<!-- benchmark-tables:start -->", "<!-- benchmark-tables:end -->"
+HEADLINE_START, HEADLINE_END = "<!-- benchmark-headline:start -->", "<!-- benchmark-headline:end -->"
 
 COLUMNS = {
     "throughput": ["mode", "step_ms", "samples_per_sec", "peak_mem_mb", "x_floor", "mem_x_floor", "speedup_vs_full"],
@@ -50,21 +52,56 @@ def table(results: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
+def headline(results: list[dict[str, Any]]) -> str:
+    """One row per throughput run: freezable's and freezable_fast's time and memory over the floor's.
+
+    Example:
+        >>> meta = {"benchmark": "throughput", "model": "resnet18", "device": "cpu", "dtype": "fp32",
+        ...         "batch_size": 16, "img_size": 128}
+        >>> rows = [{"mode": "freezable", "x_floor": 1.01, "mem_x_floor": 0.99, "speedup_vs_full": 2.86},
+        ...         {"mode": "freezable_fast", "x_floor": 0.7, "mem_x_floor": 1.25, "speedup_vs_full": 4.14}]
+        >>> print(headline([{"meta": meta, "rows": rows}]))
+        | model | device | freezable x_floor | freezable mem_x_floor | freezable_fast x_floor | freezable_fast mem_x_floor | freezable speedup_vs_full |
+        |---|---|---|---|---|---|---|
+        | resnet18, batch 16, 128 px, fp32 | cpu | 1.01 | 0.99 | 0.70 | 1.25 | 2.86 |
+    """
+    columns = ["model", "device", "freezable x_floor", "freezable mem_x_floor", "freezable_fast x_floor",
+               "freezable_fast mem_x_floor", "freezable speedup_vs_full"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for result in results:
+        meta = result["meta"]
+        if meta["benchmark"] != "throughput":
+            continue
+        by_mode = {row["mode"]: row for row in result["rows"]}
+        ours, fast = by_mode.get("freezable", {}), by_mode.get("freezable_fast", {})
+        cells = [f"{meta['model']}, batch {meta['batch_size']}, {meta['img_size']} px, {meta['dtype']}", meta["device"],
+                 ours.get("x_floor"), ours.get("mem_x_floor"), fast.get("x_floor"), fast.get("mem_x_floor"),
+                 ours.get("speedup_vs_full")]
+        lines.append("| " + " | ".join(c if isinstance(c, str) else _cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _replace(parser: argparse.ArgumentParser, path: Path, start: str, end: str, text: str) -> None:
+    content = path.read_text()
+    if start not in content or end not in content:
+        parser.error(f"{path} has no {start} ... {end} markers")
+    path.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: f"{start}\n{text}\n{end}", content,
+                           flags=re.S))
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="results .json files")
-    parser.add_argument("--update", default=None, help="a Markdown file with the start/end markers to rewrite")
+    parser.add_argument("--update", default=None, help="a Markdown file whose tables markers get every table")
+    parser.add_argument("--headline", default=None, help="a Markdown file whose headline markers get the headline")
     args = parser.parse_args(argv)
-    tables = "\n\n".join(table(json.loads(Path(p).read_text()), p) for p in args.results)
+    results = [json.loads(Path(p).read_text()) for p in args.results]
+    tables = "\n\n".join(table(r, p) for r, p in zip(results, args.results))
     if args.update:
-        path = Path(args.update)
-        text = path.read_text()
-        if START not in text or END not in text:
-            parser.error(f"{args.update} has no {START} ... {END} markers")
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: f"{START}\n{tables}\n{END}", text,
-                      flags=re.S)
-        path.write_text(text)
-    else:
+        _replace(parser, Path(args.update), START, END, tables)
+    if args.headline:
+        _replace(parser, Path(args.headline), HEADLINE_START, HEADLINE_END, headline(results))
+    if not (args.update or args.headline):
         print(tables)
     return tables
 

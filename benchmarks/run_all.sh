@@ -29,4 +29,4 @@ if $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     tables+=($R/cuda_resnet50_bf16.json $R/cuda_resnet50_bf16_compile.json $R/cuda_fast_levers_resnet50.json
              $R/cuda_freeze_depth.json $R/cuda_feature_cache_resnet50.json)
 fi
-$PY benchmarks/readme_table.py --update README.md "${tables[@]}"
+$PY benchmarks/readme_table.py --update benchmarks/README.md --headline README.md "${tables[@]}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -134,15 +135,20 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], 
     builders = {mode: builder(args, mode) for mode in args.modes}
     progress = not args.no_progress
     steps = {}
-    for mode, build in builders.items():
+    for i, (mode, build) in enumerate(builders.items(), 1):
+        common.phase(f"[1/3] building {mode} ({i}/{len(builders)})", progress)
         steps[mode] = build()
+    common.phase(f"[2/3] timing {args.warmup} warm-up and {args.steps} timed rounds of every mode", progress)
     times = common.time_interleaved(steps, args.device, args.warmup, args.steps, progress)
     del steps
     memory: dict[str, float | None] = {}
-    for mode, build in builders.items():
+    for i, (mode, build) in enumerate(builders.items(), 1):
         if args.no_memory:
             memory[mode] = None
-        elif args.device.type == "cuda":
+            continue
+        how = "a fresh process per mode" if args.device.type != "cuda" else "on the device"
+        common.phase(f"[3/3] peak memory of {mode} ({i}/{len(builders)}, {how})", progress)
+        if args.device.type == "cuda":
             memory[mode] = common.peak_memory_cuda(build, args.device)
         else:
             memory[mode] = common.peak_memory_cpu(__file__, argv, mode)
@@ -177,7 +183,40 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], 
     return meta, rows
 
 
-COLUMNS = ["mode", "step_ms", "samples_per_sec", "peak_mem_mb", "x_floor", "mem_x_floor", "speedup_vs_full"]
+COLUMNS = ["mode", "step_ms", "spread_pct", "samples_per_sec", "peak_mem_mb", "x_floor", "mem_x_floor",
+           "speedup_vs_full"]
+
+
+def reading(rows: list[dict[str, Any]]) -> str:
+    """The table in plain words: what the ratios mean, which mode to use, and whether the run was too noisy to say.
+
+    Example:
+        >>> rows = [{"mode": "floor", "step_ms": 10.0, "spread_pct": 2.0, "x_floor": 1.0, "speedup_vs_full": 3.0},
+        ...         {"mode": "freezable", "step_ms": 10.5, "spread_pct": 3.0, "x_floor": 1.05, "speedup_vs_full": 2.9}]
+        >>> print(reading(rows))
+        How to read it: x_floor is a mode's step time over the floor's (the backbone at inference, then the head's
+        training step: the least a frozen backbone can cost); 1.00 is as fast as that, lower is impossible.
+        speedup_vs_full is how much faster than training everything. Use freezable (1.05x the floor).
+    """
+    by_mode = {r["mode"]: r for r in rows}
+    lines = ["How to read it: x_floor is a mode's step time over the floor's (the backbone at inference, then the "
+             "head's training step: the least a frozen backbone can cost); 1.00 is as fast as that, lower is "
+             "impossible. speedup_vs_full is how much faster than training everything."]
+    ours = [by_mode[m] for m in ("freezable", "freezable_fast") if m in by_mode and by_mode[m].get("x_floor")]
+    if ours:
+        best = min(ours, key=lambda r: r["step_ms"])
+        lines[-1] += f" Use {best['mode']} ({best['x_floor']:.2f}x the floor)"
+        if best["mode"] == "freezable_fast":
+            lines[-1] += ": fast=True folds BatchNorm and uses channels-last, at a float-rounding difference in outputs."
+        else:
+            lines[-1] += "; fast=True did not pay off here." if "freezable_fast" in by_mode else "."
+    spread = max((r.get("spread_pct") or 0.0) for r in rows)
+    below = [r["mode"] for r in rows if r.get("x_floor") is not None and r["x_floor"] < 0.97]
+    if below or spread > 10:
+        why = f"{', '.join(below)} ran below the floor" if below else f"steps varied by up to {spread:.0f}%"
+        lines.append(f"WARNING: this run was too noisy to read ({why}): ratios closer than {max(spread, 3):.0f}% "
+                     "apart are not different. Rerun on an idle machine, or with more --steps.")
+    return "\n".join(textwrap.fill(line, 110) for line in lines)
 
 
 def plot(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -209,6 +248,8 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, 
     common.report(f"{meta['model']}  batch {meta['batch_size']}  {meta['img_size']} px  {meta['dtype']}  "
                   f"channels_last={meta['channels_last']}  compile={meta['compile']}",
                   meta, rows, COLUMNS, args.results_file, plot, args.plot)
+    print()
+    print(reading(rows))
     return meta, rows
 
 

@@ -5,9 +5,10 @@ __version__ = "0.1.0"
 from .audit import CheckReport as CheckReport
 from .audit import check as check
 from .cache import FeatureCache as FeatureCache
-from .distributed import DDPFreezeStateError as DDPFreezeStateError
 from .distributed import rewrap_ddp as rewrap_ddp
+from .errors import DDPFreezeStateError as DDPFreezeStateError
 from .errors import FreezableError as FreezableError
+from .groups import Group as Group
 from .mixin import Freezable as Freezable
 from .presets import Preset as Preset
 from .presets import apply_preset as apply_preset
@@ -25,6 +26,7 @@ __all__ = [
     "Freezable",
     "FreezableError",
     "FrozenBackbone",
+    "Group",
     "Preset",
     "UnfreezeSchedule",
     "apply_preset",

@@ -9,8 +9,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+from torch import nn
 
 from . import _sweep
 from ._models import build_model
@@ -19,6 +22,8 @@ from .presets import get_preset, list_presets
 from .wrapper import FrozenBackbone
 
 __all__ = ["main"]
+
+_SOURCES = ("torchvision", "timm")
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -30,13 +35,32 @@ def _presets(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {get_preset(name).description}")
 
 
+def _model_name(model: str, preset: str | None) -> str:
+    """``model`` with the library prefix that a ``timm.*`` or ``torchvision.*`` preset implies."""
+    source = (preset or "").partition(".")[0]
+    if "/" not in model and source in _SOURCES:
+        return f"{source}/{model}"
+    return model
+
+
+def _source(model: nn.Module) -> str:
+    return next((s for s in _SOURCES if type(model).__module__.startswith(s + ".")), type(model).__module__)
+
+
 def _show(args: argparse.Namespace) -> None:
     if args.preset is not None:
         get_preset(args.preset)  # a bad name fails before the model is built
-    fb = FrozenBackbone(build_model(args.model), trainable=args.trainable, preset=args.preset)
+    name = _model_name(args.model, args.preset)
+    backbone = build_model(name)
+    fb = FrozenBackbone(backbone, trainable=args.trainable, preset=args.preset)
+    source = _source(backbone)
+    others = [s for s in _SOURCES if s != source]
+    print(f"{name.rpartition('/')[2]} built from {source} (meta device, no weights; "
+          f"{' or '.join(f'{o}/NAME' for o in others)} picks another library)")
     print(fb)
     print()
-    for name, group in fb._groups.items():
+    for name in fb.freeze_group_names:
+        group = fb.freeze_group(name)
         members = list(group.modules) + list(group.parameters)
         more = f", ... ({len(members)} in all)" if len(members) > 6 else ""
         print(f"{name}: {', '.join(m or '<whole model>' for m in members[:6])}{more}")
@@ -65,9 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         code = args.run(args)
+        sys.stdout.flush()
     except FreezableError as e:
         print(f"freezable: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 0
     return code or 0
 
 

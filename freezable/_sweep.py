@@ -21,7 +21,7 @@ from ._models import build_model
 from .detect import detect_groups
 from .groups import resolve_group
 
-__all__ = ["sweep", "check_groups", "model_names", "run", "main"]
+__all__ = ["sweep", "check_groups", "model_names", "run", "add_arguments", "run_from_args"]
 
 
 def model_names(source: str, family_sample: bool = False) -> list[str]:
@@ -123,17 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m freezable._sweep", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_from_args(args)
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     sources = ["torchvision", "timm"] if args.source == "all" else [args.source]
     return run(sources, args.family_sample, args.models, progress=not args.no_progress)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,9 +36,12 @@ import torch
 from torch import nn
 
 from . import guard
-from .errors import FreezableError, FreezableTypeError
-from .mixin import Freezable, is_held
+from ._state import is_held
+from .distributed import reduced_parameters
+from .errors import FreezableError, shorten, type_error
+from .mixin import Freezable
 from .norms import has_running_stats
+from .summary import format_table
 
 __all__ = ["CheckReport", "check"]
 
@@ -82,11 +85,8 @@ class CheckReport:
         results = {name: "ok" if not problems else f"{len(problems)} problem(s)" for name, problems in self.rows}
         results.update((name, f"skipped: {why}") for name, why in self.skipped)
         order = list(_CHECKS) + [name for name in results if name not in _CHECKS]
-        table = [("check", "expects", "result")]
-        table += [(name, _CHECKS.get(name, name), results[name]) for name in order if name in results]
-        widths = [max(len(row[i]) for row in table) for i in range(3)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        rows = [(name, _CHECKS.get(name, name), results[name]) for name in order if name in results]
+        lines = format_table(("check", "expects", "result"), rows).splitlines()
         problems = self.problems
         lines.append("")
         if problems:
@@ -137,13 +137,11 @@ def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, s
         True
     """
     if not isinstance(model, nn.Module):
-        raise FreezableTypeError(f"check needs an nn.Module, not {type(model).__name__}: {model!r}")
+        raise type_error("check's model", model, "an nn.Module instance")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise FreezableTypeError(
-            f"optimizer must be a torch.optim.Optimizer or None, not {type(optimizer).__name__}: {optimizer!r}"
-        )
+        raise type_error("optimizer", optimizer, "a torch.optim.Optimizer or None")
     if not isinstance(strict, bool):
-        raise FreezableTypeError(f"strict must be a bool, not {type(strict).__name__}: {strict!r}")
+        raise type_error("strict", strict, "a bool")
 
     names = _parameter_names(model)
     rows = [("modes", _modes(model)), ("gradients", _gradients(model))]
@@ -175,8 +173,7 @@ def _parameter_names(model: nn.Module) -> dict[int, str]:
 
 
 def _quote(names: list[str]) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:_MAX_NAMES])
-    return shown + (f" and {len(names) - _MAX_NAMES} more" if len(names) > _MAX_NAMES else "")
+    return shorten(names, _MAX_NAMES)
 
 
 def _modes(model: nn.Module) -> list[str]:
@@ -296,21 +293,8 @@ def _lbfgs_moves_frozen(optimizer: torch.optim.LBFGS) -> list[torch.Tensor]:
     return moved
 
 
-def _ddp_registered(ddp: nn.parallel.DistributedDataParallel) -> set[int] | None:
-    """Ids of the parameters DDP registered with its reducer when it was built (what it all-reduces).
-
-    The reducer hands them out only with zero-filled copies of its gradient buckets, so this
-    allocates, for the duration of the check, memory the size of the synchronised gradients.
-    """
-    reducer = getattr(ddp, "reducer", None)
-    buckets = getattr(reducer, "_get_zeros_like_grad_buckets", None)
-    if buckets is None:
-        return None
-    return {id(p) for bucket in buckets() for p in bucket.parameters()}
-
-
 def _ddp(prefix: str, ddp: nn.parallel.DistributedDataParallel) -> list[str]:
-    registered = _ddp_registered(ddp)
+    registered = reduced_parameters(ddp)
     ignored = set(getattr(ddp, "parameters_to_ignore", ()))
     trainable = {id(p): n for n, p in ddp.module.named_parameters() if p.requires_grad and n not in ignored}
     where = f"DDP wrapper '{prefix}'" if prefix else "the DDP wrapper"

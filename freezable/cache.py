@@ -28,8 +28,8 @@ from torch import nn
 from . import _cache_store as store
 from ._cache_binding import WeightsWatch, changed_tensors, input_prints, same_input, weights_fingerprint
 from ._cache_store import Entry
-from .errors import FreezableError, FreezableTypeError, closest, describe
-from .mixin import is_held
+from ._state import is_held
+from .errors import FreezableError, closest, describe, shorten, type_error
 
 __all__ = ["FeatureCache"]
 
@@ -49,8 +49,7 @@ def _key(key: object) -> Hashable:
     if isinstance(key, torch.Tensor) and key.dim() == 0 and not key.is_floating_point():
         return int(key.item())
     if isinstance(key, bool) or not isinstance(key, (int, str, tuple)):
-        raise FreezableTypeError(f"a FeatureCache key must be an int, a str or a tuple of them, not "
-                                 f"{type(key).__name__}: {key!r}")
+        raise type_error("a FeatureCache key", key, "an int, a str or a tuple of them")
     if isinstance(key, tuple):
         return tuple(_key(k) for k in key)
     return key
@@ -126,15 +125,17 @@ class FeatureCache:
         verify_inputs: bool = False,
     ) -> None:
         if not isinstance(backbone, nn.Module):
-            raise FreezableTypeError(f"FeatureCache caches an nn.Module's outputs, not {type(backbone).__name__}")
+            raise type_error("FeatureCache's backbone", backbone, "an nn.Module instance")
         for name, cap in (("max_items", max_items), ("max_bytes", max_bytes)):
-            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)):
+                raise type_error(name, cap, "a positive int or None")
+            if cap is not None and cap < 1:
                 raise FreezableError(f"{name} must be a positive int or None, not {cap!r}")
         if not isinstance(on_mismatch, str) or on_mismatch not in _ON_MISMATCH:
             raise FreezableError(f"on_mismatch must be 'error' or 'clear', not {describe(on_mismatch)}; "
                                  f"{closest(on_mismatch, _ON_MISMATCH)}")
         if not isinstance(verify_inputs, bool):
-            raise FreezableTypeError(f"verify_inputs must be a bool, not {describe(verify_inputs)}")
+            raise type_error("verify_inputs", verify_inputs, "a bool")
         self.backbone = backbone
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -197,9 +198,8 @@ class FeatureCache:
     def _check_frozen(self) -> None:
         trainable = [n for n, p in self.backbone.named_parameters() if p.requires_grad]
         if trainable:
-            shown = ", ".join(trainable[:3]) + (f" and {len(trainable) - 3} more" if len(trainable) > 3 else "")
             raise FreezableError(f"FeatureCache needs a fully frozen backbone, but {len(trainable)} parameters "
-                                 f"train: {shown}; freeze them (fz.FrozenBackbone(model)) or don't cache")
+                                 f"train: {shorten(trainable)}; freeze them (fz.FrozenBackbone(model)) or don't cache")
 
     def _check_deterministic(self) -> None:
         for name, module in self.backbone.named_modules():
@@ -232,8 +232,7 @@ class FeatureCache:
             self._weights.rebind(digest, tensors)
             return
         changed = changed_tensors(self._weights.tensors, tensors)
-        what = (f"{len(changed)} tensors differ: " + ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
-                if changed else "a submodule was replaced")
+        what = f"{len(changed)} tensors differ: {shorten(changed)}" if changed else "a submodule was replaced"
         where = f" and its directory {self.directory}" if self.directory is not None else ""
         raise FreezableError(
             f"FeatureCache: the backbone's weights changed since the cache was filled ({what}); its entries would "
@@ -277,7 +276,7 @@ class FeatureCache:
                 or (with ``verify_inputs=True``) a known key comes with another input.
         """
         if not isinstance(x, torch.Tensor):
-            raise FreezableTypeError(f"FeatureCache takes a batch tensor, not {type(x).__name__}")
+            raise type_error("FeatureCache's input", x, "a batch tensor")
         if x.requires_grad:
             raise FreezableError("FeatureCache input requires grad; cached outputs carry no gradient")
         self._check_frozen()
@@ -346,7 +345,7 @@ class FeatureCache:
                                      f"and dtype {keys.dtype}")
             keys = keys.tolist()
         elif isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence):
-            raise FreezableTypeError(f"keys must be a sequence with one key per sample, not {type(keys).__name__}")
+            raise type_error("keys", keys, "a sequence with one key per sample")
         if len(keys) != batch:
             raise FreezableError(f"got {len(keys)} keys for a batch of {batch} samples; pass one key per sample")
         return [_key(k) for k in keys]
@@ -385,7 +384,8 @@ def _flatten(out: Any, batch: int) -> tuple[str, list[torch.Tensor]]:
     elif isinstance(out, (list, tuple)) and out and all(isinstance(t, torch.Tensor) for t in out):
         leaves, kind = list(out), type(out).__name__
     else:
-        raise FreezableTypeError(f"FeatureCache caches a tensor or a list/tuple of tensors, not {type(out).__name__}")
+        raise type_error("the backbone's output", out, "a tensor or a list/tuple of tensors",
+                         "FeatureCache caches only those")
     for leaf in leaves:
         if leaf.dim() == 0 or leaf.shape[0] != batch:
             raise FreezableError(f"the backbone returned shape {tuple(leaf.shape)} for a batch of {batch}; "

@@ -28,15 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FreezableError, FreezableTypeError
+from .errors import DDPFreezeStateError, FreezableError, shorten, type_error
 
-__all__ = ["DDPFreezeStateError", "rewrap_ddp", "watch_ddp"]
+__all__ = ["DDPFreezeStateError", "rewrap_ddp", "watch_ddp", "reduced_parameters"]
 
 _CACHE = "_freezable_reducer_params"  # on the DDP wrapper: (reducer, ids reduced, ids managed, per-module lists)
-
-
-class DDPFreezeStateError(FreezableError):
-    """The freeze state changed after the model was wrapped in DistributedDataParallel."""
 
 
 def _dist_initialized() -> bool:
@@ -61,6 +57,20 @@ def _active_ddp() -> Any:
     return nn.parallel.DistributedDataParallel._get_active_ddp_module()
 
 
+def reduced_parameters(ddp: nn.parallel.DistributedDataParallel) -> set[int] | None:
+    """Ids of the parameters ``ddp``'s reducer all-reduces (those trainable when it was built).
+
+    The reducer hands them out only with zero-filled copies of its gradient buckets, so this
+    allocates, briefly, memory the size of the synchronised gradients. ``None`` for a torch
+    whose reducer does not expose its buckets.
+    """
+    buckets = getattr(getattr(ddp, "reducer", None), "_get_zeros_like_grad_buckets", None)
+    if buckets is None:
+        return None
+    with torch.no_grad():
+        return {id(p) for bucket in buckets() for p in bucket.parameters()}
+
+
 def _expected(ddp: nn.parallel.DistributedDataParallel, module: nn.Module) -> list[tuple[nn.Parameter, bool]]:
     """``(parameter, whether ddp's reducer all-reduces it)`` for each of ``module``'s parameters that ddp manages.
 
@@ -70,8 +80,9 @@ def _expected(ddp: nn.parallel.DistributedDataParallel, module: nn.Module) -> li
     reducer = ddp.reducer
     cached = ddp.__dict__.get(_CACHE)
     if cached is None or cached[0] is not reducer:
-        with torch.no_grad():
-            reduced = {id(p) for bucket in reducer._get_zeros_like_grad_buckets() for p in bucket.parameters()}
+        reduced = reduced_parameters(ddp)
+        if reduced is None:  # nothing to compare with
+            return []
         managed = {id(p) for p in ddp._module_parameters}
         cached = ddp.__dict__[_CACHE] = (reducer, reduced, managed, {})
     _, reduced, managed, per_module = cached
@@ -96,18 +107,14 @@ def _check_ddp(module: nn.Module, args: Any) -> None:
             (unfrozen if p.requires_grad else frozen).append(name)
     changed = []
     if unfrozen:
-        changed.append(f"unfrozen: {_names(unfrozen)}")
+        changed.append(f"unfrozen: {shorten(unfrozen)}")
     if frozen:
-        changed.append(f"frozen: {_names(frozen)}")
+        changed.append(f"frozen: {shorten(frozen)}")
     raise DDPFreezeStateError(
         f"the freeze state of {type(module).__name__} changed after it was wrapped in DistributedDataParallel "
         f"({'; '.join(changed)}); DDP would not synchronise those gradients across ranks. Rebuild the wrapper "
         f"on every rank after changing the freeze state: ddp_model = freezable.rewrap_ddp(ddp_model)"
     )
-
-
-def _names(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel, **overrides: Any) -> nn.parallel.DistributedDataParallel:
@@ -133,7 +140,7 @@ def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel, **overrides: Any) -> nn
     """
     ddp_type = nn.parallel.DistributedDataParallel
     if not isinstance(ddp, ddp_type):
-        raise FreezableTypeError(f"rewrap_ddp takes a DistributedDataParallel, not {type(ddp).__name__}")
+        raise type_error("rewrap_ddp's argument", ddp, "a DistributedDataParallel")
     if getattr(ddp, "_delay_all_reduce_params", None):
         raise FreezableError("rewrap_ddp cannot carry over delay_all_reduce_named_params; build the wrapper anew")
     accepted = inspect.signature(ddp_type.__init__).parameters

@@ -17,8 +17,12 @@ __all__ = [
     "SpecError",
     "FreezeStateError",
     "PresetError",
+    "DDPFreezeStateError",
     "closest",
     "describe",
+    "shorten",
+    "type_error",
+    "unknown_group",
 ]
 
 
@@ -46,6 +50,24 @@ class PresetError(FreezableError):
     """An unknown preset, a duplicate one, or one that does not fit the model."""
 
 
+class DDPFreezeStateError(FreezableError):
+    """The freeze state changed after the model was wrapped in DistributedDataParallel."""
+
+
+def shorten(names: Iterable[object], limit: int = 8) -> str:
+    """The first ``limit`` names, quoted, and how many more: the one way messages list names.
+
+    Example:
+        >>> shorten(["a", "b", "c"], limit=2)
+        "'a', 'b' and 1 more"
+        >>> shorten([])
+        ''
+    """
+    names = list(names)
+    shown = ", ".join(repr(str(n)) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def closest(value: object, choices: Iterable[str], n: int = 3) -> str:
     """Says which of ``choices`` are closest to ``value``, for an error message.
 
@@ -61,18 +83,63 @@ def closest(value: object, choices: Iterable[str], n: int = 3) -> str:
     matches = difflib.get_close_matches(str(value), choices, n=n, cutoff=0.5)
     if matches:
         return "did you mean " + " or ".join(repr(m) for m in matches) + "?"
-    shown = ", ".join(repr(c) for c in choices[:8])
-    more = f" and {len(choices) - 8} more" if len(choices) > 8 else ""
-    return f"valid choices: {shown}{more}"
+    return f"valid choices: {shorten(choices)}"
 
 
 def describe(value: object) -> str:
     """A bad value's type and a short one-line repr, for an error message.
 
+    A class is named in full (module and name), since passing a class where an
+    instance belongs is a common slip.
+
     Example:
         >>> describe(["features", 3])
-        "list ['features', 3]"
+        "list: ['features', 3]"
         >>> describe(None)
-        'NoneType None'
+        'NoneType: None'
+        >>> describe(dict)
+        'the class builtins.dict'
     """
-    return f"{type(value).__name__} {' '.join(reprlib.repr(value).split())}"
+    if isinstance(value, type):
+        return f"the class {value.__module__}.{value.__qualname__}"
+    return f"{type(value).__name__}: {' '.join(reprlib.repr(value).split())}"
+
+
+def type_error(what: str, value: object, expected: str, fix: str = "") -> FreezableTypeError:
+    """The one message for a wrong type: what was wrong, the kind expected, the value given, and the fix.
+
+    A class given where an instance is expected gets the fix "pass an instance".
+
+    Example:
+        >>> print(type_error("train_bn", "yes", "a bool"))
+        train_bn must be a bool, not str: 'yes'
+        >>> print(type_error("backbone", dict, "an nn.Module instance"))
+        backbone must be an nn.Module instance, not the class builtins.dict; pass an instance: dict(...)
+    """
+    message = f"{what} must be {expected}, not {describe(value)}"
+    if isinstance(value, type):
+        message += f"; pass an instance: {value.__name__}(...)"
+    if fix:
+        message += f"; {fix}"
+    return FreezableTypeError(message)
+
+
+def unknown_group(name: str, known: Iterable[str], model: str = "the model", what: str = "freeze group") -> UnknownGroupError:
+    """The one message for a group name the model lacks: the closest names, or how to declare groups.
+
+    Example:
+        >>> print(unknown_group("haed", ["stem", "head"]))
+        unknown freeze group 'haed'; did you mean 'head'?
+        >>> print(unknown_group("backbone", [], "Net"))  # doctest: +ELLIPSIS
+        unknown freeze group 'backbone'; there are none: Net has no freeze groups. Declare them ...
+    """
+    known = list(known)
+    message = f"unknown {what} {name!r}; {closest(name, known)}"
+    if not known:
+        message += (
+            f": {model} has no freeze groups. Declare them in the class (freeze_groups = {{'backbone': "
+            f"['features'], 'head': 'classifier'}}) or with register_freeze_group(name, *specs); for a torchvision "
+            f"or timm model, fz.apply_preset(model, 'linear_probe') registers its detected groups (stem, "
+            f"stage1 ..., head, backbone), or wrap it: fz.FrozenBackbone(model)"
+        )
+    return UnknownGroupError(message)

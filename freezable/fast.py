@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .fold import can_fold, fold_conv_bn, norm_remainder
-from .mixin import _mark, _set_held, is_held
+from ._state import is_held, set_frozen, set_held
 
 __all__ = ["FastPath", "build_fast_path"]
 
@@ -199,8 +199,8 @@ def _copy_held(root: nn.Module) -> nn.Module:
     memo.update({id(t): t for t in root.buffers()})
     clone = copy.deepcopy(root, memo)
     for m in clone.modules():
-        _mark(m, False)
-        _set_held(m, False, False)
+        set_frozen(m, False)
+        set_held(m, False, False)
     return clone
 
 

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
 from torch import nn
 
-from .errors import FreezableError, FreezableTypeError, SpecError, closest
+from .errors import FreezableError, SpecError, closest, type_error
 
-__all__ = ["Spec", "Group", "resolve_group", "as_spec_list"]
+__all__ = ["Spec", "Group", "resolve_group", "as_spec_list", "staged_names"]
 
 Spec = Union[str, "re.Pattern[str]", Callable[[str, Union[nn.Module, nn.Parameter]], bool]]
 
@@ -78,10 +78,7 @@ def as_spec_list(specs: object) -> list[Spec]:
     if isinstance(specs, (str, re.Pattern)) or callable(specs):
         specs = [specs]
     elif not isinstance(specs, Sequence) or isinstance(specs, (bytes, bytearray)):
-        raise FreezableTypeError(
-            f"a group spec must be a name, a glob, a re.Pattern, a callable or a list of them, "
-            f"not {type(specs).__name__}: {specs!r}"
-        )
+        raise type_error("a group spec", specs, "a name, a glob, a re.Pattern, a callable or a list of them")
     specs = list(specs)
     if not specs:
         raise SpecError("a group needs at least one spec, got an empty list")
@@ -90,10 +87,7 @@ def as_spec_list(specs: object) -> list[Spec]:
             if not spec.strip():
                 raise SpecError(f"a group spec must not be empty or blank, got {spec!r}")
         elif not isinstance(spec, re.Pattern) and not callable(spec):
-            raise FreezableTypeError(
-                f"a group spec must be a name, a glob, a re.Pattern or a callable, "
-                f"not {type(spec).__name__}: {spec!r}"
-            )
+            raise type_error("a group spec", spec, "a name, a glob, a re.Pattern or a callable")
     return specs
 
 
@@ -187,3 +181,27 @@ def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
         name for name, _ in named_params if name in matched and not _is_within(name.rpartition(".")[0], covered)
     )
     return Group(modules=top_modules, parameters=loose_params)
+
+
+def staged_names(root: nn.Module, groups: Mapping[str, Group]) -> tuple[str, ...]:
+    """The groups that contain no other group (the *staged* ones), in group order.
+
+    Umbrella groups, such as ``backbone`` over the stem and stages, are left out; the
+    walks in order (``freeze_to``, gradual unfreezing, ``param_groups``) use these.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> groups = {"a": Group(("0",)), "b": Group(("1",)), "body": Group(("0", "1")), "head": Group(("2",))}
+        >>> staged_names(net, groups)
+        ('a', 'b', 'head')
+    """
+    members = {
+        name: frozenset(n for n, _ in group.named_parameters(root))
+        | frozenset("module:" + n for n, _ in group.named_modules(root))
+        for name, group in groups.items()
+    }
+    return tuple(
+        name for name, own in members.items()
+        if not any(other and other < own for o, other in members.items() if o != name)
+    )

@@ -23,15 +23,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ._state import freeze_root, is_frozen
 from .groups import Group
-
-if TYPE_CHECKING:
-    from .mixin import Freezable
 
 __all__ = ["Fingerprint", "fingerprint", "record", "forget", "verify", "guarded_names"]
 
@@ -64,15 +61,13 @@ def fingerprint(tensor: torch.Tensor) -> Fingerprint:
     return Fingerprint(str(tensor.dtype), tuple(tensor.shape), hashlib.blake2b(data, digest_size=16).digest())
 
 
-def _store(model: Freezable) -> dict[str, dict[str, Fingerprint]]:
+def _store(model: nn.Module) -> dict[str, dict[str, Fingerprint]]:
     return model.__dict__.setdefault(_GUARD, {"parameters": {}, "buffers": {}})
 
 
-def record(model: Freezable, groups: Iterable[Group]) -> None:
+def record(model: nn.Module, groups: Iterable[Group]) -> None:
     """Fingerprints what ``groups`` hold frozen now: frozen parameters, and buffers of frozen modules."""
-    from .mixin import is_frozen
-
-    root = model._freeze_root()
+    root = freeze_root(model)
     store = _store(model)
     for group in groups:
         for name, param in group.named_parameters(root):
@@ -85,12 +80,12 @@ def record(model: Freezable, groups: Iterable[Group]) -> None:
                         store["buffers"][bname] = fingerprint(buffer)
 
 
-def forget(model: Freezable, groups: Iterable[Group]) -> None:
+def forget(model: nn.Module, groups: Iterable[Group]) -> None:
     """Drops the guard on every tensor that ``groups`` hold (called by ``unfreeze``)."""
     store = model.__dict__.get(_GUARD)
     if not store:
         return
-    root = model._freeze_root()
+    root = freeze_root(model)
     released: set[int] = set()
     for group in groups:
         released.update(id(p) for _, p in group.named_parameters(root))
@@ -116,7 +111,7 @@ def _lookup(root: nn.Module, kind: str, name: str) -> torch.Tensor | None:
         return None
 
 
-def verify(model: Freezable, prefix: str = "") -> list[str]:
+def verify(model: nn.Module, prefix: str = "") -> list[str]:
     """One sentence per guarded frozen tensor that changed (or vanished) since it was recorded.
 
     A tensor that is no longer frozen (made trainable since, by ``load_freeze_state`` or by
@@ -126,12 +121,10 @@ def verify(model: Freezable, prefix: str = "") -> list[str]:
         model: a Freezable that may carry a guard.
         prefix: the model's name inside the module the user checks, for the messages.
     """
-    from .mixin import is_frozen
-
     store = model.__dict__.get(_GUARD)
     if not store:
         return []
-    root = model._freeze_root()
+    root = freeze_root(model)
     root_prefix = prefix
     if root is not model:
         root_prefix = ".".join(p for p in (prefix, _child_name(model, root)) if p)

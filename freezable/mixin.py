@@ -1,16 +1,8 @@
 """The :class:`Freezable` mixin: named freeze groups whose frozen parts stay frozen.
 
-Where the freeze state lives (its one source of truth):
-
-* a parameter is frozen when ``requires_grad`` is ``False``;
-* a module is frozen when it carries the ``_freezable_frozen`` mark.
-
-Everything else is derived from those two. A frozen module whose whole subtree
-is frozen (every module marked, no trainable parameter) is *held at
-inference*: it is put in eval mode at once, after every ``train()`` call that
-reaches the model, and, through a forward pre-hook, before any forward that
-follows a ``train()`` call on an inner module. So BatchNorm statistics do not
-drift and dropout stays off, whoever calls ``train()``.
+The freeze state itself (the frozen mark, the hold at inference, the freeze-state
+format) lives in :mod:`freezable._state`; this module is the user-facing class on
+top of it: groups by name, validation, summaries.
 """
 
 from __future__ import annotations
@@ -20,51 +12,19 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from . import _state
 from . import guard as _guard
+from ._state import is_frozen, is_held
 from .distributed import watch_ddp
-from .errors import FreezableTypeError, FreezeStateError, SpecError, UnknownGroupError, closest, describe
-from .groups import Group, Spec, resolve_group
+from .errors import FreezableTypeError, SpecError, UnknownGroupError, closest, type_error, unknown_group
+from .groups import Group, Spec, resolve_group, staged_names
 from .norms import is_norm
 from .optim import add_missing, check_lr, check_optimizer, param_groups
-from .schedule import freeze_to
 from .summary import SummaryRow, format_summary
 
 __all__ = ["Freezable", "is_frozen", "is_held"]
 
-_FROZEN = "_freezable_frozen"
-_GROUPS = "_freezable_groups"
-_MODE = "_freezable_mode"  # the mode last asked for: the model's own flag reads False while it is held itself
-_STATE_FORMAT = "freezable.freeze_state"
-_STATE_VERSION = 1
 _WHOLE_MODEL = Group(modules=("",))
-
-
-def _hold_at_inference(module: nn.Module, args: Any) -> None:
-    """Forward pre-hook of held modules: undo a ``train()`` call made on an inner module."""
-    if module.training:
-        module.train(False)
-
-
-def is_frozen(module: nn.Module) -> bool:
-    """Whether ``module`` carries the frozen mark (set by :meth:`Freezable.freeze`)."""
-    return module.__dict__.get(_FROZEN, False)
-
-
-def is_held(module: nn.Module) -> bool:
-    """Whether ``module`` is held at inference (eval mode) whatever ``train()`` calls follow."""
-    return any(hook is _hold_at_inference for hook in module._forward_pre_hooks.values())
-
-
-def _set_held(module: nn.Module, held: bool, mode: bool) -> None:
-    if held:
-        if not is_held(module):
-            module.register_forward_pre_hook(_hold_at_inference, prepend=True)
-        module.training = False
-    elif is_held(module):
-        for key, hook in list(module._forward_pre_hooks.items()):
-            if hook is _hold_at_inference:
-                del module._forward_pre_hooks[key]
-        module.training = mode
 
 
 class Freezable:
@@ -96,33 +56,41 @@ class Freezable:
 
     freeze_groups: ClassVar[Mapping[str, Any]] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if nn.Module in mro and mro.index(nn.Module) < mro.index(Freezable):
+            raise FreezableTypeError(
+                f"class {cls.__name__} puts Freezable after nn.Module among its bases, so nn.Module's train() "
+                f"would run instead of Freezable's and frozen parts would leave inference mode; put the mixin "
+                f"first: class {cls.__name__}(Freezable, {mro[mro.index(Freezable) - 1].__name__})"
+            )
+
     # -- groups -------------------------------------------------------------------------
 
     def _freeze_root(self) -> nn.Module:
         """The module whose names groups and freeze states refer to."""
-        return self  # type: ignore[return-value]
+        return _state.freeze_root(self)  # type: ignore[arg-type]
 
     @property
     def _groups(self) -> dict[str, Group]:
-        groups = self.__dict__.get(_GROUPS)
+        groups = _state.stored_groups(self)  # type: ignore[arg-type]
         if groups is None:
             declared = type(self).freeze_groups
             if not isinstance(declared, Mapping):
-                raise FreezableTypeError(
-                    f"{type(self).__name__}.freeze_groups must be a mapping of group name to specs, "
-                    f"not {type(declared).__name__}"
-                )
+                raise type_error(f"{type(self).__name__}.freeze_groups", declared,
+                                 "a mapping of group name to specs", fix="e.g. {'backbone': 'features', 'head': 'fc'}")
             groups = {}
             for name, specs in declared.items():
                 self._check_new_group_name(name, groups)
                 groups[name] = resolve_group(self._freeze_root(), name, specs)
-            self.__dict__[_GROUPS] = groups
+            _state.store_groups(self, groups)  # type: ignore[arg-type]
         return groups
 
     @staticmethod
     def _check_new_group_name(name: object, groups: Mapping[str, Group]) -> None:
         if not isinstance(name, str):
-            raise FreezableTypeError(f"a group name must be a str, not {type(name).__name__}: {name!r}")
+            raise type_error("a group name", name, "a str")
         if not name or not name.strip():
             raise SpecError(f"a group name must not be empty or blank, got {name!r}")
         if name in groups:
@@ -164,19 +132,38 @@ class Freezable:
     def frozen_groups(self) -> tuple[str, ...]:
         """The groups whose every parameter is frozen (without parameters: every module), in group order."""
         root = self._freeze_root()
-        return tuple(name for name, group in self._groups.items() if _group_is_frozen(root, group))
+        return tuple(name for name, group in self._groups.items() if _state.group_is_frozen(root, group))
 
-    def _selected(self, groups: tuple[str, ...]) -> list[Group]:
+    def freeze_group(self, name: str) -> Group:
+        """The members of the group ``name``: names relative to the model (for a FrozenBackbone: its backbone).
+
+        Read-only: a :class:`~freezable.groups.Group` is a frozen dataclass of names.
+
+        Raises:
+            UnknownGroupError: ``name`` is not a registered group.
+
+        Example:
+            >>> from torch import nn
+            >>> class Net(Freezable, nn.Sequential):
+            ...     freeze_groups = {"body": ["0", "1"], "head": "2"}
+            >>> Net(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).freeze_group("body")
+            Group(modules=('0', '1'), parameters=())
+        """
+        return self._selected((name,), check_members=False)[0]
+
+    def _selected(self, groups: tuple[str, ...], *, check_members: bool = True) -> list[Group]:
         """The named groups (validated all before any is used); none means the whole model."""
         if not groups:
             return [_WHOLE_MODEL]
         known = self._groups
         for name in groups:
             if not isinstance(name, str):
-                raise FreezableTypeError(f"a group name must be a str, not {type(name).__name__}: {name!r}")
+                raise type_error("a group name", name, "a str")
             if name not in known:
-                raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, known)}")
+                raise unknown_group(name, known, type(self).__name__)
         selected = [known[name] for name in groups]
+        if not check_members:
+            return selected
         root = self._freeze_root()
         for group in selected:  # a member replaced since registration fails here, before anything changes
             list(group.named_modules(root))
@@ -207,23 +194,16 @@ class Freezable:
         """
         selected = self._selected(groups)
         if not isinstance(train_bn, bool):
-            raise FreezableTypeError(f"train_bn must be a bool, not {type(train_bn).__name__}: {train_bn!r}")
+            raise type_error("train_bn", train_bn, "a bool")
         if not isinstance(guard, bool):
-            raise FreezableTypeError(f"guard must be a bool, not {type(guard).__name__}: {guard!r}")
+            raise type_error("guard", guard, "a bool")
         self._freeze_resolved(selected, train_bn=train_bn)
         if guard:
             _guard.record(self, selected)
         return self
 
     def _freeze_resolved(self, groups: list[Group], *, train_bn: bool = False) -> None:
-        root = self._freeze_root()
-        for group in groups:
-            norm_modules = {name for name, m in group.named_modules(root) if train_bn and is_norm(m)}
-            for name, module in group.named_modules(root):
-                _mark(module, not _is_within_any(name, norm_modules))
-            for name, param in group.named_parameters(root):
-                owner = root.get_submodule(name.rpartition(".")[0])
-                _set_trainable(param, train_bn and is_norm(owner))
+        _state.freeze_members(self._freeze_root(), groups, train_bn=train_bn)
         self._refresh_held()
 
     def unfreeze(self, *groups: str, optimizer: Any = None, lr: float | None = None) -> Freezable:
@@ -263,11 +243,42 @@ class Freezable:
         return self
 
     def freeze_to(self, group: str, *, train_bn: bool = False) -> Freezable:
-        """Freezes the staged groups up to and including ``group``, unfreezes the staged groups after it.
+        """Freezes the staged groups up to and including ``group`` and unfreezes the staged groups after it.
 
-        See :func:`freezable.schedule.freeze_to` (fastai's ``freeze_to``, by group name).
+        fastai's ``freeze_to``, by name: with groups ``stem, stage1, stage2, head``,
+        ``freeze_to("stage1")`` freezes ``stem`` and ``stage1`` and unfreezes ``stage2`` and ``head``.
+        *Staged* groups are those that contain no other registered group (see
+        :func:`freezable.groups.staged_names`); umbrella groups such as ``backbone`` are skipped.
+
+        Args:
+            group: a staged group (not an umbrella such as ``backbone``).
+            train_bn: keep the frozen groups' norm layers trainable.
+
+        Returns:
+            The model, for chaining.
+
+        Raises:
+            UnknownGroupError: ``group`` is not a staged group.
+
+        Example:
+            >>> import torchvision
+            >>> from freezable import FrozenBackbone
+            >>> fb = FrozenBackbone(torchvision.models.resnet18())
+            >>> fb.freeze_to("stage2").frozen_groups
+            ('stem', 'stage1', 'stage2')
         """
-        return freeze_to(self, group, train_bn=train_bn)
+        staged = staged_names(self._freeze_root(), self._groups)
+        if not isinstance(group, str):
+            raise type_error("a group name", group, "a str")
+        if group not in staged:
+            why = "an umbrella group (it contains others)" if group in self._groups else "not a registered group"
+            raise UnknownGroupError(f"freeze_to needs a staged group; {group!r} is {why}; {closest(group, staged)}")
+        if not isinstance(train_bn, bool):
+            raise type_error("train_bn", train_bn, "a bool")
+        cut = staged.index(group) + 1
+        self._unfreeze_resolved([self._groups[g] for g in staged[cut:]])
+        self._freeze_resolved([self._groups[g] for g in staged[:cut]], train_bn=train_bn)
+        return self
 
     def param_groups(
         self, lr: float, *, weight_decay: float = 0.0, lr_scale: Mapping[str, float] | None = None
@@ -280,44 +291,24 @@ class Freezable:
         return param_groups(self, lr, weight_decay=weight_decay, lr_scale=lr_scale)
 
     def _unfreeze_resolved(self, groups: list[Group]) -> None:
-        root = self._freeze_root()
-        for group in groups:
-            for _, module in group.named_modules(root):
-                _mark(module, False)
-            for _, param in group.named_parameters(root):
-                _set_trainable(param, True)
+        _state.unfreeze_members(self._freeze_root(), groups)
         _guard.forget(self, groups)
         self._refresh_held()
 
     def _refresh_held(self) -> None:
-        """Holds at inference exactly the frozen modules whose whole subtree is frozen."""
-        root = self._freeze_root()
-        # the model's own flag, unless a hold of the model itself hides it (then: the mode last asked for)
-        mode = self.__dict__.get(_MODE, self.training) if is_held(self) else self.training  # type: ignore[arg-type]
-        self.__dict__[_MODE] = mode
-        held: dict[int, bool] = {}
+        """Holds at inference exactly the frozen modules whose whole subtree is frozen.
 
-        def visit(module: nn.Module) -> bool:
-            if id(module) not in held:
-                frozen = is_frozen(module) and not any(
-                    p is not None and p.requires_grad for p in module._parameters.values()
-                )
-                children = [visit(child) for child in module._modules.values() if child is not None]
-                held[id(module)] = frozen and all(children)
-            return held[id(module)]
-
-        visit(root)
-        for module in root.modules():
-            _set_held(module, held[id(module)], mode)
+        Every change of freeze state ends here; a subclass that caches something derived
+        from the freeze state (FrozenBackbone's fast path) extends it to drop that cache.
+        """
+        _state.hold_frozen(self)  # type: ignore[arg-type]
         watch_ddp(self)  # type: ignore[arg-type]
 
     def train(self, mode: bool = True) -> Freezable:
         """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference."""
         super().train(mode)  # type: ignore[misc]
-        self.__dict__[_MODE] = mode
-        for module in self._freeze_root().modules():
-            if is_held(module):
-                module.training = False
+        _state.note_mode(self, mode)  # type: ignore[arg-type]
+        _state.rehold(self._freeze_root())
         return self
 
     # -- reading ------------------------------------------------------------------------
@@ -368,13 +359,7 @@ class Freezable:
             >>> Net(nn.Linear(2, 2), nn.Linear(2, 1)).freeze().unfreeze().freeze_state()["frozen_parameters"]
             []
         """
-        root = self._freeze_root()
-        return {
-            "format": _STATE_FORMAT,
-            "version": _STATE_VERSION,
-            "frozen_modules": [name for name, module in root.named_modules() if is_frozen(module)],
-            "frozen_parameters": [name for name, param in root.named_parameters() if not param.requires_grad],
-        }
+        return _state.read_state(self._freeze_root())
 
     def load_freeze_state(self, state: Mapping[str, Any]) -> Freezable:
         """Makes exactly the modules and parameters that ``state`` names frozen, and the rest trainable.
@@ -389,40 +374,10 @@ class Freezable:
             FreezeStateError: ``state`` is malformed or names what the model lacks.
         """
         root = self._freeze_root()
-        modules = dict(root.named_modules())
-        params = dict(root.named_parameters())
-        frozen_modules = _state_names(state, "frozen_modules", modules)
-        frozen_params = _state_names(state, "frozen_parameters", params)
-        for name, module in modules.items():
-            _mark(module, name in frozen_modules)
-        for name, param in params.items():
-            _set_trainable(param, name not in frozen_params)
+        frozen_modules, frozen_params = _state.check_state(root, state)
+        _state.write_state(root, frozen_modules, frozen_params)
         self._refresh_held()
         return self
-
-
-def _mark(module: nn.Module, frozen: bool) -> None:
-    if frozen:
-        module.__dict__[_FROZEN] = True
-    else:
-        module.__dict__.pop(_FROZEN, None)
-
-
-def _set_trainable(param: nn.Parameter, trainable: bool) -> None:
-    param.requires_grad_(trainable)
-    if not trainable:
-        param.grad = None
-
-
-def _is_within_any(name: str, ancestors: set[str]) -> bool:
-    return any(a == "" or name == a or name.startswith(a + ".") for a in ancestors)
-
-
-def _group_is_frozen(root: nn.Module, group: Group) -> bool:
-    params = [p for _, p in group.named_parameters(root)]
-    if params:
-        return not any(p.requires_grad for p in params)
-    return all(is_frozen(m) for _, m in group.named_modules(root))
 
 
 def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], modules: Iterator[nn.Module]) -> SummaryRow:
@@ -433,21 +388,3 @@ def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], mo
         trainable=sum(p.numel() for p in params if p.requires_grad),
         norms_in_eval=sum(1 for m in {id(m): m for m in modules}.values() if is_norm(m) and is_held(m)),
     )
-
-
-def _state_names(state: object, key: str, valid: Mapping[str, object]) -> set[str]:
-    if not isinstance(state, Mapping):
-        raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {describe(state)}")
-    version = state.get("version")
-    if state.get("format", _STATE_FORMAT) != _STATE_FORMAT or type(version) is not int or version != _STATE_VERSION:
-        raise FreezeStateError(
-            f"not a freeze state of version {_STATE_VERSION}: format={state.get('format')!r}, "
-            f"version={state.get('version')!r}"
-        )
-    names = state.get(key)
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise FreezeStateError(f"freeze state {key!r} must be a list of names, got {names!r}")
-    for name in names:
-        if name not in valid:
-            raise FreezeStateError(f"freeze state {key!r} names {name!r}, which the model lacks; {closest(name, valid)}")
-    return set(names)

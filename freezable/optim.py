@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .errors import FreezableError, FreezableTypeError, UnknownGroupError, closest
+from ._state import freeze_root
+from .errors import FreezableError, UnknownGroupError, closest, type_error
+from .groups import staged_names
 
 if TYPE_CHECKING:
     from .mixin import Freezable
@@ -34,7 +36,7 @@ NO_DECAY_SUFFIX = ".no_decay"  # companion group of biases and norm weights, wit
 def check_lr(lr: object, what: str = "lr") -> float:
     """``lr`` as a float, or a :class:`FreezableError` when it is not a finite number >= 0."""
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise FreezableTypeError(f"{what} must be a number, not {type(lr).__name__}: {lr!r}")
+        raise type_error(what, lr, "a number")
     if not math.isfinite(lr) or lr < 0:
         raise FreezableError(f"{what} must be a finite number >= 0, got {lr!r}")
     return float(lr)
@@ -43,9 +45,7 @@ def check_lr(lr: object, what: str = "lr") -> float:
 def check_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """``optimizer`` if it is a ``torch.optim.Optimizer``, else a :class:`FreezableTypeError`."""
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise FreezableTypeError(
-            f"optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}: {optimizer!r}"
-        )
+        raise type_error("optimizer", optimizer, "a torch.optim.Optimizer")
     return optimizer
 
 
@@ -113,11 +113,9 @@ def param_groups(
 
 def _partition(model: Freezable) -> list[tuple[str, list[nn.Parameter]]]:
     """(name, parameters) of each staged group, then umbrella leftovers, then the ungrouped rest."""
-    from .schedule import staged_groups
-
-    root = model._freeze_root()
-    registered = model._groups
-    staged = staged_groups(model)
+    root = freeze_root(model)
+    registered = {name: model.freeze_group(name) for name in model.freeze_group_names}
+    staged = staged_names(root, registered)
     order = list(staged) + [name for name in registered if name not in staged]
     seen: set[int] = set()
     owners: list[tuple[str, list[nn.Parameter]]] = []
@@ -138,9 +136,9 @@ def _check_scale(
     if lr_scale is None:
         return {}
     if not isinstance(lr_scale, Mapping):
-        raise FreezableTypeError(f"lr_scale must map group names to multipliers, not {type(lr_scale).__name__}")
+        raise type_error("lr_scale", lr_scale, "a mapping of group names to multipliers")
     names = [name for name, _ in owners]
-    valid = names + [g for g in model._groups if g not in names]
+    valid = names + [g for g in model.freeze_group_names if g not in names]
     for name, factor in lr_scale.items():
         if name not in valid:
             raise UnknownGroupError(
@@ -148,9 +146,9 @@ def _check_scale(
             )
         check_lr(factor, f"lr_scale[{name!r}]")
     scale: dict[str, float] = {}
-    root = model._freeze_root()
+    root = freeze_root(model)
     for umbrella in (g for g in lr_scale if g not in names):  # an umbrella: scale the groups it covers
-        inside = {id(p) for _, p in model._groups[umbrella].named_parameters(root)}
+        inside = {id(p) for _, p in model.freeze_group(umbrella).named_parameters(root)}
         for name, params in owners:
             if all(id(p) in inside for p in params):
                 scale[name] = float(lr_scale[umbrella])

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
-from .errors import FreezableTypeError, PresetError, SpecError, closest, describe
+from ._state import freeze_root, store_groups
+from .detect import detect_groups
+from .errors import PresetError, SpecError, closest, type_error
 from .groups import Group, as_spec_list, resolve_group
+from .mixin import Freezable
 
-if TYPE_CHECKING:
-    from .mixin import Freezable
-
-__all__ = ["Preset", "register_preset", "get_preset", "list_presets", "apply_preset", "resolve_preset"]
+__all__ = ["Preset", "register_preset", "get_preset", "list_presets", "apply_preset", "resolve_preset", "install_preset"]
 
 
 @dataclass(frozen=True)
@@ -39,24 +39,19 @@ class Preset:
     groups: Mapping[str, Any] | None = None  # group name -> spec(s), in forward order; None: detected groups
     frozen: tuple[str, ...] = ()  # the groups frozen by default
     train_bn: bool = False  # keep the frozen groups' norm layers trainable
-    models: tuple[str, ...] = field(default=("*",))  # fnmatch patterns of the model names it is meant for
 
     def __post_init__(self) -> None:
         for field_name in ("name", "description"):
             value = getattr(self, field_name)
             if not isinstance(value, str) or not value.strip():
-                raise FreezableTypeError(f"Preset {field_name} must be a non-empty str, not {describe(value)}")
+                raise type_error(f"Preset {field_name}", value, "a non-empty str")
         if self.groups is not None and not isinstance(self.groups, Mapping):
-            raise FreezableTypeError(
-                f"Preset groups must be a mapping of group name to specs, or None, not {describe(self.groups)}"
-            )
-        for field_name in ("frozen", "models"):
-            value = getattr(self, field_name)
-            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
-                hint = f"; did you mean ({value!r},)?" if isinstance(value, str) else ""
-                raise FreezableTypeError(f"Preset {field_name} must be a tuple of str, not {describe(value)}{hint}")
+            raise type_error("Preset groups", self.groups, "a mapping of group name to specs, or None")
+        if not isinstance(self.frozen, (tuple, list)) or not all(isinstance(v, str) for v in self.frozen):
+            hint = f"did you mean ({self.frozen!r},)?" if isinstance(self.frozen, str) else ""
+            raise type_error("Preset frozen", self.frozen, "a tuple of str", fix=hint)
         if not isinstance(self.train_bn, bool):
-            raise FreezableTypeError(f"Preset train_bn must be a bool, not {describe(self.train_bn)}")
+            raise type_error("Preset train_bn", self.train_bn, "a bool")
         if self.groups is not None:
             object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
         object.__setattr__(self, "frozen", tuple(self.frozen))
@@ -79,7 +74,7 @@ def register_preset(preset: Preset) -> Preset:
         PresetError: a preset of that name is already registered.
     """
     if not isinstance(preset, Preset):
-        raise FreezableTypeError(f"register_preset takes a Preset, not {describe(preset)}")
+        raise type_error("register_preset's argument", preset, "a Preset")
     if preset.name in _PRESETS:
         raise PresetError(f"a preset named {preset.name!r} is already registered")
     _PRESETS[preset.name] = preset
@@ -99,7 +94,7 @@ def get_preset(name: str) -> Preset:
     if isinstance(name, Preset):
         return name
     if not isinstance(name, str):
-        raise FreezableTypeError(f"a preset name must be a str, not {type(name).__name__}: {name!r}")
+        raise type_error("a preset name", name, "a str")
     try:
         return _PRESETS[name]
     except KeyError:
@@ -114,7 +109,7 @@ def list_presets(pattern: str = "*") -> list[str]:
         ['timm.hrnet.backbone']
     """
     if not isinstance(pattern, str):
-        raise FreezableTypeError(f"pattern must be a str, not {type(pattern).__name__}: {pattern!r}")
+        raise type_error("pattern", pattern, "a str", fix="an fnmatch pattern such as 'timm.*'")
     return sorted(name for name in _PRESETS if fnmatch.fnmatchcase(name, pattern))
 
 
@@ -129,8 +124,6 @@ def resolve_preset(preset: Preset | str, model: nn.Module) -> dict[str, Group]:
     """
     preset = get_preset(preset)
     if preset.groups is None:
-        from .detect import detect_groups
-
         groups: Mapping[str, Any] = detect_groups(model)
         missing = [g for g in preset.frozen if g not in groups]
         if missing:
@@ -179,30 +172,53 @@ def apply_preset(model: Freezable, name: str | Preset) -> Freezable:
         >>> fz.apply_preset(AlexNet(num_classes=10), "torchvision.alexnet.classifier_only").frozen_groups
         ('features',)
     """
-    from .mixin import Freezable
-
     if not isinstance(model, Freezable):
-        raise FreezableTypeError(
-            f"apply_preset needs a Freezable model, not {describe(model)}; "
-            f"wrap it: FrozenBackbone(model, preset=...)"
-        )
+        raise type_error("apply_preset's model", model, "a Freezable model",
+                         fix="wrap it: FrozenBackbone(model, preset=...)")
     preset = get_preset(name)
-    resolved = resolve_preset(preset, model._freeze_root())
-    existing = model._groups
+    return install_preset(model, preset, resolve_preset(preset, freeze_root(model)))
+
+
+def install_preset(model: Freezable, preset: Preset, resolved: Mapping[str, Group]) -> Freezable:
+    """Registers ``resolved`` (the preset's groups, from :func:`resolve_preset`) and freezes the preset's set.
+
+    The one place a preset is applied: :func:`apply_preset` and ``FrozenBackbone(preset=...)``
+    both end here. Groups the model already has under the same name must have the same members.
+
+    Raises:
+        PresetError: a group of the same name has other members (nothing is changed).
+    """
+    existing = {group: model.freeze_group(group) for group in model.freeze_group_names}
     for group, value in resolved.items():
         if group in existing and existing[group] != value:
             raise PresetError(
                 f"preset {preset.name!r} defines group {group!r}, which the model already has with other members"
             )
-    for group, value in resolved.items():
-        existing.setdefault(group, value)
-    model._freeze_resolved([resolved[g] for g in preset.frozen], train_bn=preset.train_bn)
+    store_groups(model, {**existing, **{g: v for g, v in resolved.items() if g not in existing}})
+    if preset.frozen:
+        model.freeze(*preset.frozen, train_bn=preset.train_bn)
     return model
 
 
 def _stages(n: int) -> tuple[str, ...]:
     return ("stem",) + tuple(f"stage{i}" for i in range(1, n + 1))
 
+
+# generic recipes over the detected groups: they fit every torchvision and timm model with those groups
+_LINEAR_PROBE = Preset(
+    name="linear_probe",
+    description="the whole backbone frozen, norm layers held in eval; only the classifier trains",
+    frozen=("backbone",),
+)
+_FROZEN_STAGES = tuple(
+    Preset(
+        name=f"frozen_stages_{n}",
+        description=f"stem and {'stage 1' if n == 1 else f'stages 1-{n}'} frozen with their norms held in eval "
+        f"(mmdetection's frozen_stages={n}, norm_eval); the rest trains",
+        frozen=_stages(n),
+    )
+    for n in range(1, 5)
+)
 
 _HRNET_STEM = ["conv1", "bn1", "conv2", "bn2"]
 _HRNET_STAGES = {
@@ -218,7 +234,6 @@ for _preset in (
         description="AlexNet's convolutional features frozen; the classifier trains",
         groups={"features": "features", "avgpool": "avgpool", "classifier": "classifier"},
         frozen=("features",),
-        models=("alexnet",),
     ),
     Preset(
         name="timm.hrnet.backbone",
@@ -230,27 +245,14 @@ for _preset in (
             "backbone": _HRNET_STEM + [spec for specs in _HRNET_STAGES.values() for spec in specs],
         },
         frozen=_stages(4),
-        models=("hrnet_*",),
     ),
-    Preset(
-        name="timm.linear_probe",
-        description="the whole backbone frozen, norm layers held in eval; only the classifier trains",
-        frozen=("backbone",),
-    ),
-    Preset(
-        name="torchvision.linear_probe",
-        description="the whole backbone frozen, norm layers held in eval; only the classifier trains",
-        frozen=("backbone",),
-    ),
+    _LINEAR_PROBE,
+    *_FROZEN_STAGES,
+    # the generic recipes under their former per-library names, kept as aliases
     *(
-        Preset(
-            name=f"{source}.frozen_stages_{n}",
-            description=f"stem and {'stage 1' if n == 1 else f'stages 1-{n}'} frozen with their norms held in eval (mmdetection's "
-            f"frozen_stages={n}, norm_eval); the rest trains",
-            frozen=_stages(n),
-        )
+        Preset(name=f"{source}.{p.name}", description=f"alias of {p.name}: {p.description}", frozen=p.frozen)
         for source in ("timm", "torchvision")
-        for n in range(1, 5)
+        for p in (_LINEAR_PROBE, *_FROZEN_STAGES)
     ),
 ):
     register_preset(_preset)

@@ -8,15 +8,15 @@ groups (``backbone``, which contains the stem and stages) are skipped by the wal
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .errors import FreezableError, FreezableTypeError, FreezeStateError, UnknownGroupError, closest
+from ._state import check_state, freeze_root
+from .errors import FreezableError, FreezeStateError, type_error, unknown_group
+from .groups import Group, staged_names
+from .mixin import Freezable
 from .optim import add_missing, check_lr, check_optimizer
-
-if TYPE_CHECKING:
-    from .mixin import Freezable
 
 __all__ = ["UnfreezeSchedule", "freeze_to", "staged_groups"]
 
@@ -24,12 +24,8 @@ _STATE_FORMAT = "freezable.unfreeze_schedule"
 _STATE_VERSION = 1
 
 
-def _members(model: Freezable, name: str) -> frozenset[str]:
-    root = model._freeze_root()
-    group = model._groups[name]
-    return frozenset(n for n, _ in group.named_parameters(root)) | frozenset(
-        "module:" + n for n, _ in group.named_modules(root)
-    )
+def _groups(model: Freezable) -> dict[str, Group]:
+    return {name: model.freeze_group(name) for name in model.freeze_group_names}
 
 
 def staged_groups(model: Freezable) -> tuple[str, ...]:
@@ -41,58 +37,27 @@ def staged_groups(model: Freezable) -> tuple[str, ...]:
         >>> staged_groups(FrozenBackbone(torchvision.models.resnet18()))
         ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'head')
     """
-    members = {name: _members(model, name) for name in model._groups}
-    return tuple(
-        name for name, own in members.items()
-        if not any(other and other < own for o, other in members.items() if o != name)
-    )
+    return staged_names(freeze_root(_check_model(model)), _groups(model))
 
 
 def _check_model(model: object) -> Freezable:
-    from .mixin import Freezable
-
     if not isinstance(model, Freezable):
-        raise FreezableTypeError(f"expected a Freezable model, not {type(model).__name__}")
+        raise type_error("the model", model, "a Freezable model", fix="wrap a plain module: fz.FrozenBackbone(model)")
     return model
 
 
 def freeze_to(model: Freezable, group: str, *, train_bn: bool = False) -> Freezable:
     """Freezes the staged groups up to and including ``group`` and unfreezes the staged groups after it.
 
-    fastai's ``freeze_to``, by name: with groups ``stem, stage1, stage2, head``,
-    ``freeze_to("stage1")`` freezes ``stem`` and ``stage1`` and unfreezes ``stage2`` and ``head``.
-
-    Args:
-        model: a :class:`~freezable.Freezable`.
-        group: a staged group (not an umbrella such as ``backbone``).
-        train_bn: keep the frozen groups' norm layers trainable.
-
-    Returns:
-        The model.
-
-    Raises:
-        UnknownGroupError: ``group`` is not a staged group.
+    The function form of :meth:`Freezable.freeze_to <freezable.Freezable.freeze_to>`.
 
     Example:
         >>> import torchvision
         >>> from freezable import FrozenBackbone
-        >>> fb = FrozenBackbone(torchvision.models.resnet18())
-        >>> fb.freeze_to("stage2").frozen_groups
-        ('stem', 'stage1', 'stage2')
+        >>> freeze_to(FrozenBackbone(torchvision.models.resnet18()), "stage1").frozen_groups
+        ('stem', 'stage1')
     """
-    model = _check_model(model)
-    staged = staged_groups(model)
-    if not isinstance(group, str):
-        raise FreezableTypeError(f"a group name must be a str, not {type(group).__name__}: {group!r}")
-    if group not in staged:
-        why = "an umbrella group (it contains others)" if group in model._groups else "not a registered group"
-        raise UnknownGroupError(f"freeze_to needs a staged group; {group!r} is {why}; {closest(group, staged)}")
-    if not isinstance(train_bn, bool):
-        raise FreezableTypeError(f"train_bn must be a bool, not {type(train_bn).__name__}: {train_bn!r}")
-    cut = staged.index(group) + 1
-    model._unfreeze_resolved([model._groups[g] for g in staged[cut:]])
-    model._freeze_resolved([model._groups[g] for g in staged[:cut]], train_bn=train_bn)
-    return model
+    return _check_model(model).freeze_to(group, train_bn=train_bn)
 
 
 class UnfreezeSchedule:
@@ -153,11 +118,11 @@ class UnfreezeSchedule:
 
     def target_state(self, epoch: int) -> dict[str, Any]:
         """The freeze state that ``step(epoch)`` sets."""
-        root = self.model._freeze_root()
+        root = freeze_root(self.model)
         modules: set[int] = set()  # by identity: a shared module or tied parameter may go by several names
         params: set[int] = set()
         for name in self.groups_at(epoch):
-            group = self.model._groups[name]
+            group = self.model.freeze_group(name)
             modules.update(id(m) for _, m in group.named_modules(root))
             params.update(id(p) for _, p in group.named_parameters(root))
         state = dict(self.initial_state)
@@ -193,10 +158,10 @@ class UnfreezeSchedule:
         if not _same_state(self.model.freeze_state(), target):
             self.model.load_freeze_state(target)
         if optimizer is not None:  # one group per milestone reached, whatever the stepping history
-            root = self.model._freeze_root()
+            root = freeze_root(self.model)
             for e, groups in self.milestones.items():
                 if e <= epoch:
-                    params = [p for g in groups for _, p in self.model._groups[g].named_parameters(root)]
+                    params = [p for g in groups for _, p in self.model.freeze_group(g).named_parameters(root)]
                     add_missing(optimizer, params, lr=lr, name=f"unfrozen@{e}:" + ",".join(groups))
         self.last_epoch = epoch
         return self.model
@@ -233,7 +198,7 @@ class UnfreezeSchedule:
 
 def _check_epoch(epoch: object) -> int:
     if isinstance(epoch, bool) or not isinstance(epoch, int):
-        raise FreezableTypeError(f"an epoch must be an int >= 0, not {type(epoch).__name__}: {epoch!r}")
+        raise type_error("an epoch", epoch, "an int >= 0")
     if epoch < 0:
         raise FreezableError(f"an epoch must be an int >= 0, got {epoch!r}")
     return epoch
@@ -241,31 +206,26 @@ def _check_epoch(epoch: object) -> int:
 
 def _check_milestones(model: Freezable, milestones: object) -> dict[int, list[str]]:
     if not isinstance(milestones, Mapping):
-        raise FreezableTypeError(f"milestones must map epochs to group names, not {type(milestones).__name__}")
-    known = model._groups
+        raise type_error("milestones", milestones, "a mapping of epochs to group names", fix="e.g. {1: ['stage4']}")
+    known = model.freeze_group_names
     checked: dict[int, list[str]] = {}
     for epoch, groups in milestones.items():
         _check_epoch(epoch)
         if isinstance(groups, str):
             groups = [groups]
         if not isinstance(groups, Sequence) or not all(isinstance(g, str) for g in groups):
-            raise FreezableTypeError(f"milestone {epoch} must be a group name or a list of them, got {groups!r}")
+            raise type_error(f"milestone {epoch}", groups, "a group name or a list of them")
         for group in groups:
             if group not in known:
-                raise UnknownGroupError(
-                    f"milestone {epoch} names unknown freeze group {group!r}; {closest(group, known)}"
-                )
+                error = unknown_group(group, known, type(model).__name__)
+                raise type(error)(f"milestone {epoch} names {error}") from None
         checked[epoch] = list(groups)
     return dict(sorted(checked.items()))
 
 
 def _check_freeze_state(model: Freezable, state: object) -> None:
     """Raises FreezeStateError when ``state`` would not load on ``model`` (without changing it)."""
-    from .mixin import _state_names
-
-    root = model._freeze_root()
-    _state_names(state, "frozen_modules", dict(root.named_modules()))
-    _state_names(state, "frozen_parameters", dict(root.named_parameters()))
+    check_state(freeze_root(model), state)
 
 
 def _same_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

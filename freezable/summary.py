@@ -1,11 +1,11 @@
-"""The freeze summary table that ``freeze_summary()`` prints."""
+"""Text tables: the one layout of ``freeze_summary()`` and ``print(fz.check(...))``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["SummaryRow", "format_summary"]
+__all__ = ["SummaryRow", "format_summary", "format_table", "format_count"]
 
 _COLUMNS = ("group", "params", "trainable", "frozen", "norms in eval")
 
@@ -37,6 +37,39 @@ def format_count(n: int) -> str:
     return str(n)
 
 
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], footer: Sequence[Sequence[str]] = (), right: Sequence[int] = ()
+) -> str:
+    """An aligned text table: header, rule, rows, and (after another rule) footer rows.
+
+    Args:
+        header: the column titles.
+        rows: the body, one sequence of cells per row.
+        footer: rows set off by a rule (a total).
+        right: indices of the columns aligned right (numbers).
+
+    Example:
+        >>> print(format_table(("name", "n"), [("a", "1"), ("bb", "22")], footer=[("all", "23")], right=(1,)))
+        name   n
+        ----  --
+        a      1
+        bb    22
+        ----  --
+        all   23
+    """
+    table = [list(header)] + [list(r) for r in rows] + [list(r) for r in footer]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    rule = line(["-" * w for w in widths])
+    body = [line(header), rule] + [line(r) for r in rows]
+    if footer:
+        body += [rule] + [line(r) for r in footer]
+    return "\n".join(body)
+
+
 def format_summary(rows: Sequence[SummaryRow], total: SummaryRow) -> str:
     """Lays the rows and the total out as an aligned text table."""
 
@@ -44,14 +77,6 @@ def format_summary(rows: Sequence[SummaryRow], total: SummaryRow) -> str:
         return [row.name, format_count(row.params), format_count(row.trainable), format_count(row.frozen),
                 str(row.norms_in_eval)]
 
-    table = [list(_COLUMNS)] + [cells(r) for r in rows] + [cells(total)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
-
-    rule = line(["-" * w for w in widths])
-    body = [line(table[0]), rule] + [line(c) for c in table[1:-1]] + [rule, line(table[-1])]
+    table = format_table(_COLUMNS, [cells(r) for r in rows], footer=[cells(total)], right=range(1, len(_COLUMNS)))
     share = 100 * total.trainable / total.params if total.params else 0.0
-    body.append(f"trainable: {total.trainable:,} of {total.params:,} parameters ({share:.2f}%)")
-    return "\n".join(body)
+    return table + f"\ntrainable: {total.trainable:,} of {total.params:,} parameters ({share:.2f}%)"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import FreezableError, FreezableTypeError, SpecError, describe
+from . import _state
+from .detect import detect_groups
+from .errors import FreezableError, SpecError, type_error
 from .fast import FastPath, build_fast_path, clone_outputs
 from .groups import Group, resolve_group
 from .mixin import Freezable
-from .presets import Preset, resolve_preset
+from .presets import Preset, get_preset, install_preset, resolve_preset
 from .summary import format_count
 
 __all__ = ["FrozenBackbone"]
@@ -106,10 +109,12 @@ class FrozenBackbone(Freezable, nn.Module):
         frozen_dtype: torch.dtype | None = None,
     ) -> None:
         if not isinstance(backbone, nn.Module):
-            raise FreezableTypeError(f"FrozenBackbone wraps an nn.Module, not {describe(backbone)}")
+            raise type_error("FrozenBackbone's backbone", backbone, "an nn.Module instance")
         if not isinstance(fast, bool):
-            raise FreezableTypeError(f"fast must be a bool, not {type(fast).__name__}: {fast!r}")
-        if frozen_dtype is not None and not (isinstance(frozen_dtype, torch.dtype) and frozen_dtype.is_floating_point):
+            raise type_error("fast", fast, "a bool")
+        if frozen_dtype is not None and not isinstance(frozen_dtype, torch.dtype):
+            raise type_error("frozen_dtype", frozen_dtype, "a floating torch.dtype such as torch.bfloat16, or None")
+        if frozen_dtype is not None and not frozen_dtype.is_floating_point:
             raise FreezableError(
                 f"frozen_dtype must be a floating torch.dtype such as torch.bfloat16, not {frozen_dtype!r}"
             )
@@ -120,10 +125,9 @@ class FrozenBackbone(Freezable, nn.Module):
         if isinstance(trainable, (str, bytes)) or not isinstance(trainable, Sequence):
             trainable = [trainable]
         if preset is not None:
+            preset = get_preset(preset)
             groups = resolve_preset(preset, backbone)
         else:
-            from .detect import detect_groups
-
             groups = {name: resolve_group(backbone, name, names) for name, names in detect_groups(backbone).items()}
         kept = [groups[t] if isinstance(t, str) and t in groups else self._trainable_spec(backbone, t, groups)
                 for t in trainable]
@@ -131,30 +135,33 @@ class FrozenBackbone(Freezable, nn.Module):
         self.__dict__["_fast_options"] = (fast, frozen_dtype)
         self.__dict__["_fast_path"] = None
         self.backbone = backbone
-        self.__dict__["_freezable_groups"] = groups
+        _state.set_freeze_root(self, "backbone")
         self._register_state_dict_hook(_strip_prefix)
         self._register_load_state_dict_pre_hook(_add_prefix, with_module=True)
         self.register_load_state_dict_post_hook(_drop_fast_path)
         if preset is None:
+            _state.store_groups(self, groups)
             self.freeze()
         else:
-            from .presets import get_preset
-
-            preset = get_preset(preset)
-            self._freeze_resolved([groups[g] for g in preset.frozen], train_bn=preset.train_bn)
-        self._unfreeze_resolved(kept)
+            _state.store_groups(self, {})
+            install_preset(self, preset, groups)
+        if kept:
+            self._unfreeze_resolved(kept)
 
     @staticmethod
     def _trainable_spec(backbone: nn.Module, spec: Any, groups: dict[str, Group]) -> Group:
         try:
             return resolve_group(backbone, "trainable", spec)
         except SpecError as e:
-            if isinstance(spec, str) and groups:
+            if isinstance(spec, str) and groups:  # a typo of a group name is likelier than of a module name
+                close = difflib.get_close_matches(spec, list(groups), n=3, cutoff=0.5)
+                if close:
+                    raise SpecError(
+                        f"trainable entry {spec!r} is neither a group nor a submodule or parameter name; did you mean "
+                        f"the group {' or '.join(repr(c) for c in close)}? groups: {list(groups)}"
+                    ) from None
                 raise SpecError(f"{e}; groups: {list(groups)}") from None
             raise
-
-    def _freeze_root(self) -> nn.Module:
-        return self.backbone
 
     @property
     def fast(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -150,6 +151,19 @@ def test_readme_table_rewrites_between_the_markers(tmp_path: Path) -> None:
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "| floor | 10.0 | 1600.0 | n/m | 1.00 | n/m | 3.00 |" in text
+
+
+def test_the_readmes_figures_are_those_of_the_results_files() -> None:
+    """The headline in README.md and the tables in benchmarks/README.md are generated, not typed in: not stale."""
+    readme_table = load("readme_table")
+    root = Path(__file__).resolve().parents[1]
+    readme, tables = (root / "README.md").read_text(), (root / "benchmarks" / "README.md").read_text()
+    linked = re.findall(r"\[`(benchmarks/results/[^`]+\.json)`\]", tables)
+    assert linked, "benchmarks/README.md links no results file"
+    results = [json.loads((root / p).read_text()) for p in linked]
+    assert readme_table.headline(results) in readme
+    for result, path in zip(results, linked):
+        assert readme_table.table(result, path) in tables
 
 
 def test_fast_levers_tiny_run(tmp_path: Path) -> None:

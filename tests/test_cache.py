@@ -116,7 +116,7 @@ def test_tuple_outputs_are_cached() -> None:
 
 def test_refuses_a_backbone_that_trains() -> None:
     fb = fz.FrozenBackbone(torchvision.models.resnet18(), trainable=["head"])
-    message = "fully frozen backbone, but 2 parameters train: backbone.fc.weight, backbone.fc.bias"
+    message = "fully frozen backbone, but 2 parameters train: 'backbone.fc.weight', 'backbone.fc.bias'"
     with pytest.raises(fz.FreezableError, match=message):
         fz.FeatureCache(fb)
     cache = fz.FeatureCache(fz.FrozenBackbone(torchvision.models.resnet18()))
@@ -249,7 +249,7 @@ def test_writes_through_data_need_check_weights(backbone: fz.FrozenBackbone, dat
     cache = fz.FeatureCache(backbone)
     cache(data, keys=list(range(6)))
     backbone.backbone.linear.bias.data.add_(1)  # .data has its own version counter: no per-call check sees this
-    with pytest.raises(fz.FreezableError, match=r"1 tensors differ: parameter backbone\.linear\.bias"):
+    with pytest.raises(fz.FreezableError, match=r"1 tensors differ: 'parameter backbone\.linear\.bias'"):
         cache.check_weights()
 
 

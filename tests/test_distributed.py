@@ -46,7 +46,7 @@ def test_ddp_with_groups_frozen_before_wrapping(ranks):
 def test_ddp_unfreeze_after_wrapping_raises_then_rewrap_syncs_gradients(ranks):
     a, b = ranks[0]["ddp_scenarios"], ranks[1]["ddp_scenarios"]
     for r in (a, b):  # every rank stops with the same clear error
-        assert "changed after it was wrapped in DistributedDataParallel (unfrozen: features.0.weight" in r["B_error"]
+        assert "changed after it was wrapped in DistributedDataParallel (unfrozen: 'features.0.weight'" in r["B_error"]
         assert "freezable.rewrap_ddp(ddp_model)" in r["B_error"]
     assert all(a["C_grads"][n] is not None for n in FEATURES)
     assert _same(a["C_grads"], b["C_grads"], FEATURES + CLASSIFIER)  # different data per rank: averaged
@@ -56,11 +56,11 @@ def test_ddp_unfreeze_after_wrapping_raises_then_rewrap_syncs_gradients(ranks):
 
 def test_ddp_freeze_after_wrapping_raises_then_rewrap_trains_the_rest(ranks):
     a, b = ranks[0]["ddp_scenarios"], ranks[1]["ddp_scenarios"]
-    assert "(frozen: classifier.weight, classifier.bias)" in a["D_error"] and a["D_error"] == b["D_error"]
+    assert "(frozen: 'classifier.weight', 'classifier.bias')" in a["D_error"] and a["D_error"] == b["D_error"]
     assert all(a["D_grads"][n] is None for n in CLASSIFIER)
     assert _same(a["D_before"], a["D_params"], CLASSIFIER)
     assert _same(a["D_grads"], b["D_grads"], FEATURES) and _same(a["D_params"], b["D_params"], FEATURES)
-    assert "(unfrozen: classifier.weight)" in a["E_error"]  # a raw requires_grad_ change is caught too
+    assert "(unfrozen: 'classifier.weight')" in a["E_error"]  # a raw requires_grad_ change is caught too
 
 
 def test_fsdp2_with_frozen_groups_trains_and_keeps_them_bit_identical(ranks):
@@ -78,11 +78,6 @@ def test_fsdp2_with_frozen_groups_trains_and_keeps_them_bit_identical(ranks):
 def test_without_torch_distributed_nothing_is_watched(net):
     net.freeze().unfreeze()
     assert not net._forward_pre_hooks
-
-
-def test_rewrap_ddp_needs_a_ddp_wrapper():
-    with pytest.raises(TypeError, match="rewrap_ddp takes a DistributedDataParallel, not Linear"):
-        fz.rewrap_ddp(nn.Linear(2, 2))
 
 
 def test_rewrap_ddp_refuses_settings_it_cannot_carry_over():

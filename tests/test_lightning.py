@@ -71,7 +71,7 @@ def test_callback_takes_a_built_schedule_and_resumes_from_its_state():
 
 
 def test_callback_errors():
-    with pytest.raises(TypeError, match="takes an UnfreezeSchedule or a mapping"):
+    with pytest.raises(TypeError, match="GradualUnfreezing's schedule must be an UnfreezeSchedule or a mapping of epochs to groups, not list"):
         GradualUnfreezing(["stage1"])
     with pytest.raises(fz.FreezableError, match="has no model yet"):
         GradualUnfreezing({}).model

@@ -30,6 +30,26 @@ def test_show_prints_groups_and_summary(capsys):
     assert "norms in eval" in out and "total" in out
 
 
+def test_show_says_which_library_built_the_model(capsys):
+    assert main(["show", "resnet18"]) == 0
+    assert capsys.readouterr().out.startswith("resnet18 built from torchvision (meta device, no weights; timm/NAME")
+
+
+def test_a_library_preset_builds_the_model_from_that_library(capsys):
+    assert main(["show", "resnet18", "--preset", "timm.frozen_stages_2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resnet18 built from timm")
+    assert "FrozenBackbone(resnet18, frozen=['stem', 'stage1', 'stage2']" in out  # timm's pretrained_cfg name
+
+
+def test_a_closed_pipe_ends_the_output_without_a_traceback():
+    child = subprocess.Popen([sys.executable, "-m", "freezable", "show", "resnet18"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before anything is written, as with `| head -0`
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+
+
 def test_show_with_a_preset_and_a_source_prefix(capsys):
     assert main(["show", "timm/hrnet_w18_small", "--preset", "timm.hrnet.backbone"]) == 0
     assert "frozen=['stem', 'stage1', 'stage2', 'stage3', 'stage4'" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The README's first example runs and prints exactly what the README shows."""
+"""Every Python block of the README runs as shown, on its own; the first one prints exactly what the README shows."""
 
 from __future__ import annotations
 
@@ -7,13 +7,32 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
+TEXT = README.read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
+
+
+def run(code: str) -> str:
+    """Runs ``code`` in a fresh namespace (so a block must define every name it uses); returns what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    return out.getvalue()
 
 
 def test_first_example_prints_what_the_readme_shows():
-    text = README.read_text()
-    code, shown = re.search(r"```python\n(.*?)```\n```\n(.*?)```", text, re.S).groups()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, str(README), "exec"), {})
-    assert out.getvalue() == shown
+    code, shown = re.search(r"```python\n(.*?)```\n```\n(.*?)```", TEXT, re.S).groups()
+    assert run(code) == shown
+
+
+@pytest.mark.parametrize("code", BLOCKS[1:], ids=[f"block{i}" for i in range(2, len(BLOCKS) + 1)])
+def test_every_python_block_runs_on_its_own(code):
+    run(code)
+
+
+def test_the_readme_has_its_sections_in_a_newcomer_s_order():
+    sections = re.findall(r"^## (.+)$", TEXT, re.M)
+    assert sections == ["Install and the two commands", "How freezing works", "The mixin", "The wrapper",
+                        "Groups and presets", "Training loops", "Reliability", "Benchmarks", "Examples"]

@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import changed, full_state, snapshot
+from conftest import changed, snapshot
 from torch import nn
 
 import freezable as fz
@@ -165,20 +165,3 @@ def test_works_on_the_meta_device():
     assert "norms in eval" in fb.freeze_summary()
 
 
-@pytest.mark.parametrize(
-    "kwargs, error, match",
-    [
-        (dict(backbone="resnet"), fz.FreezableError, "wraps an nn.Module, not str"),
-        (dict(trainable=["layer9"]), fz.FreezableError, r"spec 'layer9' .* did you mean 'layer4'"),
-        (dict(trainable=["stage9"]), fz.FreezableError, r"'stage9'.*groups: \['stem'"),
-        (dict(trainable=[3]), TypeError, "a group spec must be"),
-        (dict(preset="timm.hrnet.backbon"), fz.FreezableError, r"did you mean 'timm.hrnet.backbone'"),
-        (dict(preset="timm.hrnet.backbone"), fz.FreezableError, r"does not fit ResNet: spec 'conv2'"),
-    ],
-)
-def test_bad_arguments_raise_and_leave_the_backbone_alone(kwargs, error, match):
-    backbone = resnet()
-    before = full_state(backbone)
-    with pytest.raises(error, match=match):
-        fz.FrozenBackbone(**{"backbone": backbone, **kwargs})
-    assert full_state(backbone) == before

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._state import freeze_root, rehold
 from ..distributed import rewrap_ddp
-from ..errors import FreezableError, FreezableTypeError, FreezeStateError, closest
-from ..mixin import Freezable, is_held
+from ..errors import FreezableError, FreezeStateError, closest, type_error
+from ..mixin import Freezable
 from ..schedule import UnfreezeSchedule
 
 try:
@@ -91,10 +92,8 @@ class GradualUnfreezing(pl.Callback):
         lr: float | None = None,
     ) -> None:
         if not isinstance(schedule, (UnfreezeSchedule, Mapping)):
-            raise FreezableTypeError(
-                f"GradualUnfreezing takes an UnfreezeSchedule or a mapping of epochs to groups, "
-                f"not {type(schedule).__name__}"
-            )
+            raise type_error("GradualUnfreezing's schedule", schedule,
+                             "an UnfreezeSchedule or a mapping of epochs to groups", fix="e.g. {1: ['stage4']}")
         self._milestones = None if isinstance(schedule, UnfreezeSchedule) else dict(schedule)
         self.schedule = schedule if isinstance(schedule, UnfreezeSchedule) else None
         self.add_to_optimizer = add_to_optimizer
@@ -147,9 +146,7 @@ class GradualUnfreezing(pl.Callback):
 
     def _hold(self, pl_module: pl.LightningModule) -> None:
         """Puts the held (fully frozen) modules back in eval, whatever mode restore Lightning did."""
-        for module in self.model._freeze_root().modules():
-            if module.training and is_held(module):
-                module.training = False
+        rehold(freeze_root(self.model))
 
     @staticmethod
     def _rewrap_ddp(trainer: pl.Trainer) -> None:

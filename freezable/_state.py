@@ -1,0 +1,262 @@
+"""The storage layer under :class:`~freezable.Freezable`: where the freeze state lives.
+
+The one source of truth:
+
+* a parameter is frozen when ``requires_grad`` is ``False``;
+* a module is frozen when it carries the frozen mark (a ``__dict__`` entry, so it
+  survives ``copy.deepcopy`` and pickling and never enters ``state_dict()``).
+
+Everything else is derived from those two. A frozen module whose whole subtree is
+frozen (every module marked, no trainable parameter) is *held at inference*: it is
+put in eval mode at once, after every ``train()`` call that reaches the model
+(:func:`rehold`), and, through a forward pre-hook, before any forward that follows a
+``train()`` call on an inner module.
+
+Beside that, a Freezable keeps three bookkeeping entries in its own ``__dict__``:
+its registered groups (names only), the child whose names the groups refer to (its
+*freeze root*; the model itself by default) and the mode last asked for (its own
+``training`` flag reads ``False`` while the model itself is held).
+
+This module knows nothing of the mixin: ``guard``, ``fast``, ``cache``, ``schedule``,
+``optim`` and the integrations read the state here or through the mixin's public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from .errors import FreezeStateError, closest, describe
+from .groups import Group
+from .norms import is_norm
+
+__all__ = [
+    "STATE_FORMAT",
+    "STATE_VERSION",
+    "is_frozen",
+    "set_frozen",
+    "set_trainable",
+    "is_held",
+    "set_held",
+    "hold_frozen",
+    "rehold",
+    "freeze_root",
+    "set_freeze_root",
+    "stored_groups",
+    "store_groups",
+    "freeze_members",
+    "unfreeze_members",
+    "group_is_frozen",
+    "read_state",
+    "check_state",
+    "write_state",
+]
+
+STATE_FORMAT = "freezable.freeze_state"
+STATE_VERSION = 1
+
+_FROZEN = "_freezable_frozen"  # on a module: the frozen mark
+_GROUPS = "_freezable_groups"  # on a Freezable: group name -> Group
+_ROOT = "_freezable_root"  # on a Freezable: name of the child its groups refer to ("" or absent: itself)
+_MODE = "_freezable_mode"  # on a Freezable: the mode last asked for
+
+
+# -- the frozen mark and requires_grad ---------------------------------------------------
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """Whether ``module`` carries the frozen mark (set by ``Freezable.freeze``)."""
+    return module.__dict__.get(_FROZEN, False)
+
+
+def set_frozen(module: nn.Module, frozen: bool) -> None:
+    """Sets or clears the frozen mark of ``module`` alone (not its children)."""
+    if frozen:
+        module.__dict__[_FROZEN] = True
+    else:
+        module.__dict__.pop(_FROZEN, None)
+
+
+def set_trainable(param: nn.Parameter, trainable: bool) -> None:
+    """``requires_grad`` as given; a frozen parameter also loses its gradient."""
+    param.requires_grad_(trainable)
+    if not trainable:
+        param.grad = None
+
+
+# -- the hold -------------------------------------------------------------------------------
+
+
+def _hold_at_inference(module: nn.Module, args: Any) -> None:
+    """Forward pre-hook of held modules: undo a ``train()`` call made on an inner module."""
+    if module.training:
+        module.train(False)
+
+
+def is_held(module: nn.Module) -> bool:
+    """Whether ``module`` is held at inference (eval mode) whatever ``train()`` calls follow."""
+    return any(hook is _hold_at_inference for hook in module._forward_pre_hooks.values())
+
+
+def set_held(module: nn.Module, held: bool, mode: bool) -> None:
+    """Holds ``module`` at inference, or releases it into ``mode``."""
+    if held:
+        if not is_held(module):
+            module.register_forward_pre_hook(_hold_at_inference, prepend=True)
+        module.training = False
+    elif is_held(module):
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is _hold_at_inference:
+                del module._forward_pre_hooks[key]
+        module.training = mode
+
+
+def rehold(root: nn.Module) -> None:
+    """Puts every held module under ``root`` back in eval mode (after a ``train()`` call or a mode restore)."""
+    for module in root.modules():
+        if module.training and is_held(module):
+            module.training = False
+
+
+def note_mode(model: nn.Module, mode: bool) -> None:
+    """Records the mode ``model.train(mode)`` asked for."""
+    model.__dict__[_MODE] = mode
+
+
+def hold_frozen(model: nn.Module) -> None:
+    """Holds at inference exactly the frozen modules under ``model``'s freeze root whose whole subtree is frozen.
+
+    Released modules return to the model's own mode (the one last asked for, when
+    the model itself was held).
+    """
+    root = freeze_root(model)
+    mode = model.__dict__.get(_MODE, model.training) if is_held(model) else model.training
+    note_mode(model, mode)
+    held: dict[int, bool] = {}
+
+    def visit(module: nn.Module) -> bool:
+        if id(module) not in held:
+            frozen = is_frozen(module) and not any(
+                p is not None and p.requires_grad for p in module._parameters.values()
+            )
+            children = [visit(child) for child in module._modules.values() if child is not None]
+            held[id(module)] = frozen and all(children)
+        return held[id(module)]
+
+    visit(root)
+    for module in root.modules():
+        set_held(module, held[id(module)], mode)
+
+
+# -- bookkeeping on the Freezable -------------------------------------------------------------
+
+
+def freeze_root(model: nn.Module) -> nn.Module:
+    """The module whose names ``model``'s groups and freeze states refer to (``model`` itself by default)."""
+    name = model.__dict__.get(_ROOT, "")
+    return model.get_submodule(name) if name else model
+
+
+def set_freeze_root(model: nn.Module, child: str) -> None:
+    """Makes ``model``'s groups and freeze states refer to names inside its submodule ``child``."""
+    model.__dict__[_ROOT] = child
+
+
+def stored_groups(model: nn.Module) -> dict[str, Group] | None:
+    """``model``'s registered groups (the dict itself), or ``None`` before any is stored."""
+    return model.__dict__.get(_GROUPS)
+
+
+def store_groups(model: nn.Module, groups: dict[str, Group]) -> None:
+    """Replaces ``model``'s registered groups."""
+    model.__dict__[_GROUPS] = groups
+
+
+# -- freezing resolved groups ------------------------------------------------------------------
+
+
+def _is_within_any(name: str, ancestors: set[str]) -> bool:
+    return any(a == "" or name == a or name.startswith(a + ".") for a in ancestors)
+
+
+def freeze_members(root: nn.Module, groups: Iterable[Group], *, train_bn: bool = False) -> None:
+    """Marks the groups' modules and freezes their parameters (with ``train_bn``, norm layers stay trainable).
+
+    The hold is not updated: call :func:`hold_frozen` afterwards.
+    """
+    for group in groups:
+        norm_modules = {name for name, m in group.named_modules(root) if train_bn and is_norm(m)}
+        for name, module in group.named_modules(root):
+            set_frozen(module, not _is_within_any(name, norm_modules))
+        for name, param in group.named_parameters(root):
+            owner = root.get_submodule(name.rpartition(".")[0])
+            set_trainable(param, train_bn and is_norm(owner))
+
+
+def unfreeze_members(root: nn.Module, groups: Iterable[Group]) -> None:
+    """Clears the groups' module marks and makes their parameters trainable (the hold is not updated)."""
+    for group in groups:
+        for _, module in group.named_modules(root):
+            set_frozen(module, False)
+        for _, param in group.named_parameters(root):
+            set_trainable(param, True)
+
+
+def group_is_frozen(root: nn.Module, group: Group) -> bool:
+    """Whether every parameter of ``group`` is frozen (a group without parameters: every module)."""
+    params = [p for _, p in group.named_parameters(root)]
+    if params:
+        return not any(p.requires_grad for p in params)
+    return all(is_frozen(m) for _, m in group.named_modules(root))
+
+
+# -- the freeze-state format -------------------------------------------------------------------
+
+
+def read_state(root: nn.Module) -> dict[str, Any]:
+    """What is frozen under ``root``, as plain JSON-serialisable data."""
+    return {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "frozen_modules": [name for name, module in root.named_modules() if is_frozen(module)],
+        "frozen_parameters": [name for name, param in root.named_parameters() if not param.requires_grad],
+    }
+
+
+def _state_names(state: object, key: str, valid: Mapping[str, object]) -> set[str]:
+    if not isinstance(state, Mapping):
+        raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {describe(state)}")
+    version = state.get("version")
+    if state.get("format", STATE_FORMAT) != STATE_FORMAT or type(version) is not int or version != STATE_VERSION:
+        raise FreezeStateError(
+            f"not a freeze state of version {STATE_VERSION}: format={state.get('format')!r}, "
+            f"version={state.get('version')!r}"
+        )
+    names = state.get(key)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise FreezeStateError(f"freeze state {key!r} must be a list of names, got {names!r}")
+    for name in names:
+        if name not in valid:
+            raise FreezeStateError(f"freeze state {key!r} names {name!r}, which the model lacks; {closest(name, valid)}")
+    return set(names)
+
+
+def check_state(root: nn.Module, state: object) -> tuple[set[str], set[str]]:
+    """The frozen module and parameter names of ``state``, checked against ``root``; changes nothing.
+
+    Raises:
+        FreezeStateError: ``state`` is malformed or names what ``root`` lacks.
+    """
+    modules = _state_names(state, "frozen_modules", dict(root.named_modules()))
+    params = _state_names(state, "frozen_parameters", dict(root.named_parameters()))
+    return modules, params
+
+
+def write_state(root: nn.Module, frozen_modules: set[str], frozen_params: set[str]) -> None:
+    """Makes exactly the named modules and parameters frozen, the rest trainable (the hold is not updated)."""
+    for name, module in root.named_modules():
+        set_frozen(module, name in frozen_modules)
+    for name, param in root.named_parameters():
+        set_trainable(param, name not in frozen_params)
