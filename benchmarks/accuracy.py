@@ -323,9 +323,12 @@ def plot(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     for ax, setting in zip(axes[0], settings):
         for mode in dict.fromkeys(r["mode"] for r in rows):
             mine = [r for r in rows if r["setting"] == setting and r["mode"] == mode]
+            probe = mode == "linear_probe"  # the same features as freezable: drawn over it, dashed
             ax.errorbar([r["batch_size"] for r in mine], [r["acc_pct"] for r in mine],
-                        yerr=[r["acc_std_pct"] for r in mine], marker="o", capsize=3, label=mode)
+                        yerr=[r["acc_std_pct"] for r in mine], marker="x" if probe else "o", capsize=3,
+                        linestyle="--" if probe else "-", label=mode)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["batch_size"] for r in rows}), [str(b) for b in sorted({r["batch_size"] for r in rows})])
         ax.set_xlabel("batch size")
         ax.set_title(setting.replace("_", " "))
         ax.grid(alpha=0.3)
