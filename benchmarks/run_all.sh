@@ -14,6 +14,7 @@ $PY benchmarks/fast_levers.py --device cpu --model resnet50 --img-size 160 --bat
     --results-file $R/cpu_fast_levers_resnet50.json
 $PY benchmarks/feature_cache.py --device cpu --results-file $R/cpu_feature_cache_resnet50.json
 $PY benchmarks/freeze_depth.py --device cpu --results-file $R/cpu_freeze_depth.json --plot $R/cpu_freeze_depth.png
+$PY benchmarks/accuracy.py --results-file $R/cpu_accuracy_digits.json --plot $R/cpu_accuracy_digits.png
 tables=($R/cpu_resnet18.json $R/cpu_resnet50_160.json $R/cpu_efficientnet_b0.json $R/cpu_fast_levers_resnet50.json
         $R/cpu_feature_cache_resnet50.json $R/cpu_freeze_depth.json)
 if $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then

@@ -128,6 +128,12 @@ class Freezable:
         """Every registered group, in group order."""
         return tuple(self._groups)
 
+    def freeze_group(self, name: str) -> Group:
+        """The registered group ``name``: its member names, relative to the model's freeze root."""
+        if name not in self._groups:
+            raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, self._groups)}")
+        return self._groups[name]
+
     @property
     def frozen_groups(self) -> tuple[str, ...]:
         """The groups whose every parameter is frozen (without parameters: every module), in group order."""
@@ -281,14 +287,20 @@ class Freezable:
         return self
 
     def param_groups(
-        self, lr: float, *, weight_decay: float = 0.0, lr_scale: Mapping[str, float] | None = None
+        self,
+        lr: float,
+        *,
+        weight_decay: float = 0.0,
+        lr_scale: Mapping[str, float] | None = None,
+        layer_decay: float | None = None,
     ) -> list[dict[str, Any]]:
         """Optimizer-ready parameter groups, one per freeze group, frozen parameters included.
 
         Build the optimizer once from them; groups unfrozen later train without
-        rebuilding it. See :func:`freezable.optim.param_groups`.
+        rebuilding it. ``layer_decay`` gives layer-wise learning-rate decay, as timm's
+        ``param_groups_layer_decay``. See :func:`freezable.optim.param_groups`.
         """
-        return param_groups(self, lr, weight_decay=weight_decay, lr_scale=lr_scale)
+        return param_groups(self, lr, weight_decay=weight_decay, lr_scale=lr_scale, layer_decay=layer_decay)
 
     def _unfreeze_resolved(self, groups: list[Group]) -> None:
         _state.unfreeze_members(self._freeze_root(), groups)

@@ -13,8 +13,10 @@ Two ways to keep an optimizer in step with a model whose freeze state changes:
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,7 +29,16 @@ from .groups import staged_names
 if TYPE_CHECKING:
     from .mixin import Freezable
 
-__all__ = ["param_groups", "add_missing", "check_optimizer", "check_lr", "UNGROUPED", "NO_DECAY_SUFFIX"]
+__all__ = [
+    "param_groups",
+    "layer_scales",
+    "add_missing",
+    "check_optimizer",
+    "check_lr",
+    "check_layer_decay",
+    "UNGROUPED",
+    "NO_DECAY_SUFFIX",
+]
 
 UNGROUPED = "ungrouped"  # name of the group of parameters outside every freeze group
 NO_DECAY_SUFFIX = ".no_decay"  # companion group of biases and norm weights, without weight decay
@@ -55,16 +66,30 @@ def param_groups(
     *,
     weight_decay: float = 0.0,
     lr_scale: Mapping[str, float] | None = None,
+    layer_decay: float | None = None,
 ) -> list[dict[str, Any]]:
     """Optimizer-ready parameter groups, one per freeze group, frozen parameters included.
 
     Groups come in group order, one per staged group (umbrella groups, those that
     contain another group, get only the parameters no staged group has), then one
     named ``"ungrouped"`` for the parameters outside every group. Each has a
-    companion ``"<name>.no_decay"`` holding its biases and norm weights (every
-    parameter with ``ndim <= 1``) with ``weight_decay=0``. Every parameter appears
-    once (where groups overlap, in the first group that has it); empty groups are
-    left out.
+    companion ``"<name>.no_decay"`` with ``weight_decay=0`` holding its biases and norm
+    weights (every parameter with ``ndim <= 1``) and the parameters the model's
+    ``no_weight_decay()`` names, when it has that method (timm models: ``pos_embed``,
+    ``cls_token`` ...; names relative to the freeze root, ``fnmatch`` patterns as in
+    timm). Every parameter appears once (where groups overlap, in the first group that
+    has it); empty groups are left out.
+
+    With ``layer_decay``, the layers are ``stem``, then the ``block1`` ... ``blockN``
+    groups (without block groups: ``stage1`` ... ``stageN``), then everything else (the
+    head): layer ``i`` of ``0 .. L`` gets ``lr * layer_decay ** (L - i)``, the stem
+    the smallest rate and the head ``lr``. Layers without parameters are left out
+    of the count. For a timm model whose block groups are those of its fine
+    ``group_matcher``, every parameter's rate and weight decay equal those of
+    ``timm.optim.param_groups_layer_decay(model, weight_decay,
+    no_weight_decay_list=model.no_weight_decay(), layer_decay=layer_decay)``, which
+    leaves frozen parameters out; here they stay in, so unfreezing a block later
+    trains it at its own rate with the same optimizer.
 
     Args:
         model: a :class:`~freezable.Freezable`.
@@ -74,13 +99,18 @@ def param_groups(
             rates, as fastai's ``slice``); a group not named gets ``lr``. The name
             applies to the group and its ``.no_decay`` companion; an umbrella's
             name (``backbone``) applies to every group inside it that is not named itself.
+        layer_decay: a number in ``(0, 1]``: layer-wise learning-rate decay, multiplied
+            with ``lr_scale``. ``None`` (the default): none.
 
     Returns:
-        A list of dicts with keys ``params``, ``lr``, ``weight_decay`` and ``name``.
+        A list of dicts with keys ``params``, ``lr``, ``weight_decay``, ``name`` and
+        ``lr_scale`` (the group's multiplier of ``lr``, which timm's schedulers apply).
 
     Raises:
         UnknownGroupError: ``lr_scale`` names neither a freeze group nor ``"ungrouped"``.
-        FreezableTypeError: ``lr``, ``weight_decay`` or a multiplier is not a number >= 0.
+        FreezableTypeError: ``lr``, ``weight_decay``, a multiplier or ``layer_decay`` is not a number.
+        FreezableError: one of them is out of range, or ``layer_decay`` is given to a
+            model without block or stage groups.
 
     Example:
         >>> import torch
@@ -94,43 +124,104 @@ def param_groups(
         [('body', 1, 0.0001, 0.01), ('body.no_decay', 1, 0.0001, 0.0),
          ('head', 1, 0.001, 0.01), ('head.no_decay', 1, 0.001, 0.0)]
         >>> opt = torch.optim.AdamW(groups)  # built once; unfreezing "body" later needs no change
+        >>> class Deep(Freezable, nn.Sequential):
+        ...     freeze_groups = {"stem": "0", "block1": "1", "block2": "2", "head": "3"}
+        >>> deep = Deep(*(nn.Linear(4, 4) for _ in range(4)))
+        >>> [(g["name"], g["lr_scale"]) for g in deep.param_groups(1.0, layer_decay=0.5)][::2]
+        [('stem', 0.125), ('block1', 0.25), ('block2', 0.5), ('head', 1.0)]
     """
     lr = check_lr(lr)
     weight_decay = check_lr(weight_decay, "weight_decay")
-    owners = _partition(model)
-    scale = _check_scale(model, lr_scale, owners)
+    decay_rate = check_layer_decay(layer_decay)
+    root = freeze_root(model)
+    owners = _partition(model, root)
+    scale = _check_scale(model, lr_scale, owners, root)
+    if decay_rate is not None:
+        layers = layer_scales([name for name, _ in owners], decay_rate)
+        scale = {name: scale.get(name, 1.0) * layers[name] for name, _ in owners}
+    skip = _no_weight_decay(model)
     groups: list[dict[str, Any]] = []
-    for name, params in owners:
-        group_lr = lr * scale.get(name, 1.0)
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        if decay:
-            groups.append({"params": decay, "lr": group_lr, "weight_decay": weight_decay, "name": name})
-        if no_decay:
-            groups.append({"params": no_decay, "lr": group_lr, "weight_decay": 0.0, "name": name + NO_DECAY_SUFFIX})
+    for name, named in owners:
+        factor = scale.get(name, 1.0)
+        no_decay = {id(p) for n, p in named if p.ndim <= 1 or any(fnmatch.fnmatchcase(n, s) for s in skip)}
+        for suffix, decay in (("", weight_decay), (NO_DECAY_SUFFIX, 0.0)):
+            params = [p for _, p in named if (id(p) in no_decay) == bool(suffix)]
+            if params:
+                groups.append({"params": params, "lr": lr * factor, "weight_decay": decay, "name": name + suffix,
+                               "lr_scale": factor})
     return groups
 
 
-def _partition(model: Freezable) -> list[tuple[str, list[nn.Parameter]]]:
-    """(name, parameters) of each staged group, then umbrella leftovers, then the ungrouped rest."""
-    root = freeze_root(model)
+def check_layer_decay(layer_decay: object) -> float | None:
+    """``layer_decay`` as a float in ``(0, 1]`` (or ``None``), else a :class:`FreezableError`."""
+    if layer_decay is None:
+        return None
+    if isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float)):
+        raise type_error("layer_decay", layer_decay, "a number in (0, 1]")
+    if not 0 < layer_decay <= 1:  # NaN fails too
+        raise FreezableError(f"layer_decay must be in (0, 1] (0.65 to 0.9 are usual), got {layer_decay!r}")
+    return float(layer_decay)
+
+
+def layer_scales(names: Sequence[str], layer_decay: float) -> dict[str, float]:
+    """Multiplier of each group's learning rate under layer-wise decay (timm's layer ids, see :func:`param_groups`).
+
+    Example:
+        >>> layer_scales(["stem", "stage1", "stage2", "head", "ungrouped"], 0.5)
+        {'stem': 0.125, 'stage1': 0.25, 'stage2': 0.5, 'head': 1.0, 'ungrouped': 1.0}
+        >>> layer_scales(["stem", "block2", "block1"], 0.5)  # no head: the last block is the top layer
+        {'stem': 0.25, 'block2': 1.0, 'block1': 0.5}
+    """
+    blocks = _numbered(names, "block") or _numbered(names, "stage")
+    if not blocks:
+        raise FreezableError(
+            f"layer_decay needs block groups ('block1', ...) or stage groups ('stage1', ...) to rank the layers; "
+            f"the model's groups are {list(names)}: register them, e.g. "
+            f"model.register_freeze_group('block1', 'blocks.0')"
+        )
+    layer_id = {name: i for i, name in enumerate((["stem"] if "stem" in names else []) + blocks)}
+    top = len(layer_id) if any(name not in layer_id for name in names) else len(layer_id) - 1
+    return {name: layer_decay ** (top - layer_id.get(name, top)) for name in names}
+
+
+def _numbered(names: Sequence[str], prefix: str) -> list[str]:
+    """The names ``<prefix><number>``, in number order."""
+    found = [name for name in names if re.fullmatch(prefix + r"[1-9]\d*", name)]
+    return sorted(found, key=lambda name: int(name[len(prefix):]))
+
+
+def _no_weight_decay(model: Freezable) -> tuple[str, ...]:
+    """The model's ``no_weight_decay()`` names (timm's convention), or none."""
+    method = getattr(model, "no_weight_decay", None)
+    return tuple(method()) if callable(method) else ()
+
+
+def _partition(model: Freezable, root: nn.Module) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
+    """(name, named parameters) of each staged group, then umbrella leftovers, then the ungrouped rest.
+
+    Parameter names are relative to the freeze ``root`` (as in ``state_dict()``).
+    """
     registered = {name: model.freeze_group(name) for name in model.freeze_group_names}
     staged = staged_names(root, registered)
     order = list(staged) + [name for name in registered if name not in staged]
     seen: set[int] = set()
-    owners: list[tuple[str, list[nn.Parameter]]] = []
+    owners: list[tuple[str, list[tuple[str, nn.Parameter]]]] = []
     for name in order:
-        params = [p for _, p in registered[name].named_parameters(root) if id(p) not in seen]
-        seen.update(id(p) for p in params)
-        owners.append((name, params))
-    rest = [p for p in model.parameters() if id(p) not in seen]  # type: ignore[attr-defined]
-    seen.update(id(p) for p in rest)
+        named = [(n, p) for n, p in model.freeze_group(name).named_parameters(root) if id(p) not in seen]
+        seen.update(id(p) for _, p in named)
+        owners.append((name, named))
+    root_names = {id(p): n for n, p in root.named_parameters()}
+    rest = [(root_names.get(id(p), n), p) for n, p in model.named_parameters()  # type: ignore[attr-defined]
+            if id(p) not in seen]
     owners.append((UNGROUPED, rest))
-    return [(name, params) for name, params in owners if params]
+    return [(name, named) for name, named in owners if named]
 
 
 def _check_scale(
-    model: Freezable, lr_scale: Mapping[str, float] | None, owners: list[tuple[str, list[nn.Parameter]]]
+    model: Freezable,
+    lr_scale: Mapping[str, float] | None,
+    owners: list[tuple[str, list[tuple[str, nn.Parameter]]]],
+    root: nn.Module,
 ) -> dict[str, float]:
     """Multiplier of each returned group; an umbrella's applies to the groups inside it not named themselves."""
     if lr_scale is None:
@@ -146,11 +237,10 @@ def _check_scale(
             )
         check_lr(factor, f"lr_scale[{name!r}]")
     scale: dict[str, float] = {}
-    root = freeze_root(model)
     for umbrella in (g for g in lr_scale if g not in names):  # an umbrella: scale the groups it covers
         inside = {id(p) for _, p in model.freeze_group(umbrella).named_parameters(root)}
-        for name, params in owners:
-            if all(id(p) in inside for p in params):
+        for name, named in owners:
+            if all(id(p) in inside for _, p in named):
                 scale[name] = float(lr_scale[umbrella])
     scale.update((name, float(factor)) for name, factor in lr_scale.items() if name in names)
     return scale

@@ -183,3 +183,52 @@ def test_feature_cache_checks_tiny_run(feature_cache: ModuleType, tmp_path: Path
     rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["forward (no cache)"]["pct_of_forward"] == 100
     assert {"per-call weights check", "weights fingerprint (full)", "cache, all hits, verify_inputs"} <= set(rows)
+
+
+@pytest.fixture(scope="module")
+def accuracy() -> ModuleType:
+    pytest.importorskip("sklearn")
+    return load("accuracy")
+
+
+def test_accuracy_defaults_and_quick_mode(accuracy: ModuleType) -> None:
+    args = accuracy.parse_args([])
+    assert (args.modes, args.settings, args.batch_sizes, args.seeds) == (
+        list(accuracy.MODES), list(accuracy.SETTINGS), [2, 4, 8, 16, 32, 64], 5)
+    quick = accuracy.parse_args(["--quick", "--modes", "naive,freezable"])
+    assert quick.seeds == 1 and quick.batch_sizes == [4, 32] and quick.modes == ["naive", "freezable"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--modes", "naive", "frozen"], "unknown mode 'frozen'"),
+        (["--settings", "rotated"], "unknown setting 'rotated'"),
+        (["--batch-sizes", "0"], "--batch-sizes must be positive"),
+        (["--seeds", "0"], "--seeds must be positive"),
+        (["--results-file", "out.txt"], "use a .json or .csv name"),
+        (["--plot", "out.jpg"], "use a .png name"),
+    ],
+)
+def test_accuracy_refuses_bad_arguments(accuracy: ModuleType, argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_accuracy_tiny_run_writes_json_and_plot(accuracy: ModuleType, tmp_path: Path, capsys) -> None:
+    out, png = tmp_path / "a.json", tmp_path / "a.png"
+    accuracy.main(["--quick", "--batch-sizes", "8", "--shots", "2", "--no-progress", "--results-file", str(out),
+                   "--plot", str(png)])
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    rows = results["rows"]
+    assert [(r["setting"], r["mode"]) for r in rows] == [(s, m) for s in accuracy.SETTINGS for m in accuracy.MODES]
+    for row in rows:
+        assert 0 <= row["acc_min_pct"] <= row["acc_pct"] <= row["acc_max_pct"] <= 100 and row["train_s"] >= 0
+        if row["mode"] in ("freezable", "linear_probe"):  # frozen right: statistics untouched, no train/eval gap
+            assert row["bn_mean_shift_sd"] == 0 and row["loss_gap_nats"] == 0
+    naive = next(r for r in rows if r["mode"] == "naive")
+    assert naive["bn_mean_shift_sd"] > 0  # naive freezing lets the running statistics drift
+    assert {"device", "threads", "torch", "timm", "date", "command", "seeds", "source_acc_pct"} <= results["meta"].keys()
+    assert "acc_pct" in printed and "bn_mean_shift_sd" in printed and png.stat().st_size > 0
