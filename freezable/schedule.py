@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import FreezableError, FreezableTypeError, FreezeStateError, UnknownGroupError, closest
+from .groups import Group
 from .optim import add_missing, check_lr, check_optimizer
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def staged_groups(model: Freezable) -> tuple[str, ...]:
         >>> import torch, torchvision
         >>> from freezable import FrozenBackbone
         >>> staged_groups(FrozenBackbone(torchvision.models.resnet18()))
-        ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'head')
+        ('stem', 'block1', 'block2', 'block3', 'block4', 'block5', 'block6', 'block7', 'block8', 'head')
     """
     members = {name: _members(model, name) for name in model._groups}
     return tuple(
@@ -56,42 +57,79 @@ def _check_model(model: object) -> Freezable:
     return model
 
 
+def _walk_units(model: Freezable) -> list[tuple[str, list[Group]]]:
+    """The staged groups in order, each with the parts of umbrellas that end with it.
+
+    An umbrella's members that no staged group holds (a stage's final norm, outside its blocks) go
+    with the umbrella's last staged group, so walking the staged groups covers the umbrellas too.
+    """
+    staged = staged_groups(model)
+    members = {name: _members(model, name) for name in model._groups}
+    units: dict[str, list[Group]] = {name: [model._groups[name]] for name in staged}
+    for name, own in members.items():
+        inside = [s for s in staged if members[s] and members[s] <= own]
+        if name in staged or not inside:
+            continue
+        covered = frozenset().union(*(members[s] for s in inside))
+        rest = own - covered
+        if rest:
+            staged_modules = [m[len("module:"):] for s in inside for m in members[s] if m.startswith("module:")]
+            modules = [n[len("module:"):] for n in sorted(rest) if n.startswith("module:")]
+            modules = [m for m in modules if not any(s == m or s.startswith(m + ".") for s in staged_modules)]
+            params = tuple(n for n in sorted(rest) if not n.startswith("module:"))
+            units[inside[-1]].append(Group(modules=_top_most(tuple(modules)), parameters=params))
+    return list(units.items())
+
+
+def _top_most(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n for n in names if not any(n.startswith(other + ".") for other in names if other != n))
+
+
 def freeze_to(model: Freezable, group: str, *, train_bn: bool = False) -> Freezable:
     """Freezes the staged groups up to and including ``group`` and unfreezes the staged groups after it.
 
     fastai's ``freeze_to``, by name: with groups ``stem, stage1, stage2, head``,
     ``freeze_to("stage1")`` freezes ``stem`` and ``stage1`` and unfreezes ``stage2`` and ``head``.
+    ``group`` may be an umbrella (a stage that holds blocks): the cut is then after its last staged
+    group (``freeze_to("stage2")`` with blocks). Parts of an umbrella outside every staged group (a
+    final norm) go with the umbrella's last staged group.
 
     Args:
         model: a :class:`~freezable.Freezable`.
-        group: a staged group (not an umbrella such as ``backbone``).
+        group: a registered group: a staged one (``block8``) or an umbrella over staged ones (``stage2``).
         train_bn: keep the frozen groups' norm layers trainable.
 
     Returns:
         The model.
 
     Raises:
-        UnknownGroupError: ``group`` is not a staged group.
+        UnknownGroupError: ``group`` is not a registered group, or holds no staged group.
 
     Example:
         >>> import torchvision
         >>> from freezable import FrozenBackbone
         >>> fb = FrozenBackbone(torchvision.models.resnet18())
-        >>> fb.freeze_to("stage2").frozen_groups
-        ('stem', 'stage1', 'stage2')
+        >>> fb.freeze_to("stage2").frozen_groups[:5]
+        ('stem', 'stage1', 'stage2', 'block1', 'block2')
+        >>> "stage3" in fb.freeze_to("block4").frozen_groups, "block4" in fb.frozen_groups
+        (False, True)
     """
     model = _check_model(model)
-    staged = staged_groups(model)
     if not isinstance(group, str):
         raise FreezableTypeError(f"a group name must be a str, not {type(group).__name__}: {group!r}")
-    if group not in staged:
-        why = "an umbrella group (it contains others)" if group in model._groups else "not a registered group"
-        raise UnknownGroupError(f"freeze_to needs a staged group; {group!r} is {why}; {closest(group, staged)}")
+    if group not in model._groups:
+        raise UnknownGroupError(f"freeze_to: {group!r} is not a registered group; {closest(group, model._groups)}")
     if not isinstance(train_bn, bool):
         raise FreezableTypeError(f"train_bn must be a bool, not {type(train_bn).__name__}: {train_bn!r}")
-    cut = staged.index(group) + 1
-    model._unfreeze_resolved([model._groups[g] for g in staged[cut:]])
-    model._freeze_resolved([model._groups[g] for g in staged[:cut]], train_bn=train_bn)
+    units = _walk_units(model)
+    own = _members(model, group)
+    inside = [i for i, (name, _) in enumerate(units) if name == group or (_members(model, name) <= own)]
+    if not inside:
+        raise UnknownGroupError(f"freeze_to({group!r}): the group holds no staged group; "
+                                f"{closest(group, [n for n, _ in units])}")
+    cut = inside[-1] + 1
+    model._unfreeze_resolved([g for _, groups in units[cut:] for g in groups])
+    model._freeze_resolved([g for _, groups in units[:cut] for g in groups], train_bn=train_bn)
     return model
 
 
@@ -122,10 +160,11 @@ class UnfreezeSchedule:
         >>> from freezable import FrozenBackbone
         >>> fb = FrozenBackbone(torchvision.models.resnet18(), trainable=["head"])
         >>> schedule = UnfreezeSchedule(fb, {1: ["stage4"], 3: ["stage3", "stage2"]})
-        >>> schedule.step(3).frozen_groups      # resumed at epoch 3
-        ('stem', 'stage1')
-        >>> schedule.step(1).frozen_groups
-        ('stem', 'stage1', 'stage2', 'stage3')
+        >>> stages = lambda model: [g for g in model.frozen_groups if not g.startswith("block")]
+        >>> stages(schedule.step(3))      # resumed at epoch 3
+        ['stem', 'stage1']
+        >>> stages(schedule.step(1))
+        ['stem', 'stage1', 'stage2', 'stage3']
     """
 
     def __init__(
