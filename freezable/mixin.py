@@ -160,6 +160,14 @@ class Freezable:
         """Every registered group, in group order."""
         return tuple(self._groups)
 
+    def freeze_group(self, name: str) -> Group:
+        """The registered group ``name`` (names relative to the freeze root), read-only.
+
+        Raises:
+            UnknownGroupError: ``name`` is not a registered group.
+        """
+        return self._selected((name,))[0]
+
     @property
     def frozen_groups(self) -> tuple[str, ...]:
         """The groups whose every parameter is frozen (without parameters: every module), in group order."""

@@ -3,13 +3,14 @@
 One dict, one register function, a sorted listing with a glob, data-only entries.
 A preset whose ``groups`` is ``None`` uses the groups that
 :func:`freezable.detect.detect_groups` finds in the model (``stem``, ``stage1`` ...
-``stageN``, ``head``, ``backbone``), so one preset serves every model of a source.
+``stageN``, ``head``, ``backbone``), so one preset serves every model of a source; a
+callable ``groups`` computes them from the model (torchvision's detection rule).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from .errors import FreezableTypeError, PresetError, SpecError, closest, describe
+from .detect import detect_groups
+from .detect.trainable_layers import FROZEN, trainable_backbone_layers
 from .groups import Group, as_spec_list, resolve_group
 
 if TYPE_CHECKING:
@@ -36,7 +39,8 @@ class Preset:
 
     name: str  # registry key, "<source>.<family or scope>.<recipe>"
     description: str  # one line, shown by `freezable presets`
-    groups: Mapping[str, Any] | None = None  # group name -> spec(s), in forward order; None: detected groups
+    # group name -> spec(s), in forward order; None: detected groups; a callable: model -> such a mapping
+    groups: Mapping[str, Any] | Callable[[nn.Module], Mapping[str, Any]] | None = None
     frozen: tuple[str, ...] = ()  # the groups frozen by default
     train_bn: bool = False  # keep the frozen groups' norm layers trainable
     models: tuple[str, ...] = field(default=("*",))  # fnmatch patterns of the model names it is meant for
@@ -46,7 +50,7 @@ class Preset:
             value = getattr(self, field_name)
             if not isinstance(value, str) or not value.strip():
                 raise FreezableTypeError(f"Preset {field_name} must be a non-empty str, not {describe(value)}")
-        if self.groups is not None and not isinstance(self.groups, Mapping):
+        if self.groups is not None and not isinstance(self.groups, Mapping) and not callable(self.groups):
             raise FreezableTypeError(
                 f"Preset groups must be a mapping of group name to specs, or None, not {describe(self.groups)}"
             )
@@ -57,10 +61,10 @@ class Preset:
                 raise FreezableTypeError(f"Preset {field_name} must be a tuple of str, not {describe(value)}{hint}")
         if not isinstance(self.train_bn, bool):
             raise FreezableTypeError(f"Preset train_bn must be a bool, not {describe(self.train_bn)}")
-        if self.groups is not None:
+        if isinstance(self.groups, Mapping):
             object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
         object.__setattr__(self, "frozen", tuple(self.frozen))
-        if self.groups is not None:
+        if isinstance(self.groups, Mapping):
             missing = [g for g in self.frozen if g not in self.groups]
             if missing:
                 raise PresetError(
@@ -128,10 +132,8 @@ def resolve_preset(preset: Preset | str, model: nn.Module) -> dict[str, Group]:
         PresetError: the preset does not fit the model.
     """
     preset = get_preset(preset)
-    if preset.groups is None:
-        from .detect import detect_groups
-
-        groups: Mapping[str, Any] = detect_groups(model)
+    if preset.groups is None or callable(preset.groups):
+        groups: Mapping[str, Any] = detect_groups(model) if preset.groups is None else preset.groups(model)
         missing = [g for g in preset.frozen if g not in groups]
         if missing:
             raise PresetError(
@@ -142,6 +144,9 @@ def resolve_preset(preset: Preset | str, model: nn.Module) -> dict[str, Group]:
         groups = preset.groups
     resolved: dict[str, Group] = {}
     for name, specs in groups.items():
+        if name in preset.frozen and isinstance(specs, (tuple, list)) and not specs:  # a rule that freezes nothing here
+            resolved[name] = Group(modules=())
+            continue
         if name in preset.frozen:
             try:
                 resolved[name] = resolve_group(model, name, specs)
@@ -205,11 +210,11 @@ def _stages(n: int) -> tuple[str, ...]:
 
 
 _HRNET_STEM = ["conv1", "bn1", "conv2", "bn2"]
-_HRNET_STAGES = {
-    "stage1": ["layer1"],
-    "stage2": ["transition1", "stage2"],
-    "stage3": ["transition2", "stage3"],
-    "stage4": ["transition3", "stage4"],
+_HRNET_STAGES = {  # transition i goes with stage i, as in mmpose and in detection
+    "stage1": ["layer1", "transition1"],
+    "stage2": ["stage2", "transition2"],
+    "stage3": ["stage3", "transition3"],
+    "stage4": ["stage4"],
 }
 
 for _preset in (
@@ -251,6 +256,17 @@ for _preset in (
         )
         for source in ("timm", "torchvision")
         for n in range(1, 5)
+    ),
+    *(
+        Preset(
+            name=f"torchvision.detection.trainable_backbone_layers_{n}",
+            description=f"what torchvision's trainable_backbone_layers={n} freezes in a detector's body "
+            f"(ResNet: N=0..5, MobileNet: N=0..6), norms held in eval; the rest trains",
+            groups=trainable_backbone_layers(n),
+            frozen=(FROZEN,),
+            models=("fasterrcnn_*", "maskrcnn_*", "keypointrcnn_*", "retinanet_*", "fcos_*"),
+        )
+        for n in range(0, 7)
     ),
 ):
     register_preset(_preset)

@@ -11,16 +11,20 @@ import torchvision
 from conftest import full_state
 
 import freezable as fz
+from freezable.detect import detect_groups
 from freezable.presets import _PRESETS
 
 # a model each preset is tried on: the first of these that its `models` patterns admit
-EXAMPLES = {"timm": ["resnet18", "hrnet_w18_small"], "torchvision": ["resnet18", "alexnet"]}
+EXAMPLES = {"timm": ["resnet18", "hrnet_w18_small"],
+            "torchvision": ["resnet18", "alexnet", "fasterrcnn_mobilenet_v3_large_320_fpn"]}
 
 
 def build(source: str, name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     if source == "timm":
         return timm.create_model(name, pretrained=False, **kwargs)
+    if name.startswith("fasterrcnn"):
+        kwargs.setdefault("weights_backbone", None)
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
@@ -67,6 +71,9 @@ def test_hrnet_backbone_preset_fits_every_variant(model_name, features_only):
         model = timm.create_model(model_name, pretrained=False, features_only=features_only)
     fb = fz.FrozenBackbone(model, preset="timm.hrnet.backbone")
     assert fb.frozen_groups[:5] == ("stem", "stage1", "stage2", "stage3", "stage4")
+    # transition i goes with stage i (mmpose's rule), in the preset and in detection alike
+    assert fb.freeze_group("stage3").modules == ("stage3", "transition3")
+    assert detect_groups(model)["stage3"] == ("stage3", "transition3")
     assert model.bn1.weight.requires_grad is False and fb.train().backbone.stage4.training is False
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith(("incre_modules", "downsamp_modules", "final_layer", "classifier"))
