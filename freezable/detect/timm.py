@@ -6,7 +6,8 @@
 * ``block1 ... blockN`` are timm's fine layer ids, those ``timm.optim.param_groups_layer_decay`` uses:
   layer id 0 is the stem, layer id i is block i, the head's id (parameters the fine matcher leaves
   unmatched) is no block.
-* ``features_only=True`` models (FeatureListNet, FeatureDictNet, FeatureHooksNet) get the groups of the
+* ``features_only=True`` models (FeatureListNet, FeatureDictNet, FeatureHooksNet, and feature classes
+  of their own without a ``group_matcher``, such as EfficientNetFeatures) get the groups of the
   same architecture built as a classifier, on the meta device, mapped onto their own names; they have
   no ``head``. FeatureGetterNet holds the model itself: the nested search finds it.
 """
@@ -48,10 +49,11 @@ def timm_groups(model: nn.Module) -> Groups | None:
     """
     if not is_timm(model):
         return None
-    if type(model).__name__ in _FEATURE_WRAPPERS:
-        return _feature_groups(model)
     if type(model).__name__ == "FeatureGetterNet":
         return None
+    if type(model).__name__ in _FEATURE_WRAPPERS or type(model).__name__.endswith("Features") and not hasattr(
+            model, "group_matcher"):
+        return _feature_groups(model)  # a wrapper, or a feature class of its own (EfficientNetFeatures)
     return assemble(model, _classifier_parts(model))
 
 
