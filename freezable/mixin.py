@@ -15,6 +15,8 @@ drift and dropout stays off, whoever calls ``train()``.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -341,8 +343,11 @@ class Freezable:
         for _, param in self.named_trainable_parameters():
             yield param
 
-    def freeze_summary(self) -> str:
+    def freeze_summary(self, blocks: bool = False) -> str:
         """A table of parameters, trainable, frozen and norm layers held in eval, a row per group.
+
+        Block groups (``block1`` ... ``blockN``) get rows with ``blocks=True`` only; parameters outside
+        every group get a row ``(no group)``.
 
         Example:
             >>> from torch import nn
@@ -360,8 +365,12 @@ class Freezable:
         root = self._freeze_root()
         rows = [
             _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)))
-            for name, group in self._groups.items()
+            for name, group in self._groups.items() if blocks or not re.fullmatch(r"block[0-9]+", name)
         ]
+        grouped = {id(p) for group in self._groups.values() for _, p in group.named_parameters(root)}
+        if self._groups and any(id(p) not in grouped for p in root.parameters()):
+            outside = ((n, p) for n, p in root.named_parameters() if id(p) not in grouped)
+            rows.append(_summary_row("(no group)", outside, iter(())))
         total = _summary_row("total", root.named_parameters(), root.modules())
         return format_summary(rows, total)
 

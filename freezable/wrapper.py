@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,6 +241,6 @@ class FrozenBackbone(Freezable, nn.Module):
         total = sum(p.numel() for p in self.backbone.parameters())
         trainable = sum(p.numel() for p in self.trainable_parameters())
         return (
-            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={list(self.frozen_groups)}, "
+            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={[g for g in self.frozen_groups if not re.fullmatch(r'block[0-9]+', g)]}, "
             f"trainable={format_count(trainable)}/{format_count(total)}{', fast=True' if self.fast else ''})"
         )

@@ -25,7 +25,7 @@ def test_presets_with_a_pattern(capsys):
 def test_show_prints_groups_and_summary(capsys):
     assert main(["show", "resnet18", "--trainable", "stage4", "head"]) == 0
     out = capsys.readouterr().out
-    assert "FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3']" in out
+    assert "FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3', 'backbone']" in out
     assert "stem: conv1, bn1" in out and "stage1: layer1" in out
     assert "norms in eval" in out and "total" in out
 
