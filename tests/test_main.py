@@ -25,7 +25,7 @@ def test_presets_with_a_pattern(capsys):
 def test_show_prints_groups_and_summary(capsys):
     assert main(["show", "resnet18", "--trainable", "stage4", "head"]) == 0
     out = capsys.readouterr().out
-    assert "FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3', 'backbone']" in out
+    assert "FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3']" in out
     assert "stem: conv1, bn1" in out and "stage1: layer1" in out
     assert "norms in eval" in out and "total" in out
 
@@ -63,8 +63,9 @@ def test_runs_as_a_module():
 def test_sweep_prints_coverage_and_fails_on_a_model_without_a_head(capsys):
     assert main(["sweep", "torchvision", "--models", "resnet18", "alexnet", "--no-progress"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == (
-        "torchvision: 2/2 models with backbone/head (100.0%), 2 with a stem, 2 with stem and stages")
+        "torchvision: 2/2 models with the right head (100.0%), 2 with a stem, 2 with stem and stages, "
+        "2 whose stages cover the backbone")
     assert main(["sweep", "timm", "--models", "resnet18", "mobilenetv5_300m_enc", "--no-progress"]) == 1
     out = capsys.readouterr().out
-    assert "timm: 1/2 models with backbone/head (50.0%), 2 with a stem, 2 with stem and stages" in out
-    assert "mobilenetv5_300m_enc: backbone/head=False stem=True" in out
+    assert "timm: 1/2 models with the right head (50.0%), 1 with a stem, 1 with stem and stages" in out
+    assert "mobilenetv5_300m_enc: backbone/head=False stem=False" in out

@@ -36,7 +36,7 @@ def test_param_groups_cover_every_parameter_once_in_group_order(net):
 def test_param_groups_skip_umbrellas_and_add_ungrouped_rest():
     fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4))
     names = [g["name"] for g in fb.param_groups(1.0) if not g["name"].endswith(".no_decay")]
-    assert names == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+    assert names == ["stem"] + [f"block{i}" for i in range(1, 9)] + ["head"]  # the stages hold the blocks
 
     class Partial(fz.Freezable, nn.Sequential):
         freeze_groups = {"first": "0"}
@@ -57,7 +57,8 @@ def test_lr_scale_of_an_umbrella_applies_to_the_groups_inside_it():
     fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4))
     groups = fb.param_groups(1.0, lr_scale={"backbone": 0.1, "stage4": 0.5})
     lrs = {g["name"]: g["lr"] for g in groups if not g["name"].endswith(".no_decay")}
-    assert lrs == pytest.approx({"stem": 0.1, "stage1": 0.1, "stage2": 0.1, "stage3": 0.1, "stage4": 0.5, "head": 1.0})
+    blocks = {f"block{i}": 0.5 if i > 6 else 0.1 for i in range(1, 9)}  # resnet18's stage4 holds blocks 7-8
+    assert lrs == pytest.approx({"stem": 0.1, **blocks, "head": 1.0})
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
