@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -51,7 +52,7 @@ def _show(args: argparse.Namespace) -> None:
     if args.preset is not None:
         get_preset(args.preset)  # a bad name fails before the model is built
     name = _model_name(args.model, args.preset)
-    backbone = build_model(name)
+    backbone = build_model(name, features_only=args.features_only)
     fb = FrozenBackbone(backbone, trainable=args.trainable, preset=args.preset)
     source = _source(backbone)
     others = [s for s in _SOURCES if s != source]
@@ -59,13 +60,21 @@ def _show(args: argparse.Namespace) -> None:
           f"{' or '.join(f'{o}/NAME' for o in others)} picks another library)")
     print(fb)
     print()
+    blocks = [name for name in fb.freeze_group_names if re.fullmatch(r"block[0-9]+", name)]
     for name in fb.freeze_group_names:
+        if name in blocks[1:]:
+            continue
+        if name in blocks:
+            print(f"block1 ... block{len(blocks)}: {len(blocks)} blocks inside the stages")
+            continue
         group = fb.freeze_group(name)
         members = list(group.modules) + list(group.parameters)
         more = f", ... ({len(members)} in all)" if len(members) > 6 else ""
         print(f"{name}: {', '.join(m or '<whole model>' for m in members[:6])}{more}")
     print()
     print(fb.freeze_summary())
+    print("(no group): parameters outside every group; only groups you register name them"
+          if "(no group)" in fb.freeze_summary() else "every parameter is in a group")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = commands.add_parser("show", help="a model's groups and freeze summary, built on the meta device")
     show.add_argument("model", help="torchvision or timm model name (timm/NAME or torchvision/NAME to choose)")
     show.add_argument("--preset", help="apply this preset")
+    show.add_argument("--features-only", action="store_true", help="build the timm model with features_only=True")
     show.add_argument("--trainable", nargs="*", default=[], metavar="GROUP", help="groups or specs left trainable")
     show.set_defaults(run=_show)
     sweep = commands.add_parser("sweep", help="group detection checked on every timm or torchvision model (meta device)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -38,10 +39,12 @@ def empty_weights() -> Iterator[None]:
         nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
 
 
-def build_model(name: str) -> nn.Module:
-    """Builds the torchvision or timm classification model ``name`` with no memory and no weights.
+def build_model(name: str, features_only: bool = False) -> nn.Module:
+    """Builds the torchvision (any task) or timm model ``name`` with no memory and no weights.
 
     A ``timm/`` or ``torchvision/`` prefix picks the source; otherwise torchvision's name wins, then timm's.
+    torchvision's detection and segmentation models are built with ``weights_backbone=None`` too;
+    ``features_only`` builds the timm model as a feature backbone.
 
     Raises:
         FreezableError: no such model in either (the message names the closest ones).
@@ -54,9 +57,13 @@ def build_model(name: str) -> nn.Module:
     import torchvision
 
     source, _, bare = name.rpartition("/")
-    tv_names = torchvision.models.list_models(module=torchvision.models)
-    if source in ("", "torchvision") and bare in tv_names:
-        model = _on_meta(lambda: torchvision.models.get_model(bare, weights=None))
+    tv_names = torchvision.models.list_models()
+    if source in ("", "torchvision") and bare in tv_names and not features_only:
+        builder = torchvision.models.get_model_builder(bare)
+        extra = {"weights_backbone": None} if "weights_backbone" in inspect.signature(builder).parameters else {}
+        model = _on_meta(lambda: builder(weights=None, **extra))
+    elif source in ("", "timm") and timm.is_model(bare) and features_only:
+        model = _on_meta(lambda: timm.create_model(bare, pretrained=False, features_only=True))
     elif source in ("", "timm") and timm.is_model(bare):
         model = _on_meta(lambda: timm.create_model(bare, pretrained=False))
         if getattr(model, "num_classes", None) == 0:  # a feature model by default: give it timm's usual classifier

@@ -29,7 +29,7 @@ def model_names(source: str, family_sample: bool = False) -> list[str]:
     if source == "torchvision":
         import torchvision
 
-        return torchvision.models.list_models(module=torchvision.models)
+        return torchvision.models.list_models()
     import timm
 
     names = timm.list_models()
@@ -48,13 +48,22 @@ def _family(name: str) -> str:
 
 
 def classifier_parameters(model: nn.Module) -> set[int]:
-    """The classifier's parameters (by identity): timm's ``get_classifier()``, else the last Linear or conv."""
+    """The classifier's parameters (by identity): timm's ``get_classifier()``; torchvision: the predictors of
+    a detector, else the ``classifier``/``fc``/``head``/``heads`` attribute (with Inception's aux heads)."""
     if hasattr(model, "get_classifier"):
         heads = model.get_classifier()
         heads = heads if isinstance(heads, tuple) else (heads,)
         return {id(p) for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
-    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
-    return {id(p) for p in last.parameters()}
+    roi = getattr(model, "roi_heads", None)
+    if roi is not None:
+        names = [f"roi_heads.{n}" for n in ("box_predictor", "mask_predictor", "keypoint_predictor")
+                 if getattr(roi, n, None) is not None]
+    else:
+        children = dict(model.named_children())
+        names = [n for n in ("fc", "classifier", "head", "heads") if n in children
+                 and any(True for _ in children[n].parameters())][-1:]
+        names += [n for n in ("AuxLogits", "aux1", "aux2") if children.get(n) is not None]
+    return {id(p) for n in names for p in model.get_submodule(n).parameters()}
 
 
 def check_groups(model: nn.Module) -> dict[str, object]:
@@ -70,25 +79,32 @@ def check_groups(model: nn.Module) -> dict[str, object]:
     head, backbone = members("head"), members("backbone")
     stages = [g for g in groups if g.startswith("stage")]
     staged = members("stem").union(*(members(s) for s in stages))
+    tasks = members("neck") | members("rpn") | members("roi_heads") | members("aux_head")
     return {
-        "ok_backbone_head": bool(head) and classifier_parameters(model) <= head
-        and not head & backbone and head | backbone == params,
+        "ok_backbone_head": bool(head) and classifier_parameters(model) == head
+        and not head & backbone and head | backbone | tasks == params,
         "has_stem": "stem" in groups,
         "n_stages": len(stages),
+        "n_blocks": sum(g.startswith("block") for g in groups),
         "stages_in_backbone": staged <= backbone,
+        "stages_cover_backbone": bool(stages) and staged == backbone - members("neck"),
     }
 
 
-def sweep(source: str, names: Iterable[str] | None = None, progress: bool = True) -> list[dict[str, object]]:
+def sweep(source: str, names: Iterable[str] | None = None, progress: bool = True,
+          features_only: bool = False) -> list[dict[str, object]]:
     """Checks every model named (default: all of ``source``); a row per model."""
     names = model_names(source) if names is None else list(names)
     rows = []
     for name in tqdm(names, desc=source, disable=not progress, file=sys.stderr):
         row: dict[str, object] = {"source": source, "model": name, "error": None}
         try:
-            row.update(check_groups(build_model(f"{source}/{name}")))
+            row.update(check_groups(build_model(f"{source}/{name}", features_only=features_only)))
+            if features_only:  # no head: the stages are the check
+                row["ok_backbone_head"] = row["stages_cover_backbone"]
         except Exception as e:  # a model that fails to build or detect is reported, not fatal
-            row.update(ok_backbone_head=False, has_stem=False, n_stages=0, error=f"{type(e).__name__}: {e}")
+            row.update(ok_backbone_head=False, has_stem=False, n_stages=0, stages_cover_backbone=False,
+                       error=f"{type(e).__name__}: {e}")
         rows.append(row)
     return rows
 
@@ -98,15 +114,18 @@ def report(rows: list[dict[str, object]], source: str) -> str:
     ok = sum(bool(r["ok_backbone_head"]) for r in rows)
     stem = sum(bool(r["has_stem"]) for r in rows)
     staged = sum(bool(r["has_stem"] and r["n_stages"]) for r in rows)
-    return (f"{source}: {ok}/{n} models with backbone/head ({100 * ok / n:.1f}%), "
-            f"{stem} with a stem, {staged} with stem and stages")
+    covered = sum(bool(r.get("stages_cover_backbone")) for r in rows)
+    return (f"{source}: {ok}/{n} models with the right head ({100 * ok / n:.1f}%), "
+            f"{stem} with a stem, {staged} with stem and stages, {covered} whose stages cover the backbone")
 
 
-def run(sources: list[str], family_sample: bool = False, models: list[str] | None = None, progress: bool = True) -> int:
+def run(sources: list[str], family_sample: bool = False, models: list[str] | None = None, progress: bool = True,
+        features_only: bool = False) -> int:
     """Sweeps and prints the coverage of each source; returns 1 when a model lacks a stem, backbone or head."""
     failed = False
     for source in sources:
-        rows = sweep(source, models or model_names(source, family_sample), progress=progress)
+        rows = sweep(source, models or model_names(source, family_sample), progress=progress,
+                     features_only=features_only)
         print(report(rows, source))
         for row in rows:
             if not (row["ok_backbone_head"] and row["has_stem"]):
@@ -121,9 +140,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family-sample", action="store_true", help="one timm model per family")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models (of one source)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--features-only", action="store_true", help="timm models built with features_only=True")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     sources = ["torchvision", "timm"] if args.source == "all" else [args.source]
-    return run(sources, args.family_sample, args.models, progress=not args.no_progress)
+    return run(sources, args.family_sample, args.models, progress=not args.no_progress,
+               features_only=args.features_only)
 

@@ -183,6 +183,13 @@ def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
     return Group(modules=top_modules, parameters=loose_params)
 
 
+def group_members(root: nn.Module, group: Group) -> frozenset[str]:
+    """Every parameter name of ``group`` and every module name (prefixed ``module:``): what it covers."""
+    return frozenset(n for n, _ in group.named_parameters(root)) | frozenset(
+        "module:" + n for n, _ in group.named_modules(root)
+    )
+
+
 def staged_names(root: nn.Module, groups: Mapping[str, Group]) -> tuple[str, ...]:
     """The groups that contain no other group (the *staged* ones), in group order.
 
@@ -195,13 +202,47 @@ def staged_names(root: nn.Module, groups: Mapping[str, Group]) -> tuple[str, ...
         >>> groups = {"a": Group(("0",)), "b": Group(("1",)), "body": Group(("0", "1")), "head": Group(("2",))}
         >>> staged_names(net, groups)
         ('a', 'b', 'head')
+        >>> staged_names(net, {"stage1": Group(("0",)), "block1": Group(("0",))})  # a stage of one block
+        ('block1',)
     """
-    members = {
-        name: frozenset(n for n, _ in group.named_parameters(root))
-        | frozenset("module:" + n for n, _ in group.named_modules(root))
-        for name, group in groups.items()
-    }
+    members = list((name, group_members(root, group)) for name, group in groups.items())
+    # an umbrella holds another group: more than it, or exactly it where that group comes later (a stage of
+    # one block: the stage is registered first and holds the block)
     return tuple(
-        name for name, own in members.items()
-        if not any(other and other < own for o, other in members.items() if o != name)
+        name for i, (name, own) in enumerate(members)
+        if not any(other and (other < own or (other == own and j > i)) for j, (_, other) in enumerate(members) if j != i)
     )
+
+
+def walk_units(root: nn.Module, groups: Mapping[str, Group]) -> list[tuple[str, list[Group]]]:
+    """The staged groups in order, each with the parts of umbrellas that end with it.
+
+    An umbrella's members that no staged group holds (a stage's final norm, outside its blocks) go
+    with the umbrella's last staged group, so walking the staged groups covers the umbrellas too.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 1))
+        >>> groups = {"a": Group(("0",)), "b": Group(("1",)), "stage": Group(("0", "1", "2")), "head": Group(("3",))}
+        >>> [(name, [g.modules for g in units]) for name, units in walk_units(net, groups)]
+        [('a', [('0',)]), ('b', [('1',), ('2',)]), ('head', [('3',)])]
+    """
+    staged = staged_names(root, groups)
+    members = {name: group_members(root, group) for name, group in groups.items()}
+    units: dict[str, list[Group]] = {name: [groups[name]] for name in staged}
+    for name, own in members.items():
+        inside = [s for s in staged if members[s] and members[s] <= own]
+        if name in staged or not inside:
+            continue
+        rest = own - frozenset().union(*(members[s] for s in inside))
+        if rest:
+            staged_modules = [m[len("module:"):] for s in inside for m in members[s] if m.startswith("module:")]
+            modules = [n[len("module:"):] for n in sorted(rest) if n.startswith("module:")]
+            modules = [m for m in modules if not any(s == m or s.startswith(m + ".") for s in staged_modules)]
+            params = tuple(n for n in sorted(rest) if not n.startswith("module:"))
+            units[inside[-1]].append(Group(modules=_top_most(tuple(modules)), parameters=params))
+    return list(units.items())
+
+
+def _top_most(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n for n in names if not any(n.startswith(other + ".") for other in names if other != n))

@@ -7,6 +7,8 @@ top of it: groups by name, validation, summaries.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -17,7 +19,7 @@ from . import guard as _guard
 from ._state import is_frozen, is_held
 from .distributed import watch_ddp
 from .errors import FreezableTypeError, SpecError, UnknownGroupError, closest, type_error, unknown_group
-from .groups import Group, Spec, resolve_group, staged_names
+from .groups import Group, Spec, group_members, resolve_group, staged_names, walk_units
 from .norms import is_norm
 from .optim import add_missing, check_lr, check_optimizer, param_groups
 from .summary import SummaryRow, format_summary
@@ -129,10 +131,12 @@ class Freezable:
         return tuple(self._groups)
 
     def freeze_group(self, name: str) -> Group:
-        """The registered group ``name``: its member names, relative to the model's freeze root."""
-        if name not in self._groups:
-            raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, self._groups)}")
-        return self._groups[name]
+        """The registered group ``name`` (names relative to the freeze root), read-only.
+
+        Raises:
+            UnknownGroupError: ``name`` is not a registered group.
+        """
+        return self._selected((name,))[0]
 
     @property
     def frozen_groups(self) -> tuple[str, ...]:
@@ -254,36 +258,43 @@ class Freezable:
         fastai's ``freeze_to``, by name: with groups ``stem, stage1, stage2, head``,
         ``freeze_to("stage1")`` freezes ``stem`` and ``stage1`` and unfreezes ``stage2`` and ``head``.
         *Staged* groups are those that contain no other registered group (see
-        :func:`freezable.groups.staged_names`); umbrella groups such as ``backbone`` are skipped.
+        :func:`freezable.groups.staged_names`): the blocks, where a model has them. ``group`` may
+        also be an umbrella over staged groups (a stage that holds blocks, ``backbone``): the cut is
+        then after its last staged group. Parts of an umbrella outside every staged group (a final
+        norm) go with the umbrella's last staged group (:func:`freezable.groups.walk_units`).
 
         Args:
-            group: a staged group (not an umbrella such as ``backbone``).
+            group: a registered group: a staged one (``block8``) or an umbrella over staged ones (``stage2``).
             train_bn: keep the frozen groups' norm layers trainable.
 
         Returns:
             The model, for chaining.
 
         Raises:
-            UnknownGroupError: ``group`` is not a staged group.
+            UnknownGroupError: ``group`` is not a registered group, or holds no staged group.
 
         Example:
             >>> import torchvision
             >>> from freezable import FrozenBackbone
             >>> fb = FrozenBackbone(torchvision.models.resnet18())
-            >>> fb.freeze_to("stage2").frozen_groups
-            ('stem', 'stage1', 'stage2')
+            >>> fb.freeze_to("stage2").frozen_groups[:5]
+            ('stem', 'stage1', 'stage2', 'block1', 'block2')
+            >>> "stage3" in fb.freeze_to("block4").frozen_groups, "block4" in fb.frozen_groups
+            (False, True)
         """
-        staged = staged_names(self._freeze_root(), self._groups)
-        if not isinstance(group, str):
-            raise type_error("a group name", group, "a str")
-        if group not in staged:
-            why = "an umbrella group (it contains others)" if group in self._groups else "not a registered group"
-            raise UnknownGroupError(f"freeze_to needs a staged group; {group!r} is {why}; {closest(group, staged)}")
+        (target,) = self._selected((group,), check_members=False)
         if not isinstance(train_bn, bool):
             raise type_error("train_bn", train_bn, "a bool")
-        cut = staged.index(group) + 1
-        self._unfreeze_resolved([self._groups[g] for g in staged[cut:]])
-        self._freeze_resolved([self._groups[g] for g in staged[:cut]], train_bn=train_bn)
+        root = self._freeze_root()
+        units = walk_units(root, self._groups)
+        own = group_members(root, target)
+        inside = [i for i, (name, _) in enumerate(units) if name == group or group_members(root, self._groups[name]) <= own]
+        if not inside:
+            raise UnknownGroupError(f"freeze_to({group!r}): the group holds no staged group; "
+                                    f"{closest(group, [name for name, _ in units])}")
+        cut = inside[-1] + 1
+        self._unfreeze_resolved([g for _, groups in units[cut:] for g in groups])
+        self._freeze_resolved([g for _, groups in units[:cut] for g in groups], train_bn=train_bn)
         return self
 
     def param_groups(
@@ -336,8 +347,11 @@ class Freezable:
         for _, param in self.named_trainable_parameters():
             yield param
 
-    def freeze_summary(self) -> str:
+    def freeze_summary(self, blocks: bool = False) -> str:
         """A table of parameters, trainable, frozen and norm layers held in eval, a row per group.
+
+        Block groups (``block1`` ... ``blockN``) get rows with ``blocks=True`` only; parameters outside
+        every group get a row ``(no group)``.
 
         Example:
             >>> from torch import nn
@@ -355,8 +369,12 @@ class Freezable:
         root = self._freeze_root()
         rows = [
             _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)))
-            for name, group in self._groups.items()
+            for name, group in self._groups.items() if blocks or not re.fullmatch(r"block[0-9]+", name)
         ]
+        grouped = {id(p) for group in self._groups.values() for _, p in group.named_parameters(root)}
+        if self._groups and any(id(p) not in grouped for p in root.parameters()):
+            outside = ((n, p) for n, p in root.named_parameters() if id(p) not in grouped)
+            rows.append(_summary_row("(no group)", outside, iter(())))
         total = _summary_row("total", root.named_parameters(), root.modules())
         return format_summary(rows, total)
 

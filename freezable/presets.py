@@ -3,13 +3,14 @@
 One dict, one register function, a sorted listing with a glob, data-only entries.
 A preset whose ``groups`` is ``None`` uses the groups that
 :func:`freezable.detect.detect_groups` finds in the model (``stem``, ``stage1`` ...
-``stageN``, ``head``, ``backbone``), so one preset serves every model of a source.
+``stageN``, ``head``, ``backbone``), so one preset serves every model of a source; a
+callable ``groups`` computes them from the model (torchvision's detection rule).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 
 from ._state import freeze_root, store_groups
 from .detect import detect_groups
+from .detect.trainable_layers import FROZEN, trainable_backbone_layers
 from .errors import PresetError, SpecError, closest, type_error
 from .groups import Group, as_spec_list, resolve_group
 from .mixin import Freezable
@@ -36,7 +38,8 @@ class Preset:
 
     name: str  # registry key, "<source>.<family or scope>.<recipe>"
     description: str  # one line, shown by `freezable presets`
-    groups: Mapping[str, Any] | None = None  # group name -> spec(s), in forward order; None: detected groups
+    # group name -> spec(s), in forward order; None: detected groups; a callable: model -> such a mapping
+    groups: Mapping[str, Any] | Callable[[nn.Module], Mapping[str, Any]] | None = None
     frozen: tuple[str, ...] = ()  # the groups frozen by default
     train_bn: bool = False  # keep the frozen groups' norm layers trainable
 
@@ -45,17 +48,17 @@ class Preset:
             value = getattr(self, field_name)
             if not isinstance(value, str) or not value.strip():
                 raise type_error(f"Preset {field_name}", value, "a non-empty str")
-        if self.groups is not None and not isinstance(self.groups, Mapping):
-            raise type_error("Preset groups", self.groups, "a mapping of group name to specs, or None")
+        if self.groups is not None and not isinstance(self.groups, Mapping) and not callable(self.groups):
+            raise type_error("Preset groups", self.groups, "a mapping of group name to specs, a callable, or None")
         if not isinstance(self.frozen, (tuple, list)) or not all(isinstance(v, str) for v in self.frozen):
             hint = f"did you mean ({self.frozen!r},)?" if isinstance(self.frozen, str) else ""
             raise type_error("Preset frozen", self.frozen, "a tuple of str", fix=hint)
         if not isinstance(self.train_bn, bool):
             raise type_error("Preset train_bn", self.train_bn, "a bool")
-        if self.groups is not None:
+        if isinstance(self.groups, Mapping):
             object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
         object.__setattr__(self, "frozen", tuple(self.frozen))
-        if self.groups is not None:
+        if isinstance(self.groups, Mapping):
             missing = [g for g in self.frozen if g not in self.groups]
             if missing:
                 raise PresetError(
@@ -123,8 +126,8 @@ def resolve_preset(preset: Preset | str, model: nn.Module) -> dict[str, Group]:
         PresetError: the preset does not fit the model.
     """
     preset = get_preset(preset)
-    if preset.groups is None:
-        groups: Mapping[str, Any] = detect_groups(model)
+    if preset.groups is None or callable(preset.groups):
+        groups: Mapping[str, Any] = detect_groups(model) if preset.groups is None else preset.groups(model)
         missing = [g for g in preset.frozen if g not in groups]
         if missing:
             raise PresetError(
@@ -135,6 +138,9 @@ def resolve_preset(preset: Preset | str, model: nn.Module) -> dict[str, Group]:
         groups = preset.groups
     resolved: dict[str, Group] = {}
     for name, specs in groups.items():
+        if name in preset.frozen and isinstance(specs, (tuple, list)) and not specs:  # a rule that freezes nothing here
+            resolved[name] = Group(modules=())
+            continue
         if name in preset.frozen:
             try:
                 resolved[name] = resolve_group(model, name, specs)
@@ -221,11 +227,11 @@ _FROZEN_STAGES = tuple(
 )
 
 _HRNET_STEM = ["conv1", "bn1", "conv2", "bn2"]
-_HRNET_STAGES = {
-    "stage1": ["layer1"],
-    "stage2": ["transition1", "stage2"],
-    "stage3": ["transition2", "stage3"],
-    "stage4": ["transition3", "stage4"],
+_HRNET_STAGES = {  # transition i goes with stage i, as in mmpose and in detection
+    "stage1": ["layer1", "transition1"],
+    "stage2": ["stage2", "transition2"],
+    "stage3": ["stage3", "transition3"],
+    "stage4": ["stage4"],
 }
 
 for _preset in (
@@ -253,6 +259,16 @@ for _preset in (
         Preset(name=f"{source}.{p.name}", description=f"alias of {p.name}: {p.description}", frozen=p.frozen)
         for source in ("timm", "torchvision")
         for p in (_LINEAR_PROBE, *_FROZEN_STAGES)
+    ),
+    *(
+        Preset(
+            name=f"torchvision.detection.trainable_backbone_layers_{n}",
+            description=f"what torchvision's trainable_backbone_layers={n} freezes in a detector's body "
+            f"(ResNet: N=0..5, MobileNet: N=0..6), norms held in eval; the rest trains",
+            groups=trainable_backbone_layers(n),
+            frozen=(FROZEN,),
+        )
+        for n in range(0, 7)
     ),
 ):
     register_preset(_preset)

@@ -35,7 +35,7 @@ def staged_groups(model: Freezable) -> tuple[str, ...]:
         >>> import torch, torchvision
         >>> from freezable import FrozenBackbone
         >>> staged_groups(FrozenBackbone(torchvision.models.resnet18()))
-        ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'head')
+        ('stem', 'block1', 'block2', 'block3', 'block4', 'block5', 'block6', 'block7', 'block8', 'head')
     """
     return staged_names(freeze_root(_check_model(model)), _groups(model))
 
@@ -55,7 +55,7 @@ def freeze_to(model: Freezable, group: str, *, train_bn: bool = False) -> Freeza
         >>> import torchvision
         >>> from freezable import FrozenBackbone
         >>> freeze_to(FrozenBackbone(torchvision.models.resnet18()), "stage1").frozen_groups
-        ('stem', 'stage1')
+        ('stem', 'stage1', 'block1', 'block2')
     """
     return _check_model(model).freeze_to(group, train_bn=train_bn)
 
@@ -87,10 +87,11 @@ class UnfreezeSchedule:
         >>> from freezable import FrozenBackbone
         >>> fb = FrozenBackbone(torchvision.models.resnet18(), trainable=["head"])
         >>> schedule = UnfreezeSchedule(fb, {1: ["stage4"], 3: ["stage3", "stage2"]})
-        >>> schedule.step(3).frozen_groups      # resumed at epoch 3
-        ('stem', 'stage1')
-        >>> schedule.step(1).frozen_groups
-        ('stem', 'stage1', 'stage2', 'stage3')
+        >>> stages = lambda model: [g for g in model.frozen_groups if not g.startswith("block")]
+        >>> stages(schedule.step(3))      # resumed at epoch 3
+        ['stem', 'stage1']
+        >>> stages(schedule.step(1))
+        ['stem', 'stage1', 'stage2', 'stage3']
     """
 
     def __init__(

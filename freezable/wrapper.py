@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import re
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,8 +95,8 @@ class FrozenBackbone(Freezable, nn.Module):
     Example:
         >>> import torch, torchvision
         >>> fb = FrozenBackbone(torchvision.models.resnet18(num_classes=10), trainable=["fc"])
-        >>> fb.frozen_groups
-        ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'backbone')
+        >>> fb.frozen_groups[:6]
+        ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'block1')
         >>> fb.train().backbone.bn1.training, fb(torch.randn(2, 3, 32, 32)).shape
         (False, torch.Size([2, 10]))
     """
@@ -246,6 +248,6 @@ class FrozenBackbone(Freezable, nn.Module):
         total = sum(p.numel() for p in self.backbone.parameters())
         trainable = sum(p.numel() for p in self.trainable_parameters())
         return (
-            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={list(self.frozen_groups)}, "
+            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={[g for g in self.frozen_groups if not re.fullmatch(r'block[0-9]+', g)]}, "
             f"trainable={format_count(trainable)}/{format_count(total)}{', fast=True' if self.fast else ''})"
         )

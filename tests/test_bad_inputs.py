@@ -346,7 +346,7 @@ ROWS: list[Bad] = [
         lambda s: s.net.unfreeze("features", optimizer=torch.optim.SGD(s.net.trainable_parameters(), lr=0.1), lr=-1),
         FreezableError, r"lr must be a finite number >= 0, got -1"),
     Bad("freeze_to-unknown-group", lambda s: s.net.freeze_to("featurs"), UnknownGroupError,
-        r"'featurs' is not a registered group"),
+        r"unknown freeze group 'featurs'"),
     Bad("freeze_to-int", lambda s: s.net.freeze_to(1), FreezableTypeError, r"group name must be a str, not int: 1"),
     Bad("schedule-not-a-freezable", lambda s: fz.UnfreezeSchedule(nn.Linear(2, 2), {1: ["features"]}),
         FreezableTypeError, r"the model must be a Freezable model, not Linear: .*wrap a plain module: fz.FrozenBackbone"),

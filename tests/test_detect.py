@@ -1,9 +1,19 @@
-"""Group detection over every torchvision model and one timm model per family."""
+"""Group detection: every torchvision model and one timm model per family, each group against an oracle.
+
+Oracles are read off the models themselves, not off detection: the classifier attribute, a detector's
+``backbone``/``rpn``/``roi_heads`` attributes and predictors, timm's ``get_classifier()`` and the layer ids of
+``timm.optim.param_groups_layer_decay``, torchvision's ``_resnet_fpn_extractor`` / ``_mobilenet_extractor``.
+Every model is built once, on the meta device (RegNet: weights on meta, computed on the CPU).
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+
 import pytest
 import timm
+import timm.optim
 import torch
 import torchvision
 from conftest import changed, snapshot
@@ -11,78 +21,260 @@ from torch import nn
 
 import freezable as fz
 from freezable._models import build_model
-from freezable._sweep import check_groups, model_names
+from freezable._sweep import model_names
 from freezable.detect import detect_groups
+from freezable.groups import resolve_group
 
-TORCHVISION = model_names("torchvision")
+TORCHVISION = torchvision.models.list_models()
 TIMM_FAMILIES = model_names("timm", family_sample=True)
+DETECTION = set(torchvision.models.list_models(module=torchvision.models.detection))
+SEGMENTATION = set(torchvision.models.list_models(module=torchvision.models.segmentation))
+FLOW = set(torchvision.models.list_models(module=torchvision.models.optical_flow))
+
+
+@functools.lru_cache(maxsize=None)
+def built(name: str, features_only: bool = False) -> tuple[nn.Module, dict[str, tuple[str, ...]]]:
+    model = build_model(name, features_only=features_only)
+    return model, detect_groups(model)
+
+
+def ids(model: nn.Module, groups: dict, name: str) -> set[int]:
+    """The group's parameters, by identity (a shared module's parameters have two names)."""
+    if name not in groups:
+        return set()
+    return {id(p) for _, p in resolve_group(model, name, list(groups[name])).named_parameters(model)}
+
+
+def attr_ids(model: nn.Module, *names: str) -> set[int]:
+    out: set[int] = set()
+    for name in names:
+        module = model.get_submodule(name)
+        out |= {id(p) for p in module.parameters()}
+    return out
+
+
+def staged(groups: dict, prefix: str) -> list[str]:
+    return [g for g in groups if g.startswith(prefix) and g[len(prefix):].isdigit()]
+
+
+def assert_stages_cover_backbone_and_hold_the_blocks(model: nn.Module, groups: dict) -> None:
+    """Stem and stages split the backbone (less its neck) between them; each block sits in one stage."""
+    stages = staged(groups, "stage")
+    if not stages:
+        return
+    parts = [ids(model, groups, g) for g in ["stem", *stages]]
+    names = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
+    shared = {pid for pid in names if names.count(pid) > 1}  # CoaT shares modules between its stages
+    assert sum(len(p - shared) for p in parts) == len(set().union(*parts) - shared), "stem and stages overlap"
+    body = ids(model, groups, "backbone") - ids(model, groups, "neck")
+    assert set().union(*parts) == body, "stem and stages must cover the backbone"
+    where = []
+    for block in staged(groups, "block"):
+        mine = ids(model, groups, block)
+        holders = [i for i, s in enumerate(parts) if mine and mine <= s]
+        assert len(holders) == 1, f"{block} is not inside one stage"
+        where.append(holders[0])
+    assert where == sorted(where), "blocks are in forward order, stage by stage"
+
+
+def classifier_oracle(model: nn.Module) -> set[int]:
+    """torchvision's classifier attribute(s): what fine-tuning replaces (Inception's and GoogLeNet's aux too)."""
+    children = dict(model.named_children())
+    names = [n for n in ("fc", "classifier", "head", "heads") if n in children and attr_ids(model, n)][-1:]
+    names += [n for n in ("AuxLogits", "aux1", "aux2") if children.get(n) is not None]
+    return attr_ids(model, *names)
 
 
 @pytest.mark.parametrize("name", TORCHVISION)
-def test_torchvision_models_get_stem_stages_head_and_backbone(name):
-    model = build_model(f"torchvision/{name}")
-    result = check_groups(model)  # reads the model only: the same one is frozen below
-    assert result["ok_backbone_head"] and result["has_stem"] and result["stages_in_backbone"]
-    assert result["n_stages"] >= 2
-    assert_freezing_stem_and_stage1_leaves_the_rest_trainable(model)
+def test_every_torchvision_model_gets_right_groups(name):
+    model, groups = built(name)
+    if name in FLOW:  # RAFT: its own parts by name, no stem, stages or head
+        assert groups == {n: (n,) for n in ("feature_encoder", "context_encoder", "update_block")}
+        return
+    assert_stages_cover_backbone_and_hold_the_blocks(model, groups)
+    if name in DETECTION:
+        predictors = [f"roi_heads.{n}" for n in ("box_predictor", "mask_predictor", "keypoint_predictor")
+                      if getattr(getattr(model, "roi_heads", None), n, None) is not None]
+        assert ids(model, groups, "head") == attr_ids(model, *(predictors or ["head"]))
+        assert ids(model, groups, "backbone") == attr_ids(model, "backbone")
+        neck = "backbone.fpn" if hasattr(model.backbone, "fpn") else "backbone.extra"
+        assert attr_ids(model, neck) <= ids(model, groups, "neck")
+        for part in ("rpn", "roi_heads"):
+            assert ids(model, groups, part) == (attr_ids(model, part) if hasattr(model, part) else set())
+        if "ssdlite" not in name:  # SSDlite's body has no shape a rule knows: no stages (absent, not guessed)
+            assert len(staged(groups, "stage")) >= 3
+    elif name in SEGMENTATION:
+        assert ids(model, groups, "head") == attr_ids(model, "classifier")
+        aux = getattr(model, "aux_classifier", None)
+        assert ids(model, groups, "aux_head") == (attr_ids(model, "aux_classifier") if aux is not None else set())
+        assert ids(model, groups, "backbone") == attr_ids(model, "backbone")
+        assert len(staged(groups, "stage")) == 4 or len(staged(groups, "stage")) == 5
+    else:  # classification, video, quantizable
+        head = ids(model, groups, "head")
+        assert head == classifier_oracle(model)
+        assert head | ids(model, groups, "backbone") == {id(p) for p in model.parameters()}
+        assert len(staged(groups, "stage")) >= 2 and "stem" in groups
+    assert staged(groups, "block") or not staged(groups, "stage"), "every staged model has blocks"
+
+
+def test_resnet50_blocks_are_its_16_bottlenecks_and_vit_blocks_its_layers():
+    model, groups = built("resnet50")
+    bottlenecks = [n for n, m in model.named_modules() if isinstance(m, torchvision.models.resnet.Bottleneck)]
+    assert [groups[g] for g in staged(groups, "block")] == [(n,) for n in bottlenecks]
+    model, groups = built("vit_b_16")
+    assert [groups[g] for g in staged(groups, "block")] == [(f"encoder.layers.{n}",) for n, _ in
+                                                               model.encoder.layers.named_children()]
+
+
+def layer_ids(model: nn.Module) -> dict[int, int]:
+    """Each parameter's layer id, read off timm's own ``param_groups_layer_decay`` (lr_scale = 0.5 ** depth)."""
+    groups = timm.optim.param_groups_layer_decay(model, layer_decay=0.5)
+    depth = {id(p): round(-math.log2(g["lr_scale"])) for g in groups for p in g["params"]}
+    top = max(depth.values())
+    return {pid: top - d for pid, d in depth.items()}
 
 
 @pytest.mark.parametrize("name", TIMM_FAMILIES)
-def test_timm_families_get_stem_head_and_backbone(name):
-    model = build_model(f"timm/{name}")
-    result = check_groups(model)  # reads the model only: the same one is frozen below
-    assert result["ok_backbone_head"] and result["has_stem"] and result["stages_in_backbone"]
-    assert_freezing_stem_and_stage1_leaves_the_rest_trainable(model)
+def test_timm_family_groups_against_get_classifier_and_layer_decay(name):
+    model, groups = built(f"timm/{name}")
+    head = ids(model, groups, "head")
+    classifier = model.get_classifier()
+    expected = {id(p) for m in (classifier if isinstance(classifier, tuple) else (classifier,))
+                if isinstance(m, nn.Module) for p in m.parameters()}
+    assert expected <= head and head | ids(model, groups, "backbone") == {id(p) for p in model.parameters()}
+    if staged(groups, "stage"):
+        assert_stages_cover_backbone_and_hold_the_blocks(model, groups)
+    blocks = staged(groups, "block")
+    if blocks:  # block i is exactly timm's layer id i
+        layer = layer_ids(model)
+        names = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
+        shared = {pid for pid in names if names.count(pid) > 1}  # CoaT shares modules between blocks
+        for i, block in enumerate(blocks, start=1):
+            assert ids(model, groups, block) - shared == {pid for pid, lid in layer.items() if lid == i} - shared
+        rest = {pid for pid, lid in layer.items() if lid > len(blocks)}
+        assert not rest & ids(model, groups, "stem") and all(lid == len(blocks) + 1 for pid, lid in layer.items()
+                                                             if pid in rest)
 
 
-def assert_freezing_stem_and_stage1_leaves_the_rest_trainable(model: nn.Module) -> None:
-    fb = fz.FrozenBackbone(model).unfreeze()
-    prefix = [g for g in ("stem", "stage1") if g in fb.freeze_group_names]
-    fb.freeze(*prefix)
-    # by identity: a module shared between two places has two names for its parameters
-    expected = {id(p) for g in prefix for _, p in fb.freeze_group(g).named_parameters(model)}
-    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
-    head = {id(p) for _, p in fb.freeze_group("head").named_parameters(model)}
-    assert frozen == expected and expected and not head & frozen
-    assert fb.frozen_groups[: len(prefix)] == tuple(prefix)
+FEATURES_SAMPLE = ["resnet50", "convnext_tiny", "vit_small_patch16_224", "swin_tiny_patch4_window7_224",
+                   "regnety_008", "hrnet_w18_small", "efficientnet_b0", "mobilenetv3_small_050"]
 
 
-def test_group_order_is_stem_stages_head_backbone():
-    groups = detect_groups(build_model("timm/efficientnet_b0"))
-    assert list(groups) == ["stem"] + [f"stage{i}" for i in range(1, 8)] + ["head", "backbone"]
+def stage_sizes(model: nn.Module, groups: dict) -> list[int]:
+    return [sum(p.numel() for _, p in resolve_group(model, g, list(groups[g])).named_parameters(model))
+            for g in ["stem", *staged(groups, "stage")]]
 
 
-def test_flat_block_lists_split_into_four_stages():
-    groups = detect_groups(build_model("timm/vit_small_patch16_224"))
-    assert [groups[f"stage{i}"] for i in range(1, 5)][0] == ("blocks.0", "blocks.1", "blocks.2")
-    assert "cls_token" in groups["stem"] and "pos_embed" in groups["stem"] and groups["head"] == ("head",)
+@pytest.mark.parametrize("name", FEATURES_SAMPLE)
+def test_features_only_stages_are_the_classifier_stages(name):
+    classifier, theirs = built(f"timm/{name}")
+    features, ours = built(f"timm/{name}", features_only=True)
+    assert "head" not in ours and staged(ours, "stage")
+    assert_stages_cover_backbone_and_hold_the_blocks(features, ours)
+    mine, full = stage_sizes(features, ours), stage_sizes(classifier, theirs)
+    # same stem and stages; the last may lack what the feature model drops (a final norm, a neck)
+    assert mine[:-1] == full[: len(mine) - 1] and mine[-1] <= full[len(mine) - 1]
+    assert ids(features, ours, "backbone") == {id(p) for p in features.parameters()}
 
 
-def test_a_model_without_a_classifier_is_all_backbone():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    assert detect_groups(model) == {"backbone": ("0", "1")}
+@pytest.mark.parametrize("kwargs", [{"num_classes": 0}, {"global_pool": "", "num_classes": 0}])
+def test_timm_headless_models_get_the_classifier_stages_and_no_head(kwargs):
+    with torch.device("meta"):
+        model = timm.create_model("convnext_atto", **kwargs)
+    classifier, theirs = built("timm/convnext_atto")
+    groups = detect_groups(model)
+    assert "head" not in groups and stage_sizes(model, groups) == stage_sizes(classifier, theirs)
 
 
-def test_a_model_that_is_all_head_has_no_empty_backbone():
-    class Probe(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = nn.Linear(4, 2)
-
-    assert detect_groups(Probe()) == {"head": ("linear",)}
-    fb = fz.FrozenBackbone(Probe(), trainable=["head"])
-    assert fb.freeze_group_names == ("head",) and all(p.requires_grad for p in fb.parameters())
+# -- the issue's probes --------------------------------------------------------------------------
 
 
-def test_generic_rule_finds_a_head_and_a_stem():
-    model = nn.Sequential()
-    model.add_module("conv", nn.Conv2d(3, 4, 3))
-    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
-    model.add_module("flat", nn.Flatten())
-    model.add_module("fc", nn.Linear(4, 2))
-    assert detect_groups(model) == {"stem": ("conv", "pool", "flat"), "head": ("fc",),
-                                    "backbone": ("conv", "pool", "flat")}
+def test_fasterrcnn_head_is_the_box_predictor():
+    model = build_model("fasterrcnn_resnet50_fpn")
+    fb = fz.FrozenBackbone(model, trainable=["head"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith("roi_heads.box_predictor.")}
+    assert {"cls_score", "bbox_pred"} == {n.split(".")[2] for n in trainable}
+    assert fb.freeze_group("stem").modules == tuple(f"backbone.body.{n}" for n in ("conv1", "bn1", "relu", "maxpool"))
 
+
+@pytest.mark.parametrize("name", ["deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "ssd300_vgg16"])
+def test_segmentation_and_ssd_stems_are_the_first_layers_only(name):
+    model, groups = built(name)
+    stem = sum(p.numel() for _, p in resolve_group(model, "stem", list(groups["stem"])).named_parameters(model))
+    assert 0 < stem < 0.01 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])
+def test_video_resnets_get_stages(name):
+    _, groups = built(name)
+    assert [groups[f"stage{i}"] for i in range(1, 5)] == [(f"layer{i}",) for i in range(1, 5)]
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torchvision.models.resnet18()
+        self.decoder = nn.Sequential(nn.Linear(1000, 64), nn.ReLU(), nn.Linear(64, 2))
+
+
+def test_a_known_backbone_inside_a_user_model_gets_its_groups_and_nothing_else_is_guessed():
+    with torch.device("meta"):
+        model = EncoderDecoder()
+    groups = detect_groups(model)
+    assert groups["stem"] == ("encoder.conv1", "encoder.bn1", "encoder.relu", "encoder.maxpool")
+    assert groups["head"] == ("encoder.fc",) and groups["stage4"] == ("encoder.layer4",)
+    assert not any(m.startswith("decoder") for members in groups.values() for m in members)
+
+
+def test_several_known_models_inside_get_their_groups_prefixed_by_where_they_sit():
+    with torch.device("meta"):
+        model = nn.ModuleDict({"rgb": torchvision.models.resnet18(), "depth": torchvision.models.resnet18()})
+    groups = detect_groups(model)
+    assert groups["rgb.stem"][0] == "rgb.conv1" and groups["depth.head"] == ("depth.fc",)
+
+
+def test_a_model_no_detector_knows_has_no_groups():
+    assert detect_groups(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 2))) == {}
+
+
+def test_an_unknown_group_names_the_groups_that_exist():
+    with pytest.raises(fz.FreezableError, match="did you mean 'stage4'"):
+        fz.FrozenBackbone(build_model("resnet18")).freeze("stage5")
+
+
+# -- detection presets: torchvision's own rule is the oracle --------------------------------------
+
+
+def torchvision_frozen(body: str, n: int) -> set[str]:
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+
+    with torch.device("meta"):
+        if body == "resnet":
+            extracted = _resnet_fpn_extractor(torchvision.models.resnet50(), n)
+        else:
+            extracted = _mobilenet_extractor(torchvision.models.mobilenet_v3_large(), True, n)
+    return {f"backbone.{k}" for k, p in extracted.named_parameters() if not p.requires_grad}
+
+
+@pytest.mark.parametrize(("name", "body", "top"), [("fasterrcnn_resnet50_fpn", "resnet", 5),
+                                                   ("fasterrcnn_mobilenet_v3_large_fpn", "mobilenet", 6)])
+def test_trainable_backbone_layers_presets_freeze_what_torchvision_freezes(name, body, top):
+    for n in range(top + 1):
+        model = build_model(name)
+        fb = fz.FrozenBackbone(model, preset=f"torchvision.detection.trainable_backbone_layers_{n}")
+        assert {k for k, p in model.named_parameters() if not p.requires_grad} == torchvision_frozen(body, n), n
+        frozen_norms = [m for k, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)
+                        and not m.weight.requires_grad]
+        assert not any(m.training for m in fb.train().backbone.modules() if m in frozen_norms)
+    if top == 5:  # the presets go to 6 (MobileNet's top); a ResNet body takes 0..5
+        with pytest.raises(fz.FreezableError, match=r"N in 0\.\.5, not 6"):
+            fz.FrozenBackbone(build_model(name), preset="torchvision.detection.trainable_backbone_layers_6")
+        with pytest.raises(fz.FreezableError, match="fit torchvision detectors with a backbone.body"):
+            fz.FrozenBackbone(build_model("resnet18"), preset="torchvision.detection.trainable_backbone_layers_3")
+
+
+# -- forward order and training, on real tensors, for a sample -----------------------------------
 
 REAL = {
     "torchvision/resnet18": (64, lambda: torchvision.models.resnet18(num_classes=3)),
@@ -92,31 +284,37 @@ REAL = {
     "timm/vit_tiny_patch16_224": (32, lambda: timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32,
                                                                 depth=4)),
     "timm/convnext_atto": (64, lambda: timm.create_model("convnext_atto", num_classes=3)),
-    "timm/efficientnet_b0": (64, lambda: timm.create_model("efficientnet_b0", num_classes=3)),
-    "timm/mobilenetv3_small_050": (64, lambda: timm.create_model("mobilenetv3_small_050", num_classes=3)),
-    "timm/hrnet_w18_small": (64, lambda: timm.create_model("hrnet_w18_small", num_classes=3)),
 }
 
 
+def first_calls(model: nn.Module, groups: dict, names: list[str], size: int) -> list[str]:
+    """The groups in the order their first module runs (forward pre-hooks on a real input)."""
+    first: dict[str, int] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for group in names:
+        for member in groups[group]:
+            if member in modules:
+                def hook(module, args, group=group):
+                    first.setdefault(group, len(first))
+                handles.append(modules[member].register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    for h in handles:
+        h.remove()
+    return sorted(first, key=first.get)
+
+
 @pytest.mark.parametrize("name", REAL)
-def test_stages_run_in_forward_order(name):
+def test_stages_and_blocks_run_in_forward_order(name):
     size, make = REAL[name]
     torch.manual_seed(0)
     model = make().eval()
-    groups = {k: v for k, v in detect_groups(model).items() if k != "backbone"}
-    first_call: dict[str, int] = {}
-    handles = []
-    for group, names in groups.items():
-        for member in names:
-            if member in dict(model.named_modules()):
-                def hook(module, args, group=group):
-                    first_call.setdefault(group, len(first_call))
-                handles.append(model.get_submodule(member).register_forward_pre_hook(hook))
-    model(torch.randn(1, 3, size, size))
-    for h in handles:
-        h.remove()
-    ran = sorted(first_call, key=first_call.get)
-    assert ran == [g for g in groups if g in first_call] and ran[0] == "stem" and ran[-1] == "head"
+    groups = detect_groups(model)
+    coarse = ["stem", *staged(groups, "stage"), "head"]
+    assert first_calls(model, groups, coarse, size) == coarse
+    blocks = staged(groups, "block")
+    assert first_calls(model, groups, blocks, size) == blocks
 
 
 @pytest.mark.parametrize("name", REAL)

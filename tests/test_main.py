@@ -83,8 +83,9 @@ def test_runs_as_a_module():
 def test_sweep_prints_coverage_and_fails_on_a_model_without_a_head(capsys):
     assert main(["sweep", "torchvision", "--models", "resnet18", "alexnet", "--no-progress"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == (
-        "torchvision: 2/2 models with backbone/head (100.0%), 2 with a stem, 2 with stem and stages")
+        "torchvision: 2/2 models with the right head (100.0%), 2 with a stem, 2 with stem and stages, "
+        "2 whose stages cover the backbone")
     assert main(["sweep", "timm", "--models", "resnet18", "mobilenetv5_300m_enc", "--no-progress"]) == 1
     out = capsys.readouterr().out
-    assert "timm: 1/2 models with backbone/head (50.0%), 2 with a stem, 2 with stem and stages" in out
-    assert "mobilenetv5_300m_enc: backbone/head=False stem=True" in out
+    assert "timm: 1/2 models with the right head (50.0%), 1 with a stem, 1 with stem and stages" in out
+    assert "mobilenetv5_300m_enc: backbone/head=False stem=False" in out

@@ -53,7 +53,7 @@ def test_param_groups_cover_every_parameter_once_in_group_order(net):
 def test_param_groups_skip_umbrellas_and_add_ungrouped_rest():
     fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4))
     names = [g["name"] for g in fb.param_groups(1.0) if not g["name"].endswith(".no_decay")]
-    assert names == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+    assert names == ["stem"] + [f"block{i}" for i in range(1, 9)] + ["head"]  # the stages hold the blocks
 
     class Partial(fz.Freezable, nn.Sequential):
         freeze_groups = {"first": "0"}
@@ -74,7 +74,8 @@ def test_lr_scale_of_an_umbrella_applies_to_the_groups_inside_it():
     fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4))
     groups = fb.param_groups(1.0, lr_scale={"backbone": 0.1, "stage4": 0.5})
     lrs = {g["name"]: g["lr"] for g in groups if not g["name"].endswith(".no_decay")}
-    assert lrs == pytest.approx({"stem": 0.1, "stage1": 0.1, "stage2": 0.1, "stage3": 0.1, "stage4": 0.5, "head": 1.0})
+    blocks = {f"block{i}": 0.5 if i > 6 else 0.1 for i in range(1, 9)}  # resnet18's stage4 holds blocks 7-8
+    assert lrs == pytest.approx({"stem": 0.1, **blocks, "head": 1.0})
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
@@ -429,12 +430,14 @@ def test_layer_decay_equals_timm_parameter_by_parameter(arch):
 
 
 @pytest.mark.parametrize("arch", TIMM_ARCHS)
-@pytest.mark.xfail(reason="needs block groups from issue 11", strict=False)
 def test_layer_decay_of_detected_groups_equals_timm(arch):
     model = _timm_on_meta(arch)
     expected = _timm_reference(model, 0.05, 0.75)
     got = _ours(fz.FrozenBackbone(model).param_groups(1.0, weight_decay=0.05, layer_decay=0.75), 1.0)
-    assert got == pytest.approx(expected, rel=1e-12)
+    assert got.keys() == expected.keys()
+    names = {id(p): n for n, p in model.named_parameters()}
+    wrong = {names[k]: (got[k], expected[k]) for k in got if got[k] != pytest.approx(expected[k], rel=1e-12)}
+    assert not wrong
 
 
 @pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "swin_tiny_patch4_window7_224"])
@@ -459,7 +462,10 @@ def test_layer_decay_and_lr_scale_multiply():
 
 
 def test_layer_decay_without_blocks_ranks_the_stages():
-    fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4))
+    stages = {"stem": ["conv1", "bn1"], "stage1": "layer1", "stage2": "layer2", "stage3": "layer3",
+              "stage4": "layer4", "head": "fc"}
+    fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4),
+                           preset=fz.Preset("test.stages_only", "stages, no blocks", stages))
     scales = {g["name"]: g["lr_scale"] for g in fb.param_groups(1.0, layer_decay=0.5)}
     expected = {"stem": 0.5**5, "stage1": 0.5**4, "stage2": 0.5**3, "stage3": 0.5**2, "stage4": 0.5, "head": 1.0}
     assert scales == pytest.approx(expected | {f"{k}.no_decay": v for k, v in expected.items()})

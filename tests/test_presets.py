@@ -8,18 +8,23 @@ import torch
 import torchvision
 
 import freezable as fz
+from freezable.detect import detect_groups
 from freezable.presets import _PRESETS
 
 # the model a preset is tried on: its own where it names a family, else the resnet18 of its library
 # (torchvision's for the generic presets, which fit both)
 EXAMPLES = {"torchvision.alexnet.classifier_only": ("torchvision", "alexnet"),
             "timm.hrnet.backbone": ("timm", "hrnet_w18_small")}
+EXAMPLES.update({f"torchvision.detection.trainable_backbone_layers_{n}":
+                 ("torchvision", "fasterrcnn_mobilenet_v3_large_320_fpn") for n in range(7)})
 
 
 def build(source: str, name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     if source == "timm":
         return timm.create_model(name, pretrained=False, **kwargs)
+    if name.startswith("fasterrcnn"):
+        kwargs.setdefault("weights_backbone", None)
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
@@ -73,6 +78,9 @@ def test_hrnet_backbone_preset_fits_every_variant(model_name, features_only):
         model = timm.create_model(model_name, pretrained=False, features_only=features_only)
     fb = fz.FrozenBackbone(model, preset="timm.hrnet.backbone")
     assert fb.frozen_groups[:5] == ("stem", "stage1", "stage2", "stage3", "stage4")
+    # transition i goes with stage i (mmpose's rule), in the preset and in detection alike
+    assert fb.freeze_group("stage3").modules == ("stage3", "transition3")
+    assert detect_groups(model)["stage3"] == ("stage3", "transition3")
     assert model.bn1.weight.requires_grad is False and fb.train().backbone.stage4.training is False
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith(("incre_modules", "downsamp_modules", "final_layer", "classifier"))

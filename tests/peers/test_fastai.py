@@ -60,7 +60,7 @@ def test_optimizer_freeze_to_negative_index_by_name():
     staged = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
     for n in (-2, -3):
         fb.freeze_to(staged[n - 1])
-        assert set(fb.frozen_groups) - {"backbone"} == set(staged[:n])
+        assert {g for g in fb.frozen_groups if not g.startswith("block")} - {"backbone"} == set(staged[:n])
     fb.unfreeze()
     assert fb.frozen_groups == ()
 

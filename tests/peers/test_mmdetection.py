@@ -132,7 +132,6 @@ def test_mobilenetv2_backbone_norm_eval(source, name):
     assert check_norm_state(fb.modules(), False)
 
 
-@pytest.mark.xfail(reason=FINAL_NORM_PENDING, strict=True)
 @pytest.mark.parametrize(("source", "name"), [("timm", "swin_tiny_patch4_window7_224"), ("torchvision", "swin_t")])
 def test_swin_transformer_frozen_stages_4(source, name):
     """test_swin.py::test_swin_transformer, ``SwinTransformer(frozen_stages=4)``: no backbone parameter trains.

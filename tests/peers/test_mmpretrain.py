@@ -92,7 +92,7 @@ def test_efficientnet_frozen_stages_out_of_range():
     ``ValueError``: freezable's ``FreezableError`` is one, and names the valid stages."""
     fb = fz.FrozenBackbone(build("timm", "efficientnet_b0"))
     before = fb.freeze_state()
-    with pytest.raises(ValueError, match=r"'stage12' is not a registered group; did you mean .*'stage1'"):
+    with pytest.raises(ValueError, match=r"unknown freeze group 'stage12'; did you mean .*'stage1'"):
         fb.freeze_to("stage12")
     with pytest.raises(fz.FreezableError):
         fb.freeze_to("stage12")

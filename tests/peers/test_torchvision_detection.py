@@ -57,7 +57,6 @@ def test_resnet_fpn_backbone_frozen_layers(train_layers, exp_froz_params):
     assert all(check_norm_state(m.modules(), False) for m in frozen)
 
 
-@pytest.mark.xfail(reason=DETECTION_PENDING, strict=True)
 @pytest.mark.parametrize(("train_layers", "exp_froz_params"), CASES)
 def test_resnet_fpn_backbone_frozen_layers_preset(train_layers, exp_froz_params):
     """test_models_detection_utils.py::TestModelsDetectionUtils::test_resnet_fpn_backbone_frozen_layers, through

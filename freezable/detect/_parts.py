@@ -1,0 +1,128 @@
+"""From a model's parts (stem, stages, blocks, head, task parts) to ordered freeze groups.
+
+Every source detector describes a model as :class:`Parts`, lists of exact module or parameter names;
+:func:`assemble` turns them into the groups :func:`freezable.detect.detect_groups` returns, in one order
+for every source: ``stem, stage1 ... stageN, block1 ... blockM``, the task parts (``neck``, ``rpn``,
+``roi_heads``), ``head``, ``aux_head``, then the ``backbone`` umbrella. One rule holds for every source:
+the staged groups cover the backbone, so whatever the backbone holds outside the stem and the stages (a
+final norm) goes with the last stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+
+__all__ = ["Parts", "assemble", "compact", "within", "param_names"]
+
+Groups = dict[str, tuple[str, ...]]
+
+
+@dataclass
+class Parts:
+    """A model's parts, as names relative to the model (module or parameter names)."""
+
+    stem: list[str] = field(default_factory=list)
+    stages: list[list[str]] = field(default_factory=list)  # in forward order
+    blocks: list[list[str]] | None = None  # None: each stage's blocks are its members with parameters
+    tasks: dict[str, list[str]] = field(default_factory=dict)  # neck, rpn, roi_heads, in forward order
+    head: list[str] = field(default_factory=list)
+    aux_head: list[str] = field(default_factory=list)
+    backbone: list[str] | None = None  # None: everything but the head and aux head
+
+
+def within(name: str, ancestors: Iterable[str]) -> bool:
+    """Whether ``name`` is one of ``ancestors`` or inside one of them."""
+    return any(not a or name == a or name.startswith(a + ".") for a in ancestors)
+
+
+def param_names(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """The parameter names under ``names`` (modules bring their subtree), in model order, once each."""
+    names = list(names)
+    return [p for p, _ in model.named_parameters() if within(p, names)]
+
+
+def compact(model: nn.Module, params: Iterable[str]) -> tuple[str, ...]:
+    """The top-most modules whose parameters all lie in ``params``, plus the parameters none of them holds."""
+    wanted = set(params)
+    total: dict[str, int] = {}
+    inside: dict[str, int] = {}
+    for pname, _ in model.named_parameters():
+        parts = pname.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i])
+            total[prefix] = total.get(prefix, 0) + 1
+            inside[prefix] = inside.get(prefix, 0) + (pname in wanted)
+    chosen: list[str] = []
+    for name, _ in model.named_modules():
+        if name and total.get(name) and inside[name] == total[name] and not within(name, chosen):
+            chosen.append(name)
+    loose = [p for p, _ in model.named_parameters() if p in wanted and not within(p, chosen)]
+    return tuple(chosen + loose)
+
+
+def _default_blocks(model: nn.Module, stages: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each stage's members with parameters; a member that is a Sequential or ModuleList gives its children."""
+    modules = dict(model.named_modules())
+    blocks: list[list[str]] = []
+    for stage in stages:
+        for name in stage:
+            module = modules.get(name)
+            if module is None:
+                continue
+            if isinstance(module, (nn.Sequential, nn.ModuleList)):
+                blocks += [[f"{name}.{n}"] for n, c in module.named_children() if _has_params(c)]
+            elif _has_params(module):
+                blocks.append([name])
+    return blocks
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def assemble(model: nn.Module, parts: Parts) -> Groups:
+    """The ordered groups of ``parts``; empty groups are left out.
+
+    The last stage also takes the backbone's parameters that neither the stem nor a stage holds.
+    """
+    groups: Groups = {}
+    head = parts.head + parts.aux_head
+    backbone = parts.backbone
+    if backbone is None:
+        backbone_params = [p for p, _ in model.named_parameters() if not within(p, head)]
+        backbone_names = compact(model, backbone_params)
+    else:
+        backbone_params = param_names(model, backbone)
+        backbone_names = tuple(backbone)
+    stages = [list(s) for s in parts.stages if s]
+    if stages:
+        tasks = [n for members in parts.tasks.values() for n in members]
+        held = set(param_names(model, parts.stem + [n for s in stages for n in s] + tasks))
+        rest = [p for p in backbone_params if p not in held]
+        if rest:
+            stages[-1] += list(compact(model, rest))
+    if parts.stem:
+        groups["stem"] = tuple(parts.stem)
+    for index, stage in enumerate(stages, start=1):
+        groups[f"stage{index}"] = tuple(stage)
+    blocks = _default_blocks(model, parts.stages) if parts.blocks is None else parts.blocks
+    for index, block in enumerate((b for b in blocks if b), start=1):
+        groups[f"block{index}"] = tuple(block)
+    for name, members in parts.tasks.items():
+        if members:
+            groups[name] = tuple(members)
+    if parts.head:
+        groups["head"] = tuple(parts.head)
+    if parts.aux_head:
+        groups["aux_head"] = tuple(parts.aux_head)
+    if backbone_names and (groups or parts.backbone is not None):
+        groups["backbone"] = backbone_names
+    return groups
+
+
+def with_prefix(groups: Groups, prefix: str) -> Groups:
+    """``groups`` with every member name prefixed by ``prefix`` (a module's name in its parent, ``"a.b."``)."""
+    return {name: tuple(prefix + m for m in members) for name, members in groups.items()}
