@@ -25,6 +25,8 @@ from itertools import chain
 
 from torch import nn
 
+from .hf_groups import hf_groups
+
 __all__ = ["detect_groups"]
 
 _MAX_STAGES = 8  # more coarse block groups than this are split into 4 stages
@@ -49,6 +51,9 @@ def detect_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
         >>> groups["stem"], groups["stage1"], groups["head"]
         (('conv1', 'bn1', 'relu', 'maxpool'), ('layer1',), ('fc',))
     """
+    hf = hf_groups(model)
+    if hf is not None:
+        return hf
     if _is_timm(model):
         labels = _timm_labels(model)
     else:
