@@ -27,9 +27,10 @@ from .groups import Group, Spec, resolve_group
 from .norms import is_norm
 from .optim import add_missing, check_lr, check_optimizer, param_groups
 from .schedule import freeze_to
+from .shared import Shared, shared_parameters
 from .summary import SummaryRow, format_summary
 
-__all__ = ["Freezable", "is_frozen", "is_held"]
+__all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze"]
 
 _FROZEN = "_freezable_frozen"
 _GROUPS = "_freezable_groups"
@@ -154,6 +155,12 @@ class Freezable:
             raise SpecError(f"register_freeze_group({name!r}) needs at least one spec")
         groups[name] = resolve_group(self._freeze_root(), name, list(specs))
         return self
+
+    def freeze_group(self, name: str) -> Group:
+        """The registered group ``name`` (names relative to the freeze root); raises UnknownGroupError."""
+        if name not in self._groups:
+            raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, self._groups)}")
+        return self._groups[name]
 
     @property
     def freeze_group_names(self) -> tuple[str, ...]:
@@ -355,7 +362,7 @@ class Freezable:
             for name, group in self._groups.items()
         ]
         total = _summary_row("total", root.named_parameters(), root.modules())
-        return format_summary(rows, total)
+        return format_summary(rows, total) + "".join(f"\n{s.describe()}" for s in tied_across_freeze(self))
 
     # -- freeze state -------------------------------------------------------------------
 
@@ -399,6 +406,11 @@ class Freezable:
             _set_trainable(param, name not in frozen_params)
         self._refresh_held()
         return self
+
+
+def tied_across_freeze(model: Freezable) -> list[Shared]:
+    """The tensors of ``model`` tied between a frozen and a trainable part (see :mod:`freezable.shared`)."""
+    return shared_parameters(model._freeze_root(), model._groups, is_frozen)
 
 
 def _mark(module: nn.Module, frozen: bool) -> None:
