@@ -37,9 +37,10 @@ from torch import nn
 
 from . import guard
 from ._state import is_held
+from .checkpointing import reentrant_after_frozen
 from .distributed import reduced_parameters
 from .errors import FreezableError, shorten, type_error
-from .mixin import Freezable
+from .mixin import Freezable, tied_across_freeze
 from .norms import has_running_stats
 from .summary import format_table
 
@@ -51,6 +52,8 @@ _CHECKS = {
     "optimizer": "optimizer holds exactly the trainable parameters",
     "ddp": "DDP synchronises exactly the trainable parameters",
     "drift": "guarded frozen tensors unchanged",
+    "shared": "no tensor tied between a frozen and a trainable part",
+    "checkpoint": "reentrant checkpointing gets gradients",
 }
 _MAX_NAMES = 10
 
@@ -154,12 +157,21 @@ def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, s
     if ddps:
         rows.append(("ddp", [p for name, ddp in ddps for p in _ddp(name, ddp)]))
     rows.append(("drift", [p for name, m in _freezables(model) for p in guard.verify(m, name)]))
+    if sum(1 for _ in model.named_parameters(remove_duplicate=False)) > len(names):  # tied tensors
+        rows.append(("shared", _shared(model)))
+    if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+        rows.append(("checkpoint", reentrant_after_frozen(model)))
     report = CheckReport(rows=tuple((n, tuple(p)) for n, p in rows), skipped=tuple(skipped))
     if strict and not report.ok:
         raise FreezableError(
             f"fz.check found {len(report.problems)} problem(s):\n" + "\n".join(f"- {p}" for p in report.problems)
         )
     return report
+
+
+def _shared(model: nn.Module) -> list[str]:
+    return [s.describe() + (f" in '{name}'" if name else "")
+            for name, freezable in _freezables(model) for s in tied_across_freeze(freezable)]
 
 
 def _freezables(model: nn.Module) -> Iterator[tuple[str, Freezable]]:

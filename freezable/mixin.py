@@ -22,9 +22,10 @@ from .errors import FreezableTypeError, SpecError, UnknownGroupError, closest, t
 from .groups import Group, Spec, group_members, resolve_group, staged_names, walk_units
 from .norms import is_norm
 from .optim import add_missing, check_lr, check_optimizer, param_groups
+from .shared import Shared, shared_parameters
 from .summary import SummaryRow, format_summary
 
-__all__ = ["Freezable", "is_frozen", "is_held"]
+__all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze"]
 
 _WHOLE_MODEL = Group(modules=("",))
 
@@ -124,6 +125,12 @@ class Freezable:
             raise SpecError(f"register_freeze_group({name!r}) needs at least one spec")
         groups[name] = resolve_group(self._freeze_root(), name, list(specs))
         return self
+
+    def freeze_group(self, name: str) -> Group:
+        """The registered group ``name`` (names relative to the freeze root); raises UnknownGroupError."""
+        if name not in self._groups:
+            raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, self._groups)}")
+        return self._groups[name]
 
     @property
     def freeze_group_names(self) -> tuple[str, ...]:
@@ -376,7 +383,7 @@ class Freezable:
             outside = ((n, p) for n, p in root.named_parameters() if id(p) not in grouped)
             rows.append(_summary_row("(no group)", outside, iter(())))
         total = _summary_row("total", root.named_parameters(), root.modules())
-        return format_summary(rows, total)
+        return format_summary(rows, total) + "".join(f"\n{s.describe()}" for s in tied_across_freeze(self))
 
     # -- freeze state -------------------------------------------------------------------
 
@@ -408,6 +415,12 @@ class Freezable:
         _state.write_state(root, frozen_modules, frozen_params)
         self._refresh_held()
         return self
+
+
+def tied_across_freeze(model: Freezable) -> list[Shared]:
+    """The tensors of ``model`` tied between a frozen and a trainable part (see :mod:`freezable.shared`)."""
+    return shared_parameters(_state.freeze_root(model), {n: model.freeze_group(n) for n in model.freeze_group_names},
+                             is_frozen)
 
 
 def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], modules: Iterator[nn.Module]) -> SummaryRow:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import re
 
 from collections.abc import Sequence
@@ -57,6 +59,18 @@ def _any_requires_grad(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_any_requires_grad(v) for v in value.values())
     return False
+
+
+class _Forward(functools.partial):
+    """``fb.forward`` as an instance attribute: the wrapper's forward, showing the backbone's signature (what
+    the Hugging Face ``Trainer`` reads to keep a dataset's columns)."""
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        try:
+            return inspect.signature(self.args[0].backbone.forward)
+        except (TypeError, ValueError):
+            return inspect.signature(functools.partial(self.func, self.args[0]))
 
 
 class FrozenBackbone(Freezable, nn.Module):
@@ -138,6 +152,7 @@ class FrozenBackbone(Freezable, nn.Module):
         self.__dict__["_fast_path"] = None
         self.backbone = backbone
         _state.set_freeze_root(self, "backbone")
+        self.__dict__["forward"] = _Forward(type(self).forward, self)
         self._register_state_dict_hook(_strip_prefix)
         self._register_load_state_dict_pre_hook(_add_prefix, with_module=True)
         self.register_load_state_dict_post_hook(_drop_fast_path)
@@ -189,7 +204,12 @@ class FrozenBackbone(Freezable, nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_fast_path"] = None
+        state.pop("forward", None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__["forward"] = _Forward(type(self).forward, self)
 
     @torch.compiler.disable
     def _build_fast_path(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FastPath | None:

@@ -74,6 +74,20 @@ def replace_a_member(s: Subjects) -> None:
     s.net.classifier[1] = nn.Identity()
 
 
+def hf_bert(s: Subjects) -> None:
+    """A tiny BERT and a FrozenBackbone of it (rows that need transformers skip without it)."""
+    pytest.importorskip("transformers")
+    import _hf_models
+
+    s.extra["bert"] = _hf_models.bert()
+    s.extra["fb"] = fz.FrozenBackbone(_hf_models.bert(), trainable=["head"])
+
+
+def hf_callback(*args: Any, **kwargs: Any) -> Any:
+    transformers_integration = pytest.importorskip("freezable.integrations.transformers")
+    return transformers_integration.GradualUnfreezing(*args, **kwargs)
+
+
 def make_extra(cls: type[nn.Module]) -> Callable[[Subjects], None]:
     def setup(s: Subjects) -> None:
         s.extra["model"] = cls()
@@ -407,6 +421,21 @@ ROWS: list[Bad] = [
         r"FeatureCache's input must be a batch tensor, not list: \[\[0.0\]\]"),
     Bad("rewrap_ddp-not-ddp", lambda s: fz.rewrap_ddp(s.net), FreezableTypeError,
         r"rewrap_ddp's argument must be a DistributedDataParallel, not Net"),
+    # -- Hugging Face: the groups of a PreTrainedModel, the Trainer callback ------------------------------------
+    Bad("hf-trainable-unknown-group", lambda s: fz.FrozenBackbone(s.extra["bert"], trainable=["blok2"]), SpecError,
+        r"'blok2'.*block2", setup=hf_bert),
+    Bad("hf-freeze-unknown-group", lambda s: s.extra["fb"].freeze("encoder_block1"), UnknownGroupError,
+        r"'encoder_block1'", setup=hf_bert),
+    Bad("hf-callback-milestone-names-no-group", lambda s: hf_callback({1: ["blok4"]}, model=s.extra["fb"]),
+        UnknownGroupError, r"milestone 1 names unknown freeze group 'blok4'; did you mean 'block4'", setup=hf_bert),
+    Bad("hf-callback-milestone-names-no-group-at-train-begin",
+        lambda s: hf_callback({2: ["head", "stemm"]}).on_train_begin(None, None, None, model=s.extra["fb"]),
+        UnknownGroupError, r"'stemm'; did you mean 'stem'", setup=hf_bert),
+    Bad("hf-callback-negative-epoch", lambda s: hf_callback({-1: ["block4"]}), FreezableError,
+        r"epoch must be an int >= 0, got -1"),
+    Bad("hf-callback-negative-epoch-with-model", lambda s: hf_callback({-2: ["block4"]}, model=s.extra["fb"]),
+        FreezableError, r"got -2", setup=hf_bert),
+    Bad("hf-callback-not-a-mapping", lambda s: hf_callback(["block4"]), FreezableTypeError, r"not list"),
 ]
 
 

@@ -19,7 +19,8 @@ def load(name: str):
 
 
 def test_every_example_has_a_smoke_test():
-    tested = {"alexnet_classifier_only", "hrnet_frozen_backbone", "timm_pretrained_local", "gradual_unfreezing"}
+    tested = {"alexnet_classifier_only", "hrnet_frozen_backbone", "timm_pretrained_local", "gradual_unfreezing",
+              "bert_gradual_unfreezing"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} <= tested
 
 
@@ -56,7 +57,14 @@ def test_gradual_unfreezing_checkpoint_loads_with_weights_only(tmp_path):
     assert ckpt["schedule"]["initial_state"]["frozen_modules"]  # the initial freeze state, saved
 
 
+def test_bert_gradual_unfreezing(capsys):
+    pytest.importorskip("transformers")
+    result = load("bert_gradual_unfreezing").main(epochs=3, samples=16)
+    assert result == {"stem_unchanged": True, "layer4_moved": True, "reloaded_equal": True}
+    assert "embeddings bit-identical after training: True" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["alexnet_classifier_only", "hrnet_frozen_backbone", "timm_pretrained_local",
-                                  "gradual_unfreezing"])
+                                  "gradual_unfreezing", "bert_gradual_unfreezing"])
 def test_examples_have_a_docstring_that_says_how_to_run_them(name):
     assert f"python examples/{name}.py" in load(name).__doc__

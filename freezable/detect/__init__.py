@@ -20,6 +20,7 @@ from torch import nn
 from .nested import nested_groups
 from .timm import timm_groups
 from .torchvision import torchvision_groups
+from .transformers import hf_groups
 
 __all__ = ["detect_groups", "DETECTORS"]
 
@@ -27,6 +28,7 @@ __all__ = ["detect_groups", "DETECTORS"]
 DETECTORS: list[Callable[[nn.Module], "dict[str, tuple[str, ...]] | None"]] = [
     torchvision_groups,
     timm_groups,
+    hf_groups,
 ]
 
 
@@ -34,7 +36,7 @@ def detect_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """The freeze groups of ``model``: ordered group name -> module and parameter names.
 
     Args:
-        model: any ``nn.Module``; torchvision and timm models (and models holding them) get groups.
+        model: any ``nn.Module``; torchvision and timm and Hugging Face models (and models holding them) get groups.
 
     Returns:
         Groups the model has, in order; an empty dict when no known model is found.

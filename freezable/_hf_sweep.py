@@ -1,0 +1,130 @@
+"""Sweeps :func:`freezable.detect.transformers.hf_groups` over transformers' classification architectures, on the meta device.
+
+Every architecture of transformers' sequence- and image-classification auto mappings is built from its
+default config with at most 4 layers (the layer counts are what the groups depend on), on the meta device
+(no memory, no weights), and checked: it has a ``stem``, blocks and a ``head``, and the stem, blocks and
+head cover every parameter. ``benchmarks/hf_coverage.py`` prints the figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .groups import resolve_group
+from .detect.transformers import hf_groups
+
+__all__ = ["Result", "architectures", "check_architecture", "sweep"]
+
+_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
+               "num_decoder_layers", "num_encoder_layers")
+_MAX_LAYERS = 4
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the sweep found for one architecture."""
+
+    task: str  # "sequence" or "image" classification
+    model_type: str  # the config's model_type, the mapping's key
+    architecture: str  # the class name
+    groups: tuple[str, ...] = ()  # the groups found
+    reason: str = ""  # why it is not covered; empty when it is
+
+    @property
+    def covered(self) -> bool:
+        return not self.reason
+
+
+def architectures() -> list[tuple[str, str, str]]:
+    """``(task, model_type, class name)`` for every class of the two auto mappings, in mapping order."""
+    from transformers.models.auto import modeling_auto
+
+    found = []
+    for task, mapping in (("sequence", modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+                          ("image", modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)):
+        for model_type, names in mapping.items():
+            for name in (names,) if isinstance(names, str) else names:
+                found.append((task, model_type, name))
+    return found
+
+
+def tiny_config(model_type: str):
+    """The default config of ``model_type`` with at most 4 layers (in every stack of a composite config)."""
+    import transformers
+
+    config = transformers.CONFIG_MAPPING[model_type]()
+    for sub in [config] + [getattr(config, k) for k in dir(config) if k.endswith("_config")
+                           and isinstance(getattr(config, k, None), transformers.PretrainedConfig)]:
+        for key in _LAYER_KEYS:
+            value = getattr(sub, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > _MAX_LAYERS:
+                try:
+                    setattr(sub, key, _MAX_LAYERS)
+                except NotImplementedError:  # Funnel: its layers come from block_sizes
+                    pass
+        _complete(sub)
+    return config
+
+
+def _complete(config) -> None:
+    """Fills the sizes a few default configs leave ``None`` with what their models assume by default."""
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if getattr(config, "head_dim", 0) is None and isinstance(heads, int) and isinstance(hidden, int):
+        config.head_dim = hidden // heads
+    if getattr(config, "num_key_value_heads", 0) is None and isinstance(heads, int):
+        config.num_key_value_heads = heads
+    if getattr(config, "vocab_size", 0) is None:
+        config.vocab_size = 32
+
+
+def build(model_type: str, name: str) -> nn.Module:
+    """The architecture ``name`` built from its tiny default config, on the meta device."""
+    import transformers
+
+    cls = getattr(transformers, name)
+    with torch.device("meta"):
+        return cls(tiny_config(model_type))
+
+
+def check_architecture(task: str, model_type: str, name: str) -> Result:
+    """Builds one architecture and checks its groups (never raises: a failure is the result's reason)."""
+    try:
+        model = build(model_type, name)
+    except Exception as e:  # noqa: BLE001 - a model that does not build is a result, not a crash
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        return Result(task, model_type, name,
+                      reason=f"does not build from its default config: {type(e).__name__}: {first[:120]}")
+    try:
+        groups = hf_groups(model) or {}
+        for group, names in groups.items():
+            resolve_group(model, group, list(names))
+    except Exception as e:  # noqa: BLE001
+        return Result(task, model_type, name, reason=f"detection failed: {type(e).__name__}: {e}")
+    missing = [g for g in ("stem", "head") if g not in groups]
+    if not any(g.startswith("block") or "_block" in g for g in groups):
+        missing.append("blocks")
+    reason = f"no {', '.join(missing)}" if missing else ""
+    if not reason:
+        covered = {id(p) for g, names in groups.items() if g != "backbone" and not g.startswith(("encoder", "decoder"))
+                   for p in _parameters(model, names)}
+        left = [n for n, p in model.named_parameters() if id(p) not in covered]
+        if left:
+            reason = f"{len(left)} parameter(s) in no stem, block or head group: {left[:3]}"
+    return Result(task, model_type, name, groups=tuple(groups), reason=reason)
+
+
+def _parameters(model: nn.Module, names: tuple[str, ...]):
+    modules = dict(model.named_modules())
+    for name in names:
+        if name in modules:
+            yield from modules[name].parameters()
+        else:
+            yield model.get_parameter(name)
+
+
+def sweep(sample: list[tuple[str, str, str]] | None = None) -> list[Result]:
+    """:func:`check_architecture` over ``sample`` (default: every architecture of the two mappings)."""
+    return [check_architecture(*arch) for arch in (architectures() if sample is None else sample)]

@@ -1,0 +1,118 @@
+"""A Hugging Face ``Trainer`` callback for gradual unfreezing: :class:`GradualUnfreezing`.
+
+Importing this module imports transformers; nothing else in freezable does.
+
+Example:
+    >>> from freezable.integrations.transformers import GradualUnfreezing
+    >>> callback = GradualUnfreezing({1: ["block4"], 2: ["block3"]})
+    >>> # transformers.Trainer(model=fz.FrozenBackbone(bert, trainable=["head"]), callbacks=[callback], ...)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from ..errors import FreezableError, FreezableTypeError
+from ..mixin import Freezable
+from ..schedule import UnfreezeSchedule
+
+__all__ = ["GradualUnfreezing"]
+
+
+def _find_freezable(module: nn.Module) -> Freezable:
+    found = [(n, m) for n, m in module.named_modules() if isinstance(m, Freezable)]
+    outermost = [(n, m) for n, m in found if not any(n.startswith(o + ".") or (not o and n) for o, _ in found)]
+    if len(outermost) != 1:
+        what = "no Freezable" if not found else f"several Freezables: {[n for n, _ in outermost]}"
+        raise FreezableError(f"GradualUnfreezing needs one Freezable model in {type(module).__name__}, which has "
+                             f"{what}; pass model= the one you mean")
+    return outermost[0][1]
+
+
+class GradualUnfreezing(TrainerCallback):
+    """Drives an :class:`~freezable.UnfreezeSchedule` at the start of every Trainer epoch.
+
+    At each ``on_epoch_begin`` the model gets the freeze state of the epoch about to run (0-based). The
+    Trainer builds its optimizer once, from the parameters that need a gradient when training starts; the
+    parameters a milestone makes trainable are added to it as one param group per milestone (learning rate
+    ``lr``, default the first group's initial one), and its LR scheduler gets a view of each new group (its
+    ``base_lrs`` and, for a ``LambdaLR``, the first group's lambda), so the new group follows the schedule.
+    Frozen dropout and norm layers stay at inference through the Trainer's own ``model.train()`` calls
+    (a :class:`~freezable.Freezable` holds them there whoever calls ``train()``).
+
+    Args:
+        milestones: epoch (int >= 0) -> a group name or a list of them; or an ``UnfreezeSchedule``.
+        model: the Freezable to drive; default: the Trainer's model if it is one, else its one outermost
+            Freezable submodule (found at ``on_train_begin``). Given here, milestones are checked at once.
+        lr: learning rate of the groups added to the optimizer.
+
+    Raises:
+        UnknownGroupError: a milestone names a group the model lacks (at once with ``model``, else when
+            training begins, before anything changes).
+        FreezableError: an epoch is negative, or no single Freezable is found.
+        FreezableTypeError: an argument of the wrong type.
+    """
+
+    def __init__(
+        self,
+        milestones: UnfreezeSchedule | Mapping[int, str | Sequence[str]],
+        *,
+        model: Freezable | None = None,
+        lr: float | None = None,
+    ) -> None:
+        if not isinstance(milestones, (UnfreezeSchedule, Mapping)):
+            raise FreezableTypeError(f"GradualUnfreezing takes an UnfreezeSchedule or a mapping of epochs to groups, "
+                                     f"not {type(milestones).__name__}: {milestones!r}")
+        if model is not None and not isinstance(model, Freezable):
+            raise FreezableTypeError(f"model must be a Freezable, not {type(model).__name__}")
+        self.lr = lr
+        self.schedule = milestones if isinstance(milestones, UnfreezeSchedule) else None
+        self._milestones = None if self.schedule is not None else dict(milestones)
+        if self.schedule is None and model is not None:
+            self.schedule = UnfreezeSchedule(model, self._milestones, lr=lr)
+        elif self._milestones is not None:  # check what can be checked without the model
+            UnfreezeSchedule(_Probe(), {e: [] for e in self._milestones})
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                       **kwargs: Any) -> None:
+        if self.schedule is None:
+            if model is None:
+                raise FreezableError("GradualUnfreezing got no model from the Trainer; pass model=")
+            self.schedule = UnfreezeSchedule(_find_freezable(model), self._milestones, lr=self.lr)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, optimizer: torch.optim.Optimizer | None = None,
+                       lr_scheduler: Any = None, **kwargs: Any) -> None:
+        epoch = math.floor((state.epoch or 0.0) + 1e-6)
+        groups_before = len(optimizer.param_groups) if optimizer is not None else 0
+        self.schedule.step(epoch, optimizer=optimizer, lr=self.lr)
+        if optimizer is not None and lr_scheduler is not None and len(optimizer.param_groups) > groups_before:
+            _extend_scheduler(getattr(lr_scheduler, "scheduler", lr_scheduler), optimizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.schedule is None else self.schedule.state_dict()
+
+
+class _Probe(Freezable, nn.Module):
+    """A model with no groups: lets the constructor check epochs before the real model is known."""
+
+
+def _extend_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Gives an LR scheduler the groups added to its optimizer since it was built, at its current factor."""
+    base_lrs = getattr(scheduler, "base_lrs", None)
+    if not isinstance(base_lrs, list) or not base_lrs:
+        return
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    for group in optimizer.param_groups[len(base_lrs):]:
+        base = group.setdefault("initial_lr", group["lr"])
+        base_lrs.append(base)
+        if isinstance(lambdas, list) and lambdas:
+            lambdas.append(lambdas[0])
+            group["lr"] = base * lambdas[0](scheduler.last_epoch)
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -1,0 +1,82 @@
+"""FrozenBackbone in a real transformers Trainer, with GradualUnfreezing: 3 tiny epochs on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import _hf_models  # noqa: E402
+
+import freezable as fz  # noqa: E402
+from freezable.errors import UnknownGroupError  # noqa: E402
+from freezable.integrations.transformers import GradualUnfreezing  # noqa: E402
+
+
+def dataset(n: int = 16) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 100, (n, 8), generator=g)
+    # "sample_id" is a column BERT's forward does not take: the Trainer drops it only if it reads the signature
+    return [{"input_ids": ids[i], "labels": int(ids[i, 0] % 2), "sample_id": i} for i in range(n)]
+
+
+class Probe(transformers.TrainerCallback):
+    """Records, before GradualUnfreezing steps, what block4 is at each epoch's start, and the stem's dropout mode."""
+
+    def __init__(self, bert):
+        self.bert, self.block4_at, self.dropout_training = bert, {}, []
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.block4_at[round(state.epoch)] = self.bert.bert.encoder.layer[3].output.dense.weight.detach().clone()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.dropout_training.append(self.bert.bert.embeddings.dropout.training)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_gradual_unfreezing_in_the_trainer(tmp_path):
+    bert = _hf_models.bert()
+    fb = fz.FrozenBackbone(bert, trainable=["head"])
+    frozen = {g: snapshot(bert.get_submodule(n)) for g in ("stem", "block1", "block2", "block3")
+              for n in fb.freeze_group(g).modules}
+    head_before = snapshot(bert.classifier)
+    probe = Probe(bert)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=4,
+                                          learning_rate=1e-2, save_strategy="no", report_to=[], logging_strategy="no",
+                                          use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model=fb, args=args, train_dataset=dataset(),
+                                   callbacks=[probe, GradualUnfreezing({1: ["block4"]})])
+    trainer.train()
+
+    for g, before in frozen.items():
+        after = snapshot(bert.get_submodule(fb.freeze_group(g).modules[0]))
+        assert all(torch.equal(before[k], after[k]) for k in before), g
+    block4 = bert.bert.encoder.layer[3].output.dense.weight
+    assert torch.equal(probe.block4_at[0], probe.block4_at[1])  # frozen through epoch 0
+    assert not torch.equal(probe.block4_at[1], block4)  # unfrozen at epoch 1: it moved
+    assert not all(torch.equal(head_before[k], v) for k, v in snapshot(bert.classifier).items())
+    assert probe.dropout_training and not any(probe.dropout_training)  # the frozen stem's dropout stayed off
+    optimizer = trainer.optimizer
+    assert any(p is block4 for group in optimizer.param_groups for p in group["params"])
+    scheduler = getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler)
+    assert len(scheduler.base_lrs) == len(optimizer.param_groups)
+    assert optimizer.param_groups[-1]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])  # follows the schedule
+
+    fb.save_pretrained(tmp_path / "ckpt")
+    loaded = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "ckpt")
+    assert all(torch.equal(v, bert.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_a_milestone_naming_no_group_fails_before_training():
+    fb = fz.FrozenBackbone(_hf_models.bert(), trainable=["head"])
+    before = fb.freeze_state()
+    with pytest.raises(UnknownGroupError, match="'blok4'"):
+        GradualUnfreezing({1: ["blok4"]}, model=fb)
+    callback = GradualUnfreezing({1: ["blok4"]})
+    with pytest.raises(UnknownGroupError, match="'blok4'.*did you mean 'block4'"):
+        callback.on_train_begin(None, None, None, model=fb)
+    assert fb.freeze_state() == before
