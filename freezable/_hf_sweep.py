@@ -1,4 +1,4 @@
-"""Sweeps :func:`freezable.detect.transformers.hf_groups` over transformers' classification architectures, on the meta device.
+"""Sweeps :func:`freezable.detect.detect_groups` over transformers' classification architectures, on the meta device.
 
 Every architecture of transformers' sequence- and image-classification auto mappings is built from its
 default config with at most 4 layers (the layer counts are what the groups depend on), on the meta device
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .groups import resolve_group
-from .detect.transformers import hf_groups
+from .detect import detect_groups
 
 __all__ = ["Result", "architectures", "check_architecture", "sweep"]
 
@@ -98,7 +98,7 @@ def check_architecture(task: str, model_type: str, name: str) -> Result:
         return Result(task, model_type, name,
                       reason=f"does not build from its default config: {type(e).__name__}: {first[:120]}")
     try:
-        groups = hf_groups(model) or {}
+        groups = detect_groups(model)
         for group, names in groups.items():
             resolve_group(model, group, list(names))
     except Exception as e:  # noqa: BLE001

@@ -106,3 +106,13 @@ def test_sweep_sample_is_covered(arch):
     result = check_architecture(*arch)
     assert result.covered, result.reason
     assert "head" in result.groups and "backbone" in result.groups
+
+
+def test_a_wrapper_around_a_timm_model_gets_the_timm_models_groups():
+    """TimmWrapper is a PreTrainedModel whose parts are a timm model's: named by timm's rules, not guessed."""
+    timm = pytest.importorskip("timm")
+    config = transformers.TimmWrapperConfig(architecture="resnet18", num_labels=3)
+    with torch.device("meta"):
+        wrapper = transformers.TimmWrapperForImageClassification(config)
+    inner = detect_groups(timm.create_model("resnet18", num_classes=3, pretrained=False))
+    assert detect_groups(wrapper) == {name: tuple(f"timm_model.{m}" for m in members) for name, members in inner.items()}

@@ -51,5 +51,7 @@ def detect_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
     for detect in DETECTORS:
         groups = detect(model)
         if groups is not None:
+            if set(groups) <= {"backbone"}:  # known, but not its parts (a wrapper such as TimmWrapper): look inside
+                return nested_groups(model, DETECTORS) or groups
             return groups
     return nested_groups(model, DETECTORS)
