@@ -232,3 +232,22 @@ def test_accuracy_tiny_run_writes_json_and_plot(accuracy: ModuleType, tmp_path: 
     assert naive["bn_mean_shift_sd"] > 0  # naive freezing lets the running statistics drift
     assert {"device", "threads", "torch", "timm", "date", "command", "seeds", "source_acc_pct"} <= results["meta"].keys()
     assert "acc_pct" in printed and "bn_mean_shift_sd" in printed and png.stat().st_size > 0
+
+
+def test_the_readmes_accuracy_and_cache_check_figures_are_those_of_the_results_files() -> None:
+    """README.md's accuracy tables and FeatureCache check costs are copied from committed results: kept equal."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    accuracy = json.loads((root / "benchmarks" / "results" / "cpu_accuracy_digits.json").read_text())
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for row in accuracy["rows"]:
+        rows.setdefault((row["setting"], row["mode"]), []).append(row)
+    for (setting, mode), mode_rows in rows.items():
+        mode_rows.sort(key=lambda r: r["batch_size"])
+        header = " | ".join(f"batch {r['batch_size']}" for r in mode_rows)
+        cells = " | ".join(f"{r['acc_pct']:.1f} ± {r['acc_std_pct']:.1f}" for r in mode_rows)
+        assert f"| {header} |" in readme and f"| `{mode}` | {cells} |" in readme, (setting, mode)
+    checks = json.loads((root / "benchmarks" / "results" / "cpu_feature_cache_checks_resnet50.json").read_text())
+    for row in checks["rows"]:
+        ms = f"{row['batch_ms']:,.0f}" if row["batch_ms"] >= 100 else f"{row['batch_ms']:.2f}"
+        assert f"| {row['case']} | {ms} | {row['pct_of_forward']:.3g} |" in readme, row["case"]

@@ -1,4 +1,4 @@
-"""Every Python block of the README runs as shown, on its own; the first one prints exactly what the README shows."""
+"""Every Python block of the README runs as shown, on its own; a block followed by an output block prints exactly that."""
 
 from __future__ import annotations
 
@@ -22,8 +22,18 @@ def run(code: str) -> str:
     return out.getvalue()
 
 
+# (code, output) for every Python block followed at once by a plain block: what it prints
+SHOWN = re.findall(r"```python\n((?:(?!```).)*)```\n```\n((?:(?!```).)*)```", TEXT, re.S)
+
+
 def test_first_example_prints_what_the_readme_shows():
-    code, shown = re.search(r"```python\n(.*?)```\n```\n(.*?)```", TEXT, re.S).groups()
+    code, shown = SHOWN[0]
+    assert code == BLOCKS[0]
+    assert run(code) == shown
+
+
+@pytest.mark.parametrize("code, shown", SHOWN[1:], ids=[f"shown{i}" for i in range(2, len(SHOWN) + 1)])
+def test_every_output_block_is_what_its_code_prints(code, shown):
     assert run(code) == shown
 
 
@@ -35,4 +45,5 @@ def test_every_python_block_runs_on_its_own(code):
 def test_the_readme_has_its_sections_in_a_newcomer_s_order():
     sections = re.findall(r"^## (.+)$", TEXT, re.M)
     assert sections == ["Install and the two commands", "How freezing works", "The mixin", "The wrapper",
-                        "Groups and presets", "Training loops", "Reliability", "Benchmarks", "Examples"]
+                        "Groups and presets", "Training loops", "Hugging Face",
+                        "Coming from mmdetection / fastai / Lightning / timm", "Reliability", "Benchmarks", "Examples"]
