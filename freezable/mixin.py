@@ -126,24 +126,10 @@ class Freezable:
         groups[name] = resolve_group(self._freeze_root(), name, list(specs))
         return self
 
-    def freeze_group(self, name: str) -> Group:
-        """The registered group ``name`` (names relative to the freeze root); raises UnknownGroupError."""
-        if name not in self._groups:
-            raise UnknownGroupError(f"unknown freeze group {name!r}; {closest(name, self._groups)}")
-        return self._groups[name]
-
     @property
     def freeze_group_names(self) -> tuple[str, ...]:
         """Every registered group, in group order."""
         return tuple(self._groups)
-
-    def freeze_group(self, name: str) -> Group:
-        """The registered group ``name`` (names relative to the freeze root), read-only.
-
-        Raises:
-            UnknownGroupError: ``name`` is not a registered group.
-        """
-        return self._selected((name,))[0]
 
     @property
     def frozen_groups(self) -> tuple[str, ...]:
