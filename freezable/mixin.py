@@ -363,7 +363,7 @@ class Freezable:
             where = f"the groups {list(groups)} hold" if groups else f"{type(self).__name__} holds"
             having = [name for name, group in self._groups.items() if _state.norm_eval_members(root, [group])]
             raise FreezableError(
-                f"set_norm_eval({enabled}, {', '.join(repr(g) for g in groups)}) changes nothing: {where} no norm "
+                f"set_norm_eval({', '.join(map(repr, (enabled, *groups)))}) changes nothing: {where} no norm "
                 f"layer with running statistics (BatchNorm, InstanceNorm with track_running_stats=True; LayerNorm and "
                 f"GroupNorm keep none); groups that do: {shorten(having) or 'none'}"
             )
