@@ -48,7 +48,8 @@ def test_list_presets_is_sorted():
 @pytest.mark.parametrize("generic", ["linear_probe"] + [f"frozen_stages_{n}" for n in range(1, 5)])
 def test_library_names_are_aliases_of_the_generic_presets(source, generic):
     alias, preset = fz.get_preset(f"{source}.{generic}"), fz.get_preset(generic)
-    assert (alias.groups, alias.frozen, alias.train_bn) == (preset.groups, preset.frozen, preset.train_bn)
+    fields = ("groups", "frozen", "train_bn", "norm_eval")
+    assert [getattr(alias, f) for f in fields] == [getattr(preset, f) for f in fields]
     assert alias.description == f"alias of {generic}: {preset.description}"
 
 
