@@ -4,13 +4,15 @@ The one source of truth:
 
 * a parameter is frozen when ``requires_grad`` is ``False``;
 * a module is frozen when it carries the frozen mark (a ``__dict__`` entry, so it
-  survives ``copy.deepcopy`` and pickling and never enters ``state_dict()``).
+  survives ``copy.deepcopy`` and pickling and never enters ``state_dict()``);
+* a norm layer with running statistics is under *norm_eval* when it carries the
+  norm_eval mark (the same kind of entry), whether its parameters train or not.
 
-Everything else is derived from those two. A frozen module whose whole subtree is
-frozen (every module marked, no trainable parameter) is *held at inference*: it is
-put in eval mode at once, after every ``train()`` call that reaches the model
-(:func:`rehold`), and, through a forward pre-hook, before any forward that follows a
-``train()`` call on an inner module.
+Everything else is derived from those three. A frozen module whose whole subtree is
+frozen (every module marked, no trainable parameter), and every module under
+norm_eval, is *held at inference*: it is put in eval mode at once, after every
+``train()`` call that reaches the model (:func:`rehold`), and, through a forward
+pre-hook, before any forward that follows a ``train()`` call on an inner module.
 
 Beside that, a Freezable keeps three bookkeeping entries in its own ``__dict__``:
 its registered groups (names only), the child whose names the groups refer to (its
@@ -30,13 +32,16 @@ from torch import nn
 
 from .errors import FreezeStateError, closest, describe
 from .groups import Group
-from .norms import is_norm
+from .norms import has_running_stats, is_norm
 
 __all__ = [
     "STATE_FORMAT",
     "STATE_VERSION",
     "is_frozen",
     "set_frozen",
+    "is_norm_eval",
+    "set_norm_eval",
+    "norm_eval_members",
     "set_trainable",
     "is_held",
     "set_held",
@@ -52,12 +57,16 @@ __all__ = [
     "read_state",
     "check_state",
     "write_state",
+    "check_norm_eval_state",
+    "write_norm_eval",
 ]
 
 STATE_FORMAT = "freezable.freeze_state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 adds "norm_eval_modules"; version 1 states (without it) still load
+_LOADABLE_VERSIONS = (1, 2)
 
 _FROZEN = "_freezable_frozen"  # on a module: the frozen mark
+_NORM_EVAL = "_freezable_norm_eval"  # on a norm layer with running statistics: the norm_eval mark
 _GROUPS = "_freezable_groups"  # on a Freezable: group name -> Group
 _ROOT = "_freezable_root"  # on a Freezable: name of the child its groups refer to ("" or absent: itself)
 _MODE = "_freezable_mode"  # on a Freezable: the mode last asked for
@@ -84,6 +93,32 @@ def set_trainable(param: nn.Parameter, trainable: bool) -> None:
     param.requires_grad_(trainable)
     if not trainable:
         param.grad = None
+
+
+# -- the norm_eval mark -------------------------------------------------------------------
+
+
+def is_norm_eval(module: nn.Module) -> bool:
+    """Whether ``module`` carries the norm_eval mark (set by ``Freezable.set_norm_eval``)."""
+    return module.__dict__.get(_NORM_EVAL, False)
+
+
+def set_norm_eval(module: nn.Module, enabled: bool) -> None:
+    """Sets or clears the norm_eval mark of ``module`` alone (the hold is not updated: call :func:`hold_frozen`)."""
+    if enabled:
+        module.__dict__[_NORM_EVAL] = True
+    else:
+        module.__dict__.pop(_NORM_EVAL, None)
+
+
+def norm_eval_members(root: nn.Module, groups: Iterable[Group]) -> dict[str, nn.Module]:
+    """The groups' norm layers that keep running statistics (what norm_eval holds), by name, once each."""
+    found: dict[int, tuple[str, nn.Module]] = {}
+    for group in groups:
+        for name, module in group.named_modules(root):
+            if has_running_stats(module):
+                found.setdefault(id(module), (name, module))
+    return dict(found.values())
 
 
 # -- the hold -------------------------------------------------------------------------------
@@ -147,7 +182,7 @@ def hold_frozen(model: nn.Module) -> None:
 
     visit(root)
     for module in root.modules():
-        set_held(module, held[id(module)], mode)
+        set_held(module, held[id(module)] or is_norm_eval(module), mode)
 
 
 # -- bookkeeping on the Freezable -------------------------------------------------------------
@@ -222,6 +257,7 @@ def read_state(root: nn.Module) -> dict[str, Any]:
         "version": STATE_VERSION,
         "frozen_modules": [name for name, module in root.named_modules() if is_frozen(module)],
         "frozen_parameters": [name for name, param in root.named_parameters() if not param.requires_grad],
+        "norm_eval_modules": [name for name, module in root.named_modules() if is_norm_eval(module)],
     }
 
 
@@ -229,9 +265,9 @@ def _state_names(state: object, key: str, valid: Mapping[str, object]) -> set[st
     if not isinstance(state, Mapping):
         raise FreezeStateError(f"a freeze state must be a dict from freeze_state(), not {describe(state)}")
     version = state.get("version")
-    if state.get("format", STATE_FORMAT) != STATE_FORMAT or type(version) is not int or version != STATE_VERSION:
+    if state.get("format", STATE_FORMAT) != STATE_FORMAT or type(version) is not int or version not in _LOADABLE_VERSIONS:
         raise FreezeStateError(
-            f"not a freeze state of version {STATE_VERSION}: format={state.get('format')!r}, "
+            f"not a freeze state of version {' or '.join(map(str, _LOADABLE_VERSIONS))}: format={state.get('format')!r}, "
             f"version={state.get('version')!r}"
         )
     names = state.get(key)
@@ -260,3 +296,31 @@ def write_state(root: nn.Module, frozen_modules: set[str], frozen_params: set[st
         set_frozen(module, name in frozen_modules)
     for name, param in root.named_parameters():
         set_trainable(param, name not in frozen_params)
+
+
+def check_norm_eval_state(root: nn.Module, state: object) -> set[str] | None:
+    """The norm_eval module names of ``state`` (checked against ``root``), or ``None`` when it has none to say.
+
+    A state without ``"norm_eval_modules"`` (version 1, or a schedule's target) leaves norm_eval as it is.
+    Call after :func:`check_state`, which checks the format.
+
+    Raises:
+        FreezeStateError: the names are malformed, name what ``root`` lacks, or a layer without running statistics.
+    """
+    if not isinstance(state, Mapping) or "norm_eval_modules" not in state:
+        return None
+    modules = dict(root.named_modules())
+    names = _state_names(state, "norm_eval_modules", modules)
+    for name in sorted(names):
+        if not has_running_stats(modules[name]):
+            raise FreezeStateError(
+                f"freeze state 'norm_eval_modules' names {name!r} ({type(modules[name]).__name__}), which keeps no "
+                f"running statistics; norm_eval holds BatchNorm layers and InstanceNorm with track_running_stats=True"
+            )
+    return names
+
+
+def write_norm_eval(root: nn.Module, names: set[str]) -> None:
+    """Marks exactly the named modules norm_eval, and clears the mark elsewhere (the hold is not updated)."""
+    for name, module in root.named_modules():
+        set_norm_eval(module, name in names)

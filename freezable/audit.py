@@ -5,8 +5,10 @@ nothing. Each check gives plain sentences, one per problem:
 
 * **modes**: a frozen part in training mode (someone called ``.train()`` on an inner
   module directly; the hold hook would undo it at the next forward, but the audit
-  reports it now), or, in a plain module, a norm layer whose parameters are all frozen
-  but which would update its running statistics;
+  reports it now), a norm layer under ``norm_eval`` in training mode (the same cause;
+  its affine parameters training is what norm_eval is for, not a problem), or, in a
+  plain module, a norm layer whose parameters are all frozen but which would update
+  its running statistics;
 * **gradients**: a frozen parameter (``requires_grad=False``) holding a ``.grad``;
 * **optimizer**: frozen parameters that ``step()`` would move (they hold a gradient;
   weight decay or momentum then move them too), frozen parameters with optimizer
@@ -36,7 +38,7 @@ import torch
 from torch import nn
 
 from . import guard
-from ._state import is_held
+from ._state import is_held, is_norm_eval
 from .checkpointing import reentrant_after_frozen
 from .distributed import reduced_parameters
 from .errors import FreezableError, shorten, type_error
@@ -47,7 +49,7 @@ from .summary import format_table
 __all__ = ["CheckReport", "check"]
 
 _CHECKS = {
-    "modes": "frozen parts in eval mode",
+    "modes": "frozen parts and norm_eval layers in eval mode",
     "gradients": "frozen parameters hold no gradient",
     "optimizer": "optimizer holds exactly the trainable parameters",
     "ddp": "DDP synchronises exactly the trainable parameters",
@@ -195,7 +197,13 @@ def _modes(model: nn.Module) -> list[str]:
         if not module.training or any(not r or name.startswith(r + ".") for r in reported):
             continue
         label = f"'{name}' ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
-        if is_held(module):
+        if is_norm_eval(module):
+            problems.append(
+                f"norm layer {label} is under norm_eval but in training mode: .train() was called on it directly; "
+                f"freezable puts it back in eval at its next forward, but a call that skips forward hooks would "
+                f"update its running statistics; call model.train(), not .train() on the layer"
+            )
+        elif is_held(module):
             reported.append(name)
             norms = [n for n, m in module.named_modules(prefix=name) if has_running_stats(m) and m.training]
             inside = f" with {len(norms)} norm layer(s) inside it" if norms and norms != [name] else ""

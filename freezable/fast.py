@@ -107,7 +107,8 @@ def clone_outputs(value: Any) -> Any:
 
 
 def _held_roots(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    if is_held(module):
+    # a norm layer held by norm_eval whose affine parameters train stays the original, shared and trained
+    if is_held(module) and not any(p.requires_grad for p in module.parameters()):
         yield prefix, module
         return
     for name, child in module._modules.items():

@@ -18,7 +18,16 @@ from . import _state
 from . import guard as _guard
 from ._state import is_frozen, is_held
 from .distributed import watch_ddp
-from .errors import FreezableTypeError, SpecError, UnknownGroupError, closest, type_error, unknown_group
+from .errors import (
+    FreezableError,
+    FreezableTypeError,
+    SpecError,
+    UnknownGroupError,
+    closest,
+    shorten,
+    type_error,
+    unknown_group,
+)
 from .groups import Group, Spec, group_members, resolve_group, staged_names, walk_units
 from .norms import is_norm
 from .optim import add_missing, check_lr, check_optimizer, param_groups
@@ -306,6 +315,56 @@ class Freezable:
         """
         return param_groups(self, lr, weight_decay=weight_decay, lr_scale=lr_scale, layer_decay=layer_decay)
 
+    def set_norm_eval(self, enabled: bool, *groups: str) -> Freezable:
+        """Holds the groups' norm layers with running statistics in eval, or releases them (mmdetection's ``norm_eval``).
+
+        Under norm_eval a BatchNorm (any ``_BatchNorm``: SyncBatchNorm, lazy ones, timm's ``BatchNormAct2d``) or
+        an InstanceNorm with ``track_running_stats=True`` uses its running statistics and leaves them untouched
+        whatever ``train()`` calls follow, on the model, any module containing it, or the layer itself, while its
+        affine parameters train when they are not frozen. Separate from freezing: :meth:`unfreeze` keeps it,
+        ``set_norm_eval(False)`` clears it. Kept in :meth:`freeze_state`.
+
+        Args:
+            enabled: hold (``True``) or release (``False``) the layers.
+            *groups: registered group names; none means the whole model.
+
+        Returns:
+            The model, for chaining.
+
+        Raises:
+            FreezableTypeError: ``enabled`` is not a bool.
+            UnknownGroupError: a name is not a registered group.
+            FreezableError: the groups hold no norm layer with running statistics (nothing to change).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> class Net(Freezable, nn.Sequential):
+            ...     freeze_groups = {"body": ["0", "1"], "head": "2"}
+            >>> net = Net(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).set_norm_eval(True).train()
+            >>> net[1].training, net[1].weight.requires_grad, net[0].training
+            (False, True, True)
+            >>> net(torch.randn(1, 4)).shape  # batch 1: statistics not needed in eval
+            torch.Size([1, 2])
+        """
+        if not isinstance(enabled, bool):
+            raise type_error("set_norm_eval's enabled", enabled, "a bool", fix="set_norm_eval(True, *groups)")
+        selected = self._selected(groups)
+        root = self._freeze_root()
+        members = _state.norm_eval_members(root, selected)
+        if not members:
+            where = f"the groups {list(groups)} hold" if groups else f"{type(self).__name__} holds"
+            having = [name for name, group in self._groups.items() if _state.norm_eval_members(root, [group])]
+            raise FreezableError(
+                f"set_norm_eval({', '.join(map(repr, (enabled, *groups)))}) changes nothing: {where} no norm "
+                f"layer with running statistics (BatchNorm, InstanceNorm with track_running_stats=True; LayerNorm and "
+                f"GroupNorm keep none); groups that do: {shorten(having) or 'none'}"
+            )
+        for module in members.values():
+            _state.set_norm_eval(module, enabled)
+        self._refresh_held()
+        return self
+
     def _unfreeze_resolved(self, groups: list[Group]) -> None:
         _state.unfreeze_members(self._freeze_root(), groups)
         _guard.forget(self, groups)
@@ -369,7 +428,12 @@ class Freezable:
             outside = ((n, p) for n, p in root.named_parameters() if id(p) not in grouped)
             rows.append(_summary_row("(no group)", outside, iter(())))
         total = _summary_row("total", root.named_parameters(), root.modules())
-        return format_summary(rows, total) + "".join(f"\n{s.describe()}" for s in tied_across_freeze(self))
+        norm_eval = [m for m in root.modules() if _state.is_norm_eval(m)]
+        training = sum(1 for m in norm_eval if any(p.requires_grad for p in m.parameters()))
+        note = (f"\nnorm_eval: {len(norm_eval)} norm layer(s) held in eval, statistics fixed ({training} with "
+                f"trainable affine parameters)"
+                if norm_eval else "")
+        return format_summary(rows, total) + note + "".join(f"\n{s.describe()}" for s in tied_across_freeze(self))
 
     # -- freeze state -------------------------------------------------------------------
 
@@ -387,6 +451,9 @@ class Freezable:
     def load_freeze_state(self, state: Mapping[str, Any]) -> Freezable:
         """Makes exactly the modules and parameters that ``state`` names frozen, and the rest trainable.
 
+        Its ``norm_eval_modules`` are put under norm_eval and the rest released; a state without them
+        (version 1, from before norm_eval) leaves norm_eval as it is.
+
         Args:
             state: a dict from :meth:`freeze_state`, possibly after a JSON round trip.
 
@@ -398,7 +465,10 @@ class Freezable:
         """
         root = self._freeze_root()
         frozen_modules, frozen_params = _state.check_state(root, state)
+        norm_eval = _state.check_norm_eval_state(root, state)
         _state.write_state(root, frozen_modules, frozen_params)
+        if norm_eval is not None:
+            _state.write_norm_eval(root, norm_eval)
         self._refresh_held()
         return self
 

@@ -10,21 +10,32 @@ callable ``groups`` computes them from the model (torchvision's detection rule).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from torch import nn
 
-from ._state import freeze_root, store_groups
+from ._state import freeze_root, norm_eval_members, store_groups
 from .detect import detect_groups
 from .detect.trainable_layers import FROZEN, trainable_backbone_layers
 from .errors import PresetError, SpecError, closest, type_error
 from .groups import Group, as_spec_list, resolve_group
 from .mixin import Freezable
+from .norms import has_running_stats
 
-__all__ = ["Preset", "register_preset", "get_preset", "list_presets", "apply_preset", "resolve_preset", "install_preset"]
+__all__ = [
+    "Preset",
+    "register_preset",
+    "get_preset",
+    "list_presets",
+    "apply_preset",
+    "resolve_preset",
+    "install_preset",
+    "hold_body_norms",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class Preset:
     groups: Mapping[str, Any] | Callable[[nn.Module], Mapping[str, Any]] | None = None
     frozen: tuple[str, ...] = ()  # the groups frozen by default
     train_bn: bool = False  # keep the frozen groups' norm layers trainable
+    norm_eval: bool = False  # hold the body's norms with running statistics in eval, trainable or not (mmdetection)
 
     def __post_init__(self) -> None:
         for field_name in ("name", "description"):
@@ -55,6 +67,8 @@ class Preset:
             raise type_error("Preset frozen", self.frozen, "a tuple of str", fix=hint)
         if not isinstance(self.train_bn, bool):
             raise type_error("Preset train_bn", self.train_bn, "a bool")
+        if not isinstance(self.norm_eval, bool):
+            raise type_error("Preset norm_eval", self.norm_eval, "a bool")
         if isinstance(self.groups, Mapping):
             object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
         object.__setattr__(self, "frozen", tuple(self.frozen))
@@ -185,11 +199,15 @@ def apply_preset(model: Freezable, name: str | Preset) -> Freezable:
     return install_preset(model, preset, resolve_preset(preset, freeze_root(model)))
 
 
-def install_preset(model: Freezable, preset: Preset, resolved: Mapping[str, Group]) -> Freezable:
+def install_preset(
+    model: Freezable, preset: Preset, resolved: Mapping[str, Group], *, norm_eval: bool | None = None
+) -> Freezable:
     """Registers ``resolved`` (the preset's groups, from :func:`resolve_preset`) and freezes the preset's set.
 
     The one place a preset is applied: :func:`apply_preset` and ``FrozenBackbone(preset=...)``
     both end here. Groups the model already has under the same name must have the same members.
+    With the preset's ``norm_eval`` (or ``norm_eval=True``; ``False`` overrides the preset's),
+    :func:`hold_body_norms` follows.
 
     Raises:
         PresetError: a group of the same name has other members (nothing is changed).
@@ -203,6 +221,44 @@ def install_preset(model: Freezable, preset: Preset, resolved: Mapping[str, Grou
     store_groups(model, {**existing, **{g: v for g, v in resolved.items() if g not in existing}})
     if preset.frozen:
         model.freeze(*preset.frozen, train_bn=preset.train_bn)
+    if preset.norm_eval if norm_eval is None else norm_eval:
+        hold_body_norms(model)
+    return model
+
+
+def body_groups(names: Iterable[str]) -> tuple[str, ...]:
+    """The stem and stage groups among ``names``: the body, which norm_eval holds (mmdetection's backbone).
+
+    Example:
+        >>> body_groups(["stem", "stage1", "stage2", "head", "backbone", "block1"])
+        ('stem', 'stage1', 'stage2')
+    """
+    return tuple(name for name in names if name == "stem" or re.fullmatch(r"stage[0-9]+", name))
+
+
+def hold_body_norms(model: Freezable) -> Freezable:
+    """Puts the body's norm layers with running statistics under norm_eval (``Preset.norm_eval``).
+
+    The body is the stem and stage groups (:func:`body_groups`; for a detector, its backbone's body),
+    or the whole model when it has none. A body without such norms (a ViT's LayerNorms) is left as it is.
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> import freezable as fz, torchvision
+        >>> fb = fz.FrozenBackbone(torchvision.models.resnet18(), trainable=["stage4", "head"])
+        >>> hold_body_norms(fb).train().backbone.layer4[0].bn1.training
+        False
+    """
+    groups = body_groups(model.freeze_group_names)
+    root = freeze_root(model)
+    if groups:
+        found = norm_eval_members(root, [model.freeze_group(g) for g in groups])
+    else:
+        found = any(has_running_stats(m) for m in root.modules())
+    if found:
+        model.set_norm_eval(True, *groups)
     return model
 
 
@@ -219,9 +275,10 @@ _LINEAR_PROBE = Preset(
 _FROZEN_STAGES = tuple(
     Preset(
         name=f"frozen_stages_{n}",
-        description=f"stem and {'stage 1' if n == 1 else f'stages 1-{n}'} frozen with their norms held in eval "
-        f"(mmdetection's frozen_stages={n}, norm_eval); the rest trains",
+        description=f"stem and {'stage 1' if n == 1 else f'stages 1-{n}'} frozen; every BatchNorm of the body held "
+        f"in eval (mmdetection's frozen_stages={n}, norm_eval=True); the rest, affine parameters too, trains",
         frozen=_stages(n),
+        norm_eval=True,
     )
     for n in range(1, 5)
 )
@@ -256,7 +313,8 @@ for _preset in (
     *_FROZEN_STAGES,
     # the generic recipes under their former per-library names, kept as aliases
     *(
-        Preset(name=f"{source}.{p.name}", description=f"alias of {p.name}: {p.description}", frozen=p.frozen)
+        Preset(name=f"{source}.{p.name}", description=f"alias of {p.name}: {p.description}", frozen=p.frozen,
+               norm_eval=p.norm_eval)
         for source in ("timm", "torchvision")
         for p in (_LINEAR_PROBE, *_FROZEN_STAGES)
     ),
@@ -264,9 +322,11 @@ for _preset in (
         Preset(
             name=f"torchvision.detection.trainable_backbone_layers_{n}",
             description=f"what torchvision's trainable_backbone_layers={n} freezes in a detector's body "
-            f"(ResNet: N=0..5, MobileNet: N=0..6), norms held in eval; the rest trains",
+            f"(ResNet: N=0..5, MobileNet: N=0..6); every BatchNorm of the body held in eval (norm_eval, as "
+            f"torchvision's FrozenBatchNorm2d body); the rest trains",
             groups=trainable_backbone_layers(n),
             frozen=(FROZEN,),
+            norm_eval=True,
         )
         for n in range(0, 7)
     ),

@@ -19,7 +19,7 @@ from .errors import FreezableError, SpecError, type_error
 from .fast import FastPath, build_fast_path, clone_outputs
 from .groups import Group, resolve_group
 from .mixin import Freezable
-from .presets import Preset, get_preset, install_preset, resolve_preset
+from .presets import Preset, get_preset, hold_body_norms, install_preset, resolve_preset
 from .summary import format_count
 
 __all__ = ["FrozenBackbone"]
@@ -99,12 +99,17 @@ class FrozenBackbone(Freezable, nn.Module):
             (``torch.bfloat16``: half their memory); their inputs are cast to it and their
             outputs cast back to the input's dtype. The original fp32 weights are kept for
             ``state_dict()`` and ``unfreeze``.
+        norm_eval: hold the body's norm layers with running statistics (the stem and stages, or the whole
+            backbone without them) in eval whatever ``train()`` calls follow, their affine parameters still
+            trainable where not frozen: mmdetection's ``norm_eval=True`` (see :meth:`set_norm_eval`). ``None``
+            takes the preset's setting (off without a preset); ``True``/``False`` override it.
 
     Raises:
         FreezableTypeError: ``backbone`` is not an ``nn.Module``.
         PresetError: unknown preset, or one that does not fit.
         SpecError: a ``trainable`` entry is neither a group nor a spec that matches.
         FreezableError: ``frozen_dtype`` without ``fast``, or not a floating dtype.
+        FreezableTypeError: ``norm_eval`` is not a bool or ``None``.
 
     Example:
         >>> import torch, torchvision
@@ -123,6 +128,7 @@ class FrozenBackbone(Freezable, nn.Module):
         *,
         fast: bool = False,
         frozen_dtype: torch.dtype | None = None,
+        norm_eval: bool | None = None,
     ) -> None:
         if not isinstance(backbone, nn.Module):
             raise type_error("FrozenBackbone's backbone", backbone, "an nn.Module instance")
@@ -138,6 +144,8 @@ class FrozenBackbone(Freezable, nn.Module):
             raise FreezableError(
                 f"frozen_dtype={frozen_dtype} needs fast=True: only the fast path stores frozen copies"
             )
+        if norm_eval is not None and not isinstance(norm_eval, bool):
+            raise type_error("norm_eval", norm_eval, "a bool or None", fix="None takes the preset's setting")
         if isinstance(trainable, (str, bytes)) or not isinstance(trainable, Sequence):
             trainable = [trainable]
         if preset is not None:
@@ -159,9 +167,11 @@ class FrozenBackbone(Freezable, nn.Module):
         if preset is None:
             _state.store_groups(self, groups)
             self.freeze()
+            if norm_eval:
+                hold_body_norms(self)
         else:
             _state.store_groups(self, {})
-            install_preset(self, preset, groups)
+            install_preset(self, preset, groups, norm_eval=norm_eval)
         if kept:
             self._unfreeze_resolved(kept)
 

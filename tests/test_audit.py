@@ -86,6 +86,23 @@ def test_train_bn_norms_in_training_mode_are_fine(net):
     assert net.features[1].training and fz.check(net).ok
 
 
+def test_norm_eval_layers_whose_parameters_train_are_fine(net, images):
+    net.set_norm_eval(True).train()
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.1)
+    steps(net, opt, images)
+    assert net.features[1].weight.requires_grad and fz.check(net, opt).ok
+
+
+def test_norm_eval_layer_in_training_mode_is_reported_until_the_next_forward(net, images):
+    net.set_norm_eval(True, "features").train()
+    net.features[5].train()  # a direct call on the layer
+    (problem,) = fz.check(net).problems
+    assert problem.startswith("norm layer 'features.5' (BatchNorm2d) is under norm_eval but in training mode: "
+                              ".train() was called on it directly")
+    net(images)
+    assert fz.check(net).ok
+
+
 # -- gradients -------------------------------------------------------------------------------------------------------
 
 

@@ -323,7 +323,9 @@ def test_freezing_stem_and_stage1_trains_exactly_the_rest(name):
     torch.manual_seed(0)
     model = make()
     source = name.split("/")[0]
-    fb = fz.FrozenBackbone(model, preset=f"{source}.frozen_stages_1")
+    # frozen_stages alone: with the preset's norm_eval, untrained statistics (mean 0, var 1) in a random deep net
+    # can shrink some gradients below what lr=1e3 moves in float32, which this check would misread
+    fb = fz.FrozenBackbone(model, preset=f"{source}.frozen_stages_1", norm_eval=False)
     frozen = {n for g in ("stem", "stage1") for n, _ in fb.freeze_group(g).named_parameters(model)}
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
     before = snapshot(model)

@@ -427,3 +427,122 @@ def test_unfreezing_a_wholly_frozen_model_returns_it_to_its_own_mode(mode):
     model = Net().train(mode).freeze().unfreeze()
     assert all(m.training is mode for m in model.modules())
     assert all(m.training is True for m in Net().freeze().unfreeze().modules())
+
+
+# -- norm_eval -------------------------------------------------------------------------------------------------------
+
+_RUNNING = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.clone() for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in _RUNNING}
+
+
+def test_norm_eval_holds_running_stats_while_affine_weights_train():
+    torch.manual_seed(0)
+    net = Net().set_norm_eval(True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    before_stats, before_weights = _stats(net), snapshot(net)
+    for train_call in (net.train, net.features.train, net.features[1].train, net.features[5].train):
+        train_call()
+        opt.zero_grad()
+        net(torch.randn(4, 3, 8, 8)).sum().backward()
+        opt.step()
+        assert not net.features[1].training and not net.features[5].training
+    assert all(torch.equal(b, _stats(net)[n]) for n, b in before_stats.items())  # bit-identical, counter too
+    moved = changed(before_weights, net)
+    assert {"features.1.weight", "features.1.bias", "features.5.weight", "features.5.bias"} <= moved
+    assert net.features[3].training and net.classifier[0].training  # dropout follows train() as before
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_norm_eval_output_matches_the_layer_in_eval():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(4)
+    bn.running_mean.uniform_(), bn.running_var.uniform_(0.5, 2.0)
+    net = type("Plain", (fz.Freezable, nn.Sequential), {})(copy.deepcopy(bn)).set_norm_eval(True).train()
+    x = torch.randn(5, 4)
+    assert torch.equal(net(x), bn.eval()(x))  # oracle: torch's own BatchNorm in eval
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.BatchNorm2d(4),
+    lambda: nn.LazyBatchNorm2d(),
+    lambda: nn.InstanceNorm2d(4, affine=True, track_running_stats=True),
+    lambda: timm.layers.BatchNormAct2d(4),
+], ids=["BatchNorm2d", "LazyBatchNorm2d", "InstanceNorm2d-tracking", "timm-BatchNormAct2d"])
+def test_norm_eval_holds_every_norm_with_running_stats(make):
+    net = type("Plain", (fz.Freezable, nn.Sequential), {})(nn.Conv2d(3, 4, 3), make(), nn.ReLU()).set_norm_eval(True)
+    net(torch.randn(2, 3, 6, 6))  # materialises the lazy one (in eval: its statistics stay at their initial values)
+    before = _stats(net)
+    net.train()
+    net[1].train()
+    net(torch.randn(2, 3, 6, 6)).sum().backward()
+    assert not net[1].training and net[0].training
+    assert all(torch.equal(b, _stats(net)[n]) for n, b in before.items())
+    assert net[1].weight.grad is not None
+
+
+def test_norm_eval_holds_sync_batch_norm_and_skips_norms_without_running_stats():
+    net = type("Plain", (fz.Freezable, nn.Sequential), {})(
+        nn.SyncBatchNorm(4), nn.LayerNorm(4), nn.GroupNorm(2, 4), nn.InstanceNorm1d(4)).set_norm_eval(True).train()
+    assert [m.training for m in net] == [False, True, True, True]
+    assert net.freeze_state()["norm_eval_modules"] == ["0"]
+
+
+def test_unfreeze_keeps_norm_eval_and_set_norm_eval_false_clears_it():
+    net = Net().freeze().set_norm_eval(True, "features").unfreeze().train()
+    assert not net.features[1].training and net.features[1].weight.requires_grad
+    net.freeze("features").unfreeze("features").train()
+    assert not net.features[1].training
+    assert net.set_norm_eval(False).train().features[1].training
+    assert modes(net) == modes(Net().train())  # nothing left held
+    net.freeze("features").set_norm_eval(False, "features").train()  # frozen stays held without norm_eval
+    assert not net.features[1].training
+
+
+def test_norm_eval_on_named_groups_only():
+    net = Net()
+    net.register_freeze_group("first_bn", "features.1")
+    net.set_norm_eval(True, "first_bn").train()
+    assert (net.features[1].training, net.features[5].training) == (False, True)
+
+
+def test_norm_eval_survives_deepcopy_pickle_and_torch_save():
+    net = Net().set_norm_eval(True, "features")
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(net), torch.load(buffer, weights_only=False)):
+        other.train()
+        assert not other.features[1].training and not other.features[5].training and other.features[0].training
+        assert other.freeze_state() == net.freeze_state()
+
+
+def test_norm_eval_freeze_state_round_trip():
+    net = Net().freeze("classifier").set_norm_eval(True, "features")
+    state = net.freeze_state()
+    assert state["version"] == 2 and state["norm_eval_modules"] == ["features.1", "features.5"]
+    buffer = io.BytesIO()
+    torch.save(json.loads(json.dumps(state)), buffer)
+    buffer.seek(0)
+    other = Net().load_freeze_state(torch.load(buffer, weights_only=True)).train()
+    assert other.freeze_state() == state
+    assert not other.features[1].training and other.features[1].weight.requires_grad
+    assert net.load_freeze_state(Net().freeze_state()).train().features[1].training  # a v2 state clears it
+
+
+def test_version_1_freeze_state_loads_and_leaves_norm_eval_as_it_is():
+    old = {"format": "freezable.freeze_state", "version": 1, "frozen_modules": ["classifier", "classifier.0",
+           "classifier.1"], "frozen_parameters": ["classifier.1.weight", "classifier.1.bias"]}
+    net = Net().set_norm_eval(True).load_freeze_state(old).train()
+    assert net.frozen_groups == ("classifier",)
+    assert not net.features[1].training and net.features[0].training
+
+
+def test_freeze_summary_counts_norm_eval_layers():
+    text = Net().set_norm_eval(True).freeze_summary()
+    assert text.splitlines()[2].split() == ["features", "840", "840", "0", "2"]  # 2 BatchNorms held, all trainable
+    assert text.endswith("norm_eval: 2 norm layer(s) held in eval, statistics fixed (2 with trainable affine "
+                         "parameters)")
+    assert "norm_eval" not in Net().freeze_summary()

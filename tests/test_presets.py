@@ -48,7 +48,8 @@ def test_list_presets_is_sorted():
 @pytest.mark.parametrize("generic", ["linear_probe"] + [f"frozen_stages_{n}" for n in range(1, 5)])
 def test_library_names_are_aliases_of_the_generic_presets(source, generic):
     alias, preset = fz.get_preset(f"{source}.{generic}"), fz.get_preset(generic)
-    assert (alias.groups, alias.frozen, alias.train_bn) == (preset.groups, preset.frozen, preset.train_bn)
+    fields = ("groups", "frozen", "train_bn", "norm_eval")
+    assert [getattr(alias, f) for f in fields] == [getattr(preset, f) for f in fields]
     assert alias.description == f"alias of {generic}: {preset.description}"
 
 
@@ -114,3 +115,40 @@ def test_preset_is_a_frozen_dataclass():
         preset.name = "x"
     with pytest.raises(TypeError):
         preset.groups["stem"] = "conv1"
+
+
+# -- norm_eval -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(_PRESETS))
+def test_norm_eval_is_set_by_the_frozen_stages_and_detection_presets(name):
+    expected = "frozen_stages_" in name or name.startswith("torchvision.detection.trainable_backbone_layers_")
+    assert fz.get_preset(name).norm_eval is expected
+    assert ("norm_eval" in fz.get_preset(name).description) is expected
+
+
+@pytest.mark.parametrize("source", ["timm", "torchvision"])
+def test_frozen_stages_preset_is_mmdetections_frozen_stages_with_norm_eval(source):
+    """mmdetection's ResNet(frozen_stages=2, norm_eval=True): stages 1-2 frozen; every BatchNorm in eval after
+    train(); stages 3-4 keep their affine parameters trainable."""
+    with torch.device("meta"):
+        model = build(source, "resnet50")
+    fb = fz.FrozenBackbone(model, preset=f"{source}.frozen_stages_2").train()
+    bns = [m for m in fb.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 53 and not any(m.training for m in bns)
+    assert all(p.requires_grad for layer in ("layer3", "layer4") for p in fb.backbone.get_submodule(layer).parameters())
+    assert not any(p.requires_grad for p in fb.backbone.layer2.parameters())
+
+
+def test_trainable_backbone_layers_preset_holds_the_body_as_torchvisions_frozen_batch_norm():
+    """torchvision builds a pretrained detector's body with FrozenBatchNorm2d (statistics fixed) and its FPN (v2:
+    BatchNorm2d) normally: the preset holds the body's BatchNorms, the FPN's follow train(). (Which parameters it
+    freezes is checked against torchvision in tests/peers/test_torchvision_detection.py.)"""
+    with torch.device("meta"):
+        model = torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)
+    fb = fz.FrozenBackbone(model, preset="torchvision.detection.trainable_backbone_layers_3").train()
+    body = fb.backbone.backbone.body
+    body_norms = [m for m in body.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(body_norms) == 53 and not any(m.training for m in body_norms)
+    fpn_norms = [m for m in fb.backbone.backbone.fpn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert fpn_norms and all(m.training for m in fpn_norms)
+    assert body.layer2[0].bn1.weight.requires_grad and not body.layer1[0].bn1.weight.requires_grad

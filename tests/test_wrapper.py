@@ -167,3 +167,64 @@ def test_works_on_the_meta_device():
     assert "norms in eval" in fb.freeze_summary()
 
 
+
+
+# -- norm_eval -------------------------------------------------------------------------------------------------------
+
+def _batch_norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def test_norm_eval_batch_1_training_forward_through_a_resnet():
+    """mmdetection's reason for norm_eval: a batch of one trains; train-mode BatchNorm raises on 1x1 features."""
+    torch.manual_seed(0)
+    fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4), norm_eval=True).unfreeze().train()
+    x = torch.randn(1, 3, 32, 32)
+    before = {n: b.clone() for n, b in fb.backbone.named_buffers()}
+    fb(x).sum().backward()
+    assert all(torch.equal(b, dict(fb.backbone.named_buffers())[n]) for n, b in before.items())
+    assert fb.backbone.layer4[1].bn2.weight.grad is not None
+    plain = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4)).unfreeze().train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):  # the oracle: torch refuses
+        plain(x)
+
+
+def test_norm_eval_none_is_off_without_a_preset_and_follows_the_preset_with_one():
+    resnet = torchvision.models.resnet18
+    assert all(m.training for m in _batch_norms(fz.FrozenBackbone(resnet()).unfreeze().train()))
+    fb = fz.FrozenBackbone(resnet(), preset="frozen_stages_1").train()
+    assert not any(m.training for m in _batch_norms(fb)) and fb.backbone.layer2[0].bn1.weight.requires_grad
+    off = fz.FrozenBackbone(resnet(), preset="frozen_stages_1", norm_eval=False).train()
+    assert [m.training for m in _batch_norms(off.backbone.layer2)] == [True] * len(_batch_norms(off.backbone.layer2))
+    assert not any(m.training for m in _batch_norms(off.backbone.layer1))  # frozen: held all the same
+    on = fz.FrozenBackbone(resnet(), preset="linear_probe", norm_eval=True, trainable=["stage4"]).train()
+    assert not any(m.training for m in _batch_norms(on.backbone.layer4))
+
+
+def test_norm_eval_without_running_stats_in_the_body_changes_nothing():
+    with torch.device("meta"):
+        vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    fb = fz.FrozenBackbone(vit, norm_eval=True, trainable=["stage4"]).train()
+    assert fb.freeze_state()["norm_eval_modules"] == []
+    assert fb.backbone.norm.training
+
+
+def test_norm_eval_holds_the_body_not_the_head():
+    """norm_eval is mmdetection's backbone setting: a head's BatchNorm (LeViT's) still trains."""
+    with torch.device("meta"):
+        levit = timm.create_model("levit_128s", pretrained=False)
+    fb = fz.FrozenBackbone(levit, norm_eval=True).unfreeze().train()
+    assert fb.backbone.head.bn.training and fb.backbone.head_dist.bn.training
+    assert not any(m.training for m in _batch_norms(fb.backbone.stem) + _batch_norms(fb.backbone.stages))
+
+
+@pytest.mark.parametrize("frozen_dtype", [None, torch.bfloat16])
+def test_norm_eval_trainable_norms_train_through_the_fast_path(frozen_dtype):
+    torch.manual_seed(0)
+    fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=4), trainable=["stage4", "head"], fast=True,
+                           frozen_dtype=frozen_dtype, norm_eval=True).train()
+    stats = {n: b.clone() for n, b in fb.backbone.layer4.named_buffers()}
+    fb(torch.randn(1, 3, 32, 32)).sum().backward()
+    bn = fb.backbone.layer4[1].bn2
+    assert bn.weight.grad is not None and bn.weight.grad.dtype == torch.float32
+    assert all(torch.equal(b, dict(fb.backbone.layer4.named_buffers())[n]) for n, b in stats.items())

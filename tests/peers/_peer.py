@@ -11,7 +11,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import freezable as fz
 from freezable.detect import detect_groups
 
-NORM_EVAL_PENDING = "issue 16 norm_eval: FrozenBackbone(norm_eval=), set_norm_eval and frozen_stages_N with norm_eval"
 FINAL_NORM_PENDING = "issue 16 final norms: a final norm goes with the last stage (detection helper)"
 HRNET_TRANSITIONS_PENDING = "issue 16 HRNet transitions: timm.hrnet.backbone groups transition{i} with stage i (detection helper)"
 DETECTION_PENDING = "issue 11 detection: torchvision.detection.trainable_backbone_layers_N presets"

@@ -23,7 +23,6 @@ import freezable as fz
 from freezable.detect import detect_groups
 from peers._peer import (
     FINAL_NORM_PENDING,
-    NORM_EVAL_PENDING,
     assert_frozen,
     backbone_parameters,
     build,
@@ -51,9 +50,11 @@ def test_resnet_backbone_first_stage_frozen(source):
 
 def test_resnet_backbone_first_stage_frozen_keeps_running_stats():
     """test_resnet.py::test_resnet_backbone, first stage frozen: freezable's addition, the frozen BatchNorms'
-    running statistics stay bit-identical through a training forward (mmdetection's eval mode implies it)."""
+    running statistics stay bit-identical through a training forward (mmdetection's eval mode implies it).
+    ``norm_eval=False``: frozen_stages alone (the preset adds norm_eval), so the later stages' BatchNorms update."""
     torch.manual_seed(0)
-    fb = fz.FrozenBackbone(timm.create_model("resnet18", pretrained=False), preset="timm.frozen_stages_1")
+    fb = fz.FrozenBackbone(timm.create_model("resnet18", pretrained=False), preset="timm.frozen_stages_1",
+                           norm_eval=False)
     before = {n: b.clone() for n, b in fb.backbone.named_buffers() if n.startswith(("bn1", "layer1"))}
     fb.train()
     fb(torch.randn(2, 3, 32, 32))
@@ -77,7 +78,6 @@ def test_resnetv1d_backbone_first_stage_frozen(source):
     assert_frozen(model.layer1)
 
 
-@pytest.mark.xfail(reason=NORM_EVAL_PENDING, strict=True)
 @pytest.mark.parametrize("source", SOURCES)
 def test_resnet_backbone_norm_eval(source):
     """test_resnet.py::test_resnet_backbone, "Test ResNet50 norm_eval=True": nothing frozen, every BN in eval."""
@@ -87,7 +87,6 @@ def test_resnet_backbone_norm_eval(source):
     assert all(p.requires_grad for p in fb.parameters())  # norm_eval holds statistics, not parameters
 
 
-@pytest.mark.xfail(reason=NORM_EVAL_PENDING, strict=True)
 def test_resnet_frozen_stages_1_with_norm_eval_detection_config():
     """mmdetection's standard detection backbone config (``frozen_stages=1, norm_eval=True``), which the README
     says the ``frozen_stages_N`` presets reproduce: after ``train()`` every BatchNorm is in eval, the later
@@ -123,7 +122,6 @@ def test_mobilenetv2_backbone_trains_without_freezing(source, name):
     assert check_norm_state(fb.modules(), True)
 
 
-@pytest.mark.xfail(reason=NORM_EVAL_PENDING, strict=True)
 @pytest.mark.parametrize(("source", "name"), [("timm", "mobilenetv2_100"), ("torchvision", "mobilenet_v2")])
 def test_mobilenetv2_backbone_norm_eval(source, name):
     """test_mobilenet_v2.py::test_mobilenetv2_backbone, "Test MobileNetV2 with norm_eval=True"."""

@@ -17,7 +17,6 @@ from freezable.errors import PresetError
 from peers._peer import (
     FINAL_NORM_PENDING,
     HRNET_TRANSITIONS_PENDING,
-    NORM_EVAL_PENDING,
     assert_frozen,
     backbone_parameters,
     build,
@@ -76,7 +75,6 @@ def test_csp_darknet_frozen_stages():
     assert all(p.requires_grad for p in model.stages[1].parameters())
 
 
-@pytest.mark.xfail(reason=NORM_EVAL_PENDING, strict=True)
 def test_csp_darknet_norm_eval():
     """test_csp_darknet.py::TestCSPDarknetBackbone::test_norm_eval."""
     fb = fz.FrozenBackbone(build("timm", "cs3darknet_s"), norm_eval=True).unfreeze()

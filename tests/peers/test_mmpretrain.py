@@ -16,12 +16,11 @@ import pytest
 
 import freezable as fz
 from freezable.detect import detect_groups
-from peers._peer import NORM_EVAL_PENDING, assert_frozen, build, check_norm_state
+from peers._peer import assert_frozen, build, check_norm_state
 
 SOURCES = ["timm", "torchvision"]
 
 
-@pytest.mark.xfail(reason=NORM_EVAL_PENDING, strict=True)
 @pytest.mark.parametrize("source", SOURCES)
 def test_resnet_norm_eval(source):
     """test_resnet.py::test_resnet, "Test ResNet50 norm_eval=True"."""
@@ -99,7 +98,6 @@ def test_efficientnet_frozen_stages_out_of_range():
     assert fb.freeze_state() == before
 
 
-@pytest.mark.xfail(reason=NORM_EVAL_PENDING, strict=True)
 @pytest.mark.parametrize("source", SOURCES)
 def test_efficientnet_norm_eval(source):
     """test_efficientnet.py::test_efficientnet_backbone, "Test EfficientNet with norm eval"."""
