@@ -3,10 +3,12 @@
 Variants (all a frozen backbone plus a trained linear head, interleaved like ``throughput.py``):
 
 * ``freezable``: the plain path (eval mode, ``torch.inference_mode()``, output cloned);
-* ``fold``: BatchNorm folded into the convolutions, contiguous layout;
-* ``channels_last``: channels-last copies, nothing folded;
-* ``fold+channels_last``: both (what ``fast=True`` builds on CPU and CUDA);
-* ``fold+channels_last+bf16``: both, copies stored in bf16 (``frozen_dtype=torch.bfloat16``);
+* ``fold``: BatchNorm folded into the convolutions, contiguous layout (the shadow that
+  :func:`freezable.fast.build_fast_path` builds with ``channels_last=False``, run as the wrapper runs it);
+* ``channels_last``: channels-last weights and input, nothing folded (the plain path on a backbone
+  converted to channels-last, its input converted at each step as the fast path converts it);
+* ``fold+channels_last``: both (``FrozenBackbone(fast=True)``, what it builds on CPU and CUDA);
+* ``fold+channels_last+bf16``: both, copies stored in bf16 (``fast=True, frozen_dtype=torch.bfloat16``);
 * ``floor``: the backbone in eval mode under ``torch.inference_mode()``, then the head's step.
 
     python benchmarks/fast_levers.py --model resnet50 --img-size 160 --batch-size 16
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,16 +32,9 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import common  # noqa: E402
 
 import freezable as fz  # noqa: E402
-from freezable.fast import build_fast_path  # noqa: E402
+from freezable.fast import build_fast_path, clone_outputs  # noqa: E402
 
-VARIANTS = {  # name -> (fold, channels_last, dtype); None: not the fast path
-    "freezable": None,
-    "fold": (True, False, None),
-    "channels_last": (False, True, None),
-    "fold+channels_last": (True, True, None),
-    "fold+channels_last+bf16": (True, True, torch.bfloat16),
-    "floor": None,
-}
+VARIANTS = ["freezable", "fold", "channels_last", "fold+channels_last", "fold+channels_last+bf16", "floor"]
 COLUMNS = ["variant", "step_ms", "samples_per_sec", "x_floor", "folded"]
 
 
@@ -68,25 +64,7 @@ def builder(args: argparse.Namespace, variant: str) -> tuple[common.Step, int]:
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
     optimizer = common.make_optimizer(list(head.parameters()))
-    folded = 0
-    if variant == "floor":
-        backbone.eval().requires_grad_(False)
-
-        def features() -> torch.Tensor:
-            with torch.inference_mode():
-                out = backbone(x)
-            return out.clone()
-    else:
-        fb = fz.FrozenBackbone(backbone, fast=VARIANTS[variant] is not None)
-        if VARIANTS[variant] is not None:
-            fold, channels_last, dtype = VARIANTS[variant]
-            fb.__dict__["_fast_options"] = (True, dtype)
-            fb.__dict__["_fast_path"] = build_fast_path(fb.backbone, (x,), {}, dtype=dtype,
-                                                        channels_last=channels_last, fold=fold)
-            folded = len(fb._fast_path.folded)
-
-        def features() -> torch.Tensor:
-            return fb(x)
+    features, folded = FEATURES[variant](backbone, x)
 
     def step() -> None:
         loss = F.cross_entropy(head(features()), y)
@@ -95,6 +73,57 @@ def builder(args: argparse.Namespace, variant: str) -> tuple[common.Step, int]:
         optimizer.zero_grad(set_to_none=True)
 
     return step, folded
+
+
+def _floor(backbone: nn.Module, x: torch.Tensor) -> tuple[Callable[[], torch.Tensor], int]:
+    backbone.eval().requires_grad_(False)
+
+    def features() -> torch.Tensor:
+        with torch.inference_mode():
+            out = backbone(x)
+        return out.clone()
+    return features, 0
+
+
+def _wrapper(backbone: nn.Module, x: torch.Tensor, **options: Any) -> tuple[Callable[[], torch.Tensor], int]:
+    """``FrozenBackbone(backbone, **options)``; with ``fast``, the pairs its shadow folds (counted on a twin build)."""
+    fb = fz.FrozenBackbone(backbone, **options)
+    folded = 0
+    if fb.fast:
+        folded = len(build_fast_path(fb.backbone, (x,), {}, dtype=fb.frozen_dtype, channels_last=True).folded)
+    return lambda: fb(x), folded
+
+
+def _fold_only(backbone: nn.Module, x: torch.Tensor) -> tuple[Callable[[], torch.Tensor], int]:
+    """The fast path's shadow without channels-last, run as FrozenBackbone runs a fully frozen one.
+
+    ``fast=True`` always takes channels-last on CPU and CUDA, so this builds the shadow itself with
+    :func:`freezable.fast.build_fast_path`; it skips the wrapper's per-call checks (a pass over flags).
+    """
+    fb = fz.FrozenBackbone(backbone)  # freezes and holds the backbone: what the shadow copies
+    path = build_fast_path(fb.backbone, (x,), {}, channels_last=False)
+
+    def features() -> torch.Tensor:
+        with torch.inference_mode():
+            out = path.module(x)
+        return clone_outputs(out)
+    return features, len(path.folded)
+
+
+def _channels_last_only(backbone: nn.Module, x: torch.Tensor) -> tuple[Callable[[], torch.Tensor], int]:
+    """The plain path on a channels-last backbone: the layout lever without folding."""
+    fb = fz.FrozenBackbone(backbone.to(memory_format=torch.channels_last))
+    return lambda: fb(x.contiguous(memory_format=torch.channels_last)), 0
+
+
+FEATURES = {  # variant -> (backbone, input) -> (features of the input, conv-BatchNorm pairs folded)
+    "freezable": _wrapper,
+    "fold": _fold_only,
+    "channels_last": _channels_last_only,
+    "fold+channels_last": lambda b, x: _wrapper(b, x, fast=True),
+    "fold+channels_last+bf16": lambda b, x: _wrapper(b, x, fast=True, frozen_dtype=torch.bfloat16),
+    "floor": _floor,
+}
 
 
 def main(argv: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,21 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(results: dict[str, Any], source: str) -> str:
+def table(results: dict[str, Any], source: str, link: str | None = None) -> str:
+    """The table of one results file, titled with its run; it links ``link`` (default: ``source``), shown as ``source``.
+
+    Example:
+        >>> meta = {"benchmark": "feature_cache", "model": "resnet18", "batch_size": 16, "img_size": 128,
+        ...         "num_samples": 64, "dtype": "fp32", "device": "cpu", "device_name": "CPU", "threads": 2,
+        ...         "torch": "2.x", "timm": "1.x", "date": "today", "command": "python benchmarks/feature_cache.py"}
+        >>> rows = [{"mode": "cached", "epoch_ms": 12.5, "samples_per_sec": 5120.0, "speedup_vs_uncached": 8.0}]
+        >>> print(table({"meta": meta, "rows": rows}, "benchmarks/results/f.json", "results/f.json"))
+        **feature_cache**: resnet18, batch 16, 128 px, 64 samples, fp32; cpu (CPU, 2 threads), torch 2.x, timm 1.x, today. `python benchmarks/feature_cache.py` → [`benchmarks/results/f.json`](results/f.json)
+        <BLANKLINE>
+        | mode | epoch_ms | samples_per_sec | speedup_vs_uncached |
+        |---|---|---|---|
+        | cached | 12.5 | 5120.0 | 8.00 |
+    """
     meta, rows = results["meta"], results["rows"]
     kind = meta["benchmark"]
     what = meta.get("model") or ", ".join(meta.get("models", []))
@@ -45,7 +60,7 @@ def table(results: dict[str, Any], source: str) -> str:
     flags = [f for f in ("channels_last", "compile", "fast") if meta.get(f)]
     title = (f"**{kind}**: {what}, {size}, {meta['dtype']}{', ' + ', '.join(flags) if flags else ''}; "
              f"{meta['device']} ({meta['device_name']}, {meta['threads']} threads), torch {meta['torch']}, "
-             f"timm {meta['timm']}, {meta['date']}. `{meta['command']}` → [`{source}`]({source})")
+             f"timm {meta['timm']}, {meta['date']}. `{meta['command']}` → [`{source}`]({link or source})")
     columns = COLUMNS[kind]
     lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
@@ -96,7 +111,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--headline", default=None, help="a Markdown file whose headline markers get the headline")
     args = parser.parse_args(argv)
     results = [json.loads(Path(p).read_text()) for p in args.results]
-    tables = "\n\n".join(table(r, p) for r, p in zip(results, args.results))
+    # links relative to the file they go into, so that they resolve where it is read (GitHub, an editor)
+    base = Path(args.update).resolve().parent if args.update else Path.cwd()
+    tables = "\n\n".join(table(r, p, os.path.relpath(Path(p).resolve(), base)) for r, p in zip(results, args.results))
     if args.update:
         _replace(parser, Path(args.update), START, END, tables)
     if args.headline:

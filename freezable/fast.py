@@ -269,7 +269,6 @@ def build_fast_path(
     *,
     dtype: torch.dtype | None = None,
     channels_last: bool = False,
-    fold: bool = True,
 ) -> FastPath | None:
     """Builds the shadow of ``backbone`` for inputs like ``args``/``kwargs``; ``None`` when nothing is held.
 
@@ -281,11 +280,11 @@ def build_fast_path(
         return None
     device = next((t.device for t in backbone.parameters()), torch.device("cpu"))
     with torch.autocast(device.type, enabled=False):  # compare folded and unfolded in full precision
-        return _build(backbone, roots, args, kwargs, dtype, channels_last, fold)
+        return _build(backbone, roots, args, kwargs, dtype, channels_last)
 
 
 def _build(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ...], kwargs: dict[str, Any],
-           dtype: torch.dtype | None, channels_last: bool, fold: bool) -> FastPath:
+           dtype: torch.dtype | None, channels_last: bool) -> FastPath:
     trace = _trace(backbone, roots, args, kwargs)
     sources: list[torch.Tensor] = []
     folded: list[tuple[str, str]] = []
@@ -293,7 +292,7 @@ def _build(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ..
     for root_name, root in roots.items():
         clone = _copy_held(root)
         root_sources: list[torch.Tensor] = []
-        pairs = _fold(clone, _pairs(trace, root_name), root_name, root_sources) if fold else []
+        pairs = _fold(clone, _pairs(trace, root_name), root_name, root_sources)
         if pairs and root_name in trace.io:
             inputs, kw, expected = trace.io[root_name]
             with torch.no_grad():

@@ -30,7 +30,7 @@ from .errors import (
 )
 from .groups import Group, Spec, group_members, resolve_group, staged_names, walk_units
 from .norms import is_norm
-from .optim import add_missing, check_lr, check_optimizer, param_groups
+from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
 from .summary import SummaryRow, format_summary
 
@@ -51,6 +51,16 @@ class Freezable:
         freeze_groups: class-level groups, an ordered mapping of group name to a
             spec or a list of specs (see :mod:`freezable.groups`). They resolve
             at the first call that needs them.
+
+    Subclassing:
+        Two protected members are the extension points for subclasses (FrozenBackbone
+        uses both); everything else whose name starts with ``_`` is internal.
+
+        * ``_unfreeze_resolved(groups)`` unfreezes resolved :class:`~freezable.groups.Group`
+          objects, registered or not (FrozenBackbone's ``trainable`` specs).
+        * ``_on_freeze_change()`` runs after every change of freeze state, once the frozen
+          parts are held; it does nothing by default. Override it (calling ``super()``) to drop
+          what a subclass caches from the freeze state (FrozenBackbone's fast path).
 
     Example:
         >>> import torch
@@ -243,7 +253,7 @@ class Freezable:
         if optimizer is not None:
             check_optimizer(optimizer)
         if lr is not None:
-            check_lr(lr)
+            check_nonnegative(lr, "lr")
             if optimizer is None:
                 raise FreezableTypeError("unfreeze(lr=...) sets the learning rate of the group added to optimizer=; "
                                          "pass optimizer= too")
@@ -366,18 +376,30 @@ class Freezable:
         return self
 
     def _unfreeze_resolved(self, groups: list[Group]) -> None:
+        """Unfreezes resolved groups, registered or not (a subclass extension point: see the class docstring).
+
+        Args:
+            groups: groups resolved against the freeze root (:func:`freezable.groups.resolve_group`).
+        """
         _state.unfreeze_members(self._freeze_root(), groups)
         _guard.forget(self, groups)
         self._refresh_held()
 
+    def _on_freeze_change(self) -> None:
+        """Runs after every change of freeze state, the frozen parts already held; does nothing here.
+
+        A subclass extension point (see the class docstring): override it, calling ``super()``, to
+        drop what the subclass caches from the freeze state.
+        """
+
     def _refresh_held(self) -> None:
         """Holds at inference exactly the frozen modules whose whole subtree is frozen.
 
-        Every change of freeze state ends here; a subclass that caches something derived
-        from the freeze state (FrozenBackbone's fast path) extends it to drop that cache.
+        Every change of freeze state ends here, then :meth:`_on_freeze_change` runs.
         """
         _state.hold_frozen(self)  # type: ignore[arg-type]
         watch_ddp(self)  # type: ignore[arg-type]
+        self._on_freeze_change()
 
     def train(self, mode: bool = True) -> Freezable:
         """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference."""

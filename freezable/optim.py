@@ -34,7 +34,7 @@ __all__ = [
     "layer_scales",
     "add_missing",
     "check_optimizer",
-    "check_lr",
+    "check_nonnegative",
     "check_layer_decay",
     "UNGROUPED",
     "NO_DECAY_SUFFIX",
@@ -44,13 +44,24 @@ UNGROUPED = "ungrouped"  # name of the group of parameters outside every freeze 
 NO_DECAY_SUFFIX = ".no_decay"  # companion group of biases and norm weights, without weight decay
 
 
-def check_lr(lr: object, what: str = "lr") -> float:
-    """``lr`` as a float, or a :class:`FreezableError` when it is not a finite number >= 0."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise type_error(what, lr, "a number")
-    if not math.isfinite(lr) or lr < 0:
-        raise FreezableError(f"{what} must be a finite number >= 0, got {lr!r}")
-    return float(lr)
+def check_nonnegative(value: object, what: str) -> float:
+    """``value`` as a float, or an error naming it as ``what`` when it is not a finite number >= 0.
+
+    For learning rates, weight decay and ``lr_scale`` factors alike.
+
+    Raises:
+        FreezableTypeError: ``value`` is not a number (a bool is not one).
+        FreezableError: ``value`` is negative, infinite or NaN.
+
+    Example:
+        >>> check_nonnegative(3, "weight_decay")
+        3.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise type_error(what, value, "a number")
+    if not math.isfinite(value) or value < 0:
+        raise FreezableError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def check_optimizer(optimizer: object) -> torch.optim.Optimizer:
@@ -130,8 +141,8 @@ def param_groups(
         >>> [(g["name"], g["lr_scale"]) for g in deep.param_groups(1.0, layer_decay=0.5)][::2]
         [('stem', 0.125), ('block1', 0.25), ('block2', 0.5), ('head', 1.0)]
     """
-    lr = check_lr(lr)
-    weight_decay = check_lr(weight_decay, "weight_decay")
+    lr = check_nonnegative(lr, "lr")
+    weight_decay = check_nonnegative(weight_decay, "weight_decay")
     decay_rate = check_layer_decay(layer_decay)
     root = freeze_root(model)
     owners = _partition(model, root)
@@ -235,7 +246,7 @@ def _check_scale(
             raise UnknownGroupError(
                 f"lr_scale names {name!r}, which is neither a freeze group nor {UNGROUPED!r}; {closest(name, valid)}"
             )
-        check_lr(factor, f"lr_scale[{name!r}]")
+        check_nonnegative(factor, f"lr_scale[{name!r}]")
     scale: dict[str, float] = {}
     for umbrella in (g for g in lr_scale if g not in names):  # an umbrella: scale the groups it covers
         inside = {id(p) for _, p in model.freeze_group(umbrella).named_parameters(root)}

@@ -16,7 +16,7 @@ from ._state import check_state, freeze_root
 from .errors import FreezableError, FreezeStateError, type_error, unknown_group
 from .groups import Group, staged_names
 from .mixin import Freezable
-from .optim import add_missing, check_lr, check_optimizer
+from .optim import add_missing, check_nonnegative, check_optimizer
 
 __all__ = ["UnfreezeSchedule", "freeze_to", "staged_groups"]
 
@@ -105,7 +105,7 @@ class UnfreezeSchedule:
         self.model = _check_model(model)
         self.milestones = _check_milestones(self.model, milestones)
         self.optimizer = None if optimizer is None else check_optimizer(optimizer)
-        self.lr = None if lr is None else check_lr(lr)
+        self.lr = None if lr is None else check_nonnegative(lr, "lr")
         self.initial_state = self.model.freeze_state()
         self.last_epoch: int | None = None
 
@@ -154,7 +154,7 @@ class UnfreezeSchedule:
             The model.
         """
         optimizer = self.optimizer if optimizer is None else check_optimizer(optimizer)
-        lr = self.lr if lr is None else check_lr(lr)
+        lr = self.lr if lr is None else check_nonnegative(lr, "lr")
         target = self.target_state(epoch)
         if not _same_state(self.model.freeze_state(), target):
             self.model.load_freeze_state(target)

@@ -203,8 +203,8 @@ class FrozenBackbone(Freezable, nn.Module):
     def _drop_fast_path(self) -> None:
         self.__dict__["_fast_path"] = None
 
-    def _refresh_held(self) -> None:
-        super()._refresh_held()
+    def _on_freeze_change(self) -> None:
+        super()._on_freeze_change()
         self._drop_fast_path()
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> FrozenBackbone:

@@ -1,4 +1,4 @@
-"""LightningModules for tests/test_lightning.py (importable by processes that Lightning spawns)."""
+"""The LightningModule of tests/test_lightning.py and of the Lightning scenario in tests/_two_procs.py."""
 
 from __future__ import annotations
 
@@ -6,22 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import freezable as fz
+from _two_procs import Body
 
 L = pytest.importorskip("lightning")  # collected as a doctest module too: skipped cleanly without Lightning
-
-
-class Body(fz.Freezable, nn.Module):
-    freeze_groups = {"stem": "stem", "stage1": "stage1", "head": "head"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5))
-        self.stage1 = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU())
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stage1(self.stem(x)))
 
 
 class Lit(L.LightningModule):
@@ -54,18 +41,3 @@ def loader() -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
     return torch.utils.data.DataLoader(data, batch_size=8)
-
-
-class SyncCheckLit(Lit):
-    """Saves, at the end of training, whether both ranks hold identical parameters, and what each saw."""
-
-    def __init__(self, out_dir: str) -> None:
-        super().__init__(use_param_groups=False)
-        self.out_dir = out_dir
-
-    def on_train_end(self) -> None:
-        flat = torch.cat([p.detach().flatten() for p in self.net.parameters()])
-        gathered = [torch.zeros_like(flat) for _ in range(self.trainer.world_size)]
-        torch.distributed.all_gather(gathered, flat)
-        torch.save({"equal": all(torch.equal(gathered[0], g) for g in gathered), "seen": self.seen},
-                   f"{self.out_dir}/rank{self.global_rank}.pt")

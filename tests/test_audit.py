@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from _two_procs import outcome
 from conftest import Net, full_state
 from torch import nn
 
@@ -293,25 +289,17 @@ def test_lbfgs_history_over_parameters_frozen_since_is_reported_and_real():
     assert not torch.equal(before, model[0].weight)  # what the report warns about is real
 
 
-def test_two_real_processes_drift_apart_exactly_when_check_says_so(tmp_path):
-    """Two gloo processes (tests/ddp_worker.py): DDP built before unfreezing leaves the features unsynchronised."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "result.json"
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(root / "tests" / "ddp_worker.py"), str(port), str(out)], check=True,
-                   env=env, timeout=300)
-    result = json.loads(out.read_text())
-    right, wrong, fixed = (result[k] for k in ("built_after_freezing", "plain_unfrozen_after_ddp",
-                                               "freezable_unfrozen_after_ddp"))
-    assert right == {"problems": [], "refused": False, "problems_after": [], "features_agree": True,
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_two_real_processes_drift_apart_exactly_when_check_says_so():
+    """The 2 gloo ranks of tests/_two_procs.py: DDP built before unfreezing leaves the stem unsynchronised."""
+    right, wrong, fixed = (outcome("audit_scenarios")[0][k] for k in (
+        "built_after_freezing", "plain_unfrozen_after_ddp", "freezable_unfrozen_after_ddp"))
+    assert right == {"problems": [], "refused": False, "problems_after": [], "stem_agrees": True,
                      "head_agrees": True}
     message = ("the DDP wrapper does not synchronise 4 trainable parameter(s): "
-               "'features.0.weight', 'features.0.bias', 'features.1.weight'")
+               "'stem.0.weight', 'stem.0.bias', 'stem.1.weight'")
     assert wrong["problems"][0].startswith(message) and wrong["problems_after"][0].startswith(message)
-    assert wrong["features_agree"] is False and wrong["head_agrees"] is True
+    assert wrong["stem_agrees"] is False and wrong["head_agrees"] is True
     # a Freezable refuses to train out of sync, and fz.rewrap_ddp makes it right
     assert fixed["problems"][0].startswith(message) and fixed["refused"] is True
-    assert fixed["problems_after"] == [] and fixed["features_agree"] is True and fixed["head_agrees"] is True
+    assert fixed["problems_after"] == [] and fixed["stem_agrees"] is True and fixed["head_agrees"] is True

@@ -151,6 +151,7 @@ def test_readme_table_rewrites_between_the_markers(tmp_path: Path) -> None:
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "| floor | 10.0 | 1600.0 | n/m | 1.00 | n/m | 3.00 |" in text
+    assert f"[`{results}`](r.json)" in text  # linked relative to the README it goes into
 
 
 def test_the_readmes_figures_are_those_of_the_results_files() -> None:
@@ -163,7 +164,14 @@ def test_the_readmes_figures_are_those_of_the_results_files() -> None:
     results = [json.loads((root / p).read_text()) for p in linked]
     assert readme_table.headline(results) in readme
     for result, path in zip(results, linked):
-        assert readme_table.table(result, path) in tables
+        assert readme_table.table(result, path, str(Path(path).relative_to("benchmarks"))) in tables
+
+
+def test_the_benchmark_readmes_links_resolve_from_its_own_directory() -> None:
+    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", (here / "README.md").read_text())
+    assert any(t.endswith(".json") for t in targets)
+    assert [t for t in targets if not t.startswith("http") and not (here / t).exists()] == []
 
 
 def test_fast_levers_tiny_run(tmp_path: Path) -> None:

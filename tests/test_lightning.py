@@ -12,7 +12,8 @@ L = pytest.importorskip("lightning")
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Found .* module.*in eval mode", "ignore:You defined a .validation_step.", "ignore:.*LeafSpec.*is deprecated"
 )
-from _lit_models import Body, Lit, SyncCheckLit, loader  # noqa: E402
+from _lit_models import Lit, loader  # noqa: E402
+from _two_procs import Body, outcome  # noqa: E402
 
 from freezable.errors import FreezeStateError  # noqa: E402
 from freezable.integrations.lightning import GradualUnfreezing, restore_groups  # noqa: E402
@@ -85,18 +86,11 @@ def test_callback_errors():
         GradualUnfreezing({}).setup(None, Plain(), "fit")
 
 
-@pytest.mark.slow
-def test_callback_under_ddp_rebuilds_the_wrapper_and_keeps_ranks_in_sync(tmp_path):
-    torch.manual_seed(0)
-    lit = SyncCheckLit(str(tmp_path))
-    trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=3, limit_train_batches=2,
-        limit_val_batches=0, callbacks=[GradualUnfreezing({1: "stage1", 2: ["stem"]})],
-        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
-    )
-    trainer.fit(lit, loader())  # each rank gets different batches (DistributedSampler)
-    for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs gloo")
+def test_callback_under_ddp_rebuilds_the_wrapper_and_keeps_ranks_in_sync():
+    """Lightning's DDP strategy on the 2 gloo ranks of tests/_two_procs.py, each rank on its own batches."""
+    for result in outcome("lightning_scenario"):
         assert result["equal"]  # without the rebuild: DDPFreezeStateError at epoch 1
         assert [(e, groups) for e, groups, *_ in result["seen"]] == [(0, ("stem", "stage1")), (1, ("stem",)), (2, ())]
 

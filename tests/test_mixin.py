@@ -69,6 +69,26 @@ def test_freeze_group_is_a_read_only_view_relative_to_the_freeze_root():
     assert [n for n, _ in stem.named_parameters(fb.backbone)] == ["conv1.weight", "bn1.weight", "bn1.bias"]
 
 
+class Counting(Net):
+    """A subclass that caches something derived from the freeze state, through the documented hook."""
+
+    def _on_freeze_change(self) -> None:
+        super()._on_freeze_change()
+        self.seen = [*getattr(self, "seen", []), (self.frozen_groups, self.features[1].training)]
+
+
+def test_on_freeze_change_runs_after_every_change_of_freeze_state_with_parts_already_held():
+    net = Counting().train()
+    net.freeze("features")
+    net.unfreeze("features")
+    net.freeze_to("features")
+    net.load_freeze_state(Counting().freeze_state())
+    held, free = (("features",), False), ((), True)
+    assert net.seen == [held, free, free, held, free]  # freeze_to: unfreeze the rest, then freeze
+    net.train().freeze_summary()
+    assert len(net.seen) == 5  # reading and train() change no freeze state
+
+
 def test_parameter_not_brought_by_a_module_belongs_on_its_own():
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=16, depth=2,
                             num_classes=3)
