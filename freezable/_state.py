@@ -13,6 +13,10 @@ frozen (every module marked, no trainable parameter), and every module under
 norm_eval, is *held at inference*: it is put in eval mode at once, after every
 ``train()`` call that reaches the model (:func:`rehold`), and, through a forward
 pre-hook, before any forward that follows a ``train()`` call on an inner module.
+One exception (:func:`follows_train`): a part of a model that exists to serve its
+model's training forward (a detector's RPN, RoI heads and input transform) is not held
+itself when its parent is not, so a training step still gets its losses and training
+proposals; what is frozen inside it is held.
 
 Beside that, a Freezable keeps three bookkeeping entries in its own ``__dict__``:
 its registered groups (names only), the child whose names the groups refer to (its
@@ -25,6 +29,7 @@ This module knows nothing of the mixin: ``guard``, ``fast``, ``cache``, ``schedu
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -46,6 +51,7 @@ __all__ = [
     "is_held",
     "set_held",
     "hold_frozen",
+    "follows_train",
     "rehold",
     "freeze_root",
     "set_freeze_root",
@@ -155,6 +161,43 @@ def rehold(root: nn.Module) -> None:
             module.training = False
 
 
+# Parts of a model whose forward returns something else in training (losses, training proposals)
+# for their parent's training forward to use: (module, class name). Read from sys.modules, so
+# nothing is imported here; a class whose module is not imported has no instance to check.
+TRAIN_MODE_PARTS: tuple[tuple[str, str], ...] = (
+    ("torchvision.models.detection.rpn", "RegionProposalNetwork"),
+    ("torchvision.models.detection.roi_heads", "RoIHeads"),
+    ("torchvision.models.detection.transform", "GeneralizedRCNNTransform"),
+)
+
+
+def follows_train(module: nn.Module) -> bool:
+    """Whether ``module`` is a part that serves its parent's training forward (see ``TRAIN_MODE_PARTS``).
+
+    Such a part, frozen, is not held at inference itself while its parent is not: its
+    own ``training`` flag follows ``train()``/``eval()`` so that it returns what a
+    training step expects; the frozen modules inside it are held as usual. Whole
+    models that switch their output on ``self.training`` (Inception's aux logits, a
+    distilled ViT's two heads) are not listed: frozen whole, they are held, so a frozen
+    feature extractor or teacher gives its inference output in a training loop.
+
+    Example:
+        >>> import torchvision
+        >>> from torch import nn
+        >>> follows_train(torchvision.models.detection.rpn.RegionProposalNetwork(
+        ...     None, None, 0.7, 0.3, 256, 0.5, {"training": 2000, "testing": 1000},
+        ...     {"training": 2000, "testing": 1000}, 0.7))
+        True
+        >>> follows_train(nn.BatchNorm2d(4))
+        False
+    """
+    for module_name, class_name in TRAIN_MODE_PARTS:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if cls is not None and isinstance(module, cls):
+            return True
+    return False
+
+
 def note_mode(model: nn.Module, mode: bool) -> None:
     """Records the mode ``model.train(mode)`` asked for."""
     model.__dict__[_MODE] = mode
@@ -163,8 +206,10 @@ def note_mode(model: nn.Module, mode: bool) -> None:
 def hold_frozen(model: nn.Module) -> None:
     """Holds at inference exactly the frozen modules under ``model``'s freeze root whose whole subtree is frozen.
 
-    Released modules return to the model's own mode (the one last asked for, when
-    the model itself was held).
+    Except the parts that serve their parent's training forward (:func:`follows_train`)
+    whose parent is not held: they follow the model's mode, while what is inside them
+    stays held. Released modules return to the model's own mode (the one last asked
+    for, when the model itself was held).
     """
     root = freeze_root(model)
     mode = model.__dict__.get(_MODE, model.training) if is_held(model) else model.training
@@ -181,6 +226,10 @@ def hold_frozen(model: nn.Module) -> None:
         return held[id(module)]
 
     visit(root)
+    for parent in root.modules():  # parents come before their children
+        for child in parent._modules.values():
+            if child is not None and held[id(child)] and not held[id(parent)] and follows_train(child):
+                held[id(child)] = False
     for module in root.modules():
         set_held(module, held[id(module)] or is_norm_eval(module), mode)
 

@@ -3,9 +3,13 @@
     python -m freezable sweep all                   # every model: torchvision 80, timm 1,371 (~5 min)
     python -m freezable sweep timm --family-sample  # one timm model per family
 
-Each model is built with ``pretrained=False`` on the meta device (no memory, no weights) and checked:
-``head`` holds the classifier's parameters, ``backbone`` and ``head`` split the parameters between them
-with no overlap and nothing left over, ``stem`` exists, and how many stages there are.
+Each model is built with ``pretrained=False`` on the meta device (no memory, no weights) and checked
+against the oracles of :mod:`freezable._oracles` (shared with the tests): ``head`` holds exactly the
+classifier's parameters, ``backbone`` and ``head`` split the parameters between them with no overlap and
+nothing left over, ``stem`` exists, stem and stages split the backbone with each block inside one stage;
+with ``--features-only``, the stem and stages equal those of the same architecture built as a classifier;
+torchvision detectors' ``trainable_backbone_layers_N`` presets freeze what torchvision's rule freezes; and,
+for a sample of small models built for real (``FORWARD_SAMPLE``), the stages and blocks run in forward order.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from collections.abc import Iterable
 from torch import nn
 from tqdm import tqdm
 
+from . import _oracles
 from ._models import build_model
 from .detect import detect_groups
-from .groups import resolve_group
 
 __all__ = ["sweep", "check_groups", "model_names", "run", "add_arguments", "run_from_args"]
 
@@ -47,47 +51,26 @@ def _family(name: str) -> str:
     return timm.models.model_entrypoint(name).__module__.rpartition(".")[2]
 
 
-def classifier_parameters(model: nn.Module) -> set[int]:
-    """The classifier's parameters (by identity): timm's ``get_classifier()``; torchvision: the predictors of
-    a detector, else the ``classifier``/``fc``/``head``/``heads`` attribute (with Inception's aux heads)."""
-    if hasattr(model, "get_classifier"):
-        heads = model.get_classifier()
-        heads = heads if isinstance(heads, tuple) else (heads,)
-        return {id(p) for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
-    roi = getattr(model, "roi_heads", None)
-    if roi is not None:
-        names = [f"roi_heads.{n}" for n in ("box_predictor", "mask_predictor", "keypoint_predictor")
-                 if getattr(roi, n, None) is not None]
-    else:
-        children = dict(model.named_children())
-        names = [n for n in ("fc", "classifier", "head", "heads") if n in children
-                 and any(True for _ in children[n].parameters())][-1:]
-        names += [n for n in ("AuxLogits", "aux1", "aux2") if children.get(n) is not None]
-    return {id(p) for n in names for p in model.get_submodule(n).parameters()}
-
-
-def check_groups(model: nn.Module) -> dict[str, object]:
-    """Detects the model's groups and checks what they claim (see the module docstring)."""
-    groups = detect_groups(model)
+def check_groups(model: nn.Module, groups: dict[str, tuple[str, ...]] | None = None) -> dict[str, object]:
+    """Detects the model's groups (unless given) and checks what they claim (see the module docstring)."""
+    groups = detect_groups(model) if groups is None else groups
     params = {id(p) for p in model.parameters()}  # by identity: a shared module's parameters have two names
 
     def members(group: str) -> set[int]:
-        if group not in groups:
-            return set()
-        return {id(p) for _, p in resolve_group(model, group, list(groups[group])).named_parameters(model)}
+        return _oracles.ids(model, groups, group)
 
     head, backbone = members("head"), members("backbone")
-    stages = [g for g in groups if g.startswith("stage")]
-    staged = members("stem").union(*(members(s) for s in stages))
+    stages = _oracles.staged(groups, "stage")
     tasks = members("neck") | members("rpn") | members("roi_heads") | members("aux_head")
+    problems = _oracles.stage_problems(model, groups)
     return {
-        "ok_backbone_head": bool(head) and classifier_parameters(model) == head
+        "ok_backbone_head": bool(head) and _oracles.classifier_parameters(model) == head
         and not head & backbone and head | backbone | tasks == params,
         "has_stem": "stem" in groups,
         "n_stages": len(stages),
-        "n_blocks": sum(g.startswith("block") for g in groups),
-        "stages_in_backbone": staged <= backbone,
-        "stages_cover_backbone": bool(stages) and staged == backbone - members("neck"),
+        "n_blocks": len(_oracles.staged(groups, "block")),
+        "stages_cover_backbone": bool(stages) and not problems,
+        "problems": problems,
     }
 
 
@@ -99,12 +82,20 @@ def sweep(source: str, names: Iterable[str] | None = None, progress: bool = True
     for name in tqdm(names, desc=source, disable=not progress, file=sys.stderr):
         row: dict[str, object] = {"source": source, "model": name, "error": None}
         try:
-            row.update(check_groups(build_model(f"{source}/{name}", features_only=features_only)))
-            if features_only:  # no head: the stages are the check
-                row["ok_backbone_head"] = row["stages_cover_backbone"]
+            model = build_model(f"{source}/{name}", features_only=features_only)
+            groups = detect_groups(model)
+            row.update(check_groups(model, groups))
+            if features_only:  # no head: the classifier's stem and stages are the check
+                classifier = build_model(f"{source}/{name}")
+                row["problems"] = _oracles.features_only_problems(model, groups, classifier, detect_groups(classifier))
+                row["ok_backbone_head"] = row["stages_cover_backbone"] = not row["problems"]
+            elif source == "torchvision" and _oracles.trainable_layers_body(name) is not None:
+                presets = _oracles.trainable_layers_problems(name, lambda: build_model(f"torchvision/{name}"))
+                row["presets_ok"] = not presets
+                row["problems"] = [*row["problems"], *presets]
         except Exception as e:  # a model that fails to build or detect is reported, not fatal
             row.update(ok_backbone_head=False, has_stem=False, n_stages=0, stages_cover_backbone=False,
-                       error=f"{type(e).__name__}: {e}")
+                       problems=[], error=f"{type(e).__name__}: {e}")
         rows.append(row)
     return rows
 
@@ -115,23 +106,47 @@ def report(rows: list[dict[str, object]], source: str) -> str:
     stem = sum(bool(r["has_stem"]) for r in rows)
     staged = sum(bool(r["has_stem"] and r["n_stages"]) for r in rows)
     covered = sum(bool(r.get("stages_cover_backbone")) for r in rows)
-    return (f"{source}: {ok}/{n} models with the right head ({100 * ok / n:.1f}%), "
-            f"{stem} with a stem, {staged} with stem and stages, {covered} whose stages cover the backbone")
+    lines = [f"{source}: {ok}/{n} models with the right head ({100 * ok / n:.1f}%), "
+             f"{stem} with a stem, {staged} with stem and stages, {covered} whose stages cover the backbone"]
+    presets = [r for r in rows if "presets_ok" in r]
+    if presets:
+        lines.append(f"  trainable_backbone_layers_N = torchvision's rule for every N: "
+                     f"{sum(bool(r['presets_ok']) for r in presets)}/{len(presets)} detectors")
+    return "\n".join(lines)
+
+
+def forward_sample(source: str) -> list[dict[str, object]]:
+    """Builds the small real models of ``FORWARD_SAMPLE`` for ``source`` and checks their forward order."""
+    rows = []
+    for key, (size, make) in _oracles.FORWARD_SAMPLE.items():
+        if key.partition("/")[0] == source:
+            model = make()
+            rows.append({"model": key, "problems": _oracles.forward_order_problems(model, detect_groups(model), size)})
+    return rows
 
 
 def run(sources: list[str], family_sample: bool = False, models: list[str] | None = None, progress: bool = True,
         features_only: bool = False) -> int:
-    """Sweeps and prints the coverage of each source; returns 1 when a model lacks a stem, backbone or head."""
+    """Sweeps and prints the coverage of each source; returns 1 when a model lacks a stem, backbone or head,
+    or an oracle disagrees with its groups."""
     failed = False
     for source in sources:
         rows = sweep(source, models or model_names(source, family_sample), progress=progress,
                      features_only=features_only)
         print(report(rows, source))
         for row in rows:
-            if not (row["ok_backbone_head"] and row["has_stem"]):
+            if not (row["ok_backbone_head"] and row["has_stem"]) or row["problems"]:
                 failed = True
                 print(f"  {row['model']}: backbone/head={row['ok_backbone_head']} stem={row['has_stem']} "
-                      f"error={row['error']}")
+                      f"error={row['error']}" + "".join(f"; {p}" for p in row["problems"]))
+        if not models and not features_only:
+            order = forward_sample(source)
+            print(f"  stages and blocks in forward order (real input): "
+                  f"{sum(not r['problems'] for r in order)}/{len(order)} sample models")
+            for row in order:
+                if row["problems"]:
+                    failed = True
+                    print(f"  {row['model']}: " + "; ".join(row["problems"]))
     return 1 if failed else 0
 
 

@@ -230,18 +230,41 @@ def walk_units(root: nn.Module, groups: Mapping[str, Group]) -> list[tuple[str, 
     staged = staged_names(root, groups)
     members = {name: group_members(root, group) for name, group in groups.items()}
     units: dict[str, list[Group]] = {name: [groups[name]] for name in staged}
+    held = frozenset().union(*(members[s] for s in staged))  # what some staged group holds
+    staged_modules = [m[len("module:"):] for m in held if m.startswith("module:")]
     for name, own in members.items():
         inside = [s for s in staged if members[s] and members[s] <= own]
         if name in staged or not inside:
             continue
-        rest = own - frozenset().union(*(members[s] for s in inside))
+        rest = own - held
         if rest:
-            staged_modules = [m[len("module:"):] for s in inside for m in members[s] if m.startswith("module:")]
             modules = [n[len("module:"):] for n in sorted(rest) if n.startswith("module:")]
             modules = [m for m in modules if not any(s == m or s.startswith(m + ".") for s in staged_modules)]
-            params = tuple(n for n in sorted(rest) if not n.startswith("module:"))
-            units[inside[-1]].append(Group(modules=_top_most(tuple(modules)), parameters=params))
+            modules = _top_most(tuple(modules))
+            params = tuple(n for n in sorted(rest) if not n.startswith("module:")
+                           and not any(n.startswith(m + ".") for m in modules))
+            if modules or params:
+                units[inside[-1]].append(Group(modules=modules, parameters=params))
     return list(units.items())
+
+
+def units_within(root: nn.Module, groups: Mapping[str, Group], name: str,
+                 units: list[tuple[str, list[Group]]] | None = None) -> list[int]:
+    """Indices (into :func:`walk_units`) of the units whose staged group is ``name`` or lies inside it.
+
+    ``name`` is a staged group (one unit) or an umbrella over staged groups (``stage4``:
+    its blocks' units, the parts of umbrellas that end with them included).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 1))
+        >>> groups = {"a": Group(("0",)), "b": Group(("1",)), "stage": Group(("0", "1", "2")), "head": Group(("3",))}
+        >>> units_within(net, groups, "stage"), units_within(net, groups, "b")
+        ([0, 1], [1])
+    """
+    units = walk_units(root, groups) if units is None else units
+    own = group_members(root, groups[name])
+    return [i for i, (staged, _) in enumerate(units) if staged == name or group_members(root, groups[staged]) <= own]
 
 
 def _top_most(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ from .errors import (
     type_error,
     unknown_group,
 )
-from .groups import Group, Spec, group_members, resolve_group, staged_names, walk_units
+from .groups import Group, Spec, resolve_group, staged_names, units_within, walk_units
 from .norms import is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
@@ -294,13 +294,12 @@ class Freezable:
             >>> "stage3" in fb.freeze_to("block4").frozen_groups, "block4" in fb.frozen_groups
             (False, True)
         """
-        (target,) = self._selected((group,), check_members=False)
+        self._selected((group,), check_members=False)
         if not isinstance(train_bn, bool):
             raise type_error("train_bn", train_bn, "a bool")
         root = self._freeze_root()
         units = walk_units(root, self._groups)
-        own = group_members(root, target)
-        inside = [i for i, (name, _) in enumerate(units) if name == group or group_members(root, self._groups[name]) <= own]
+        inside = units_within(root, self._groups, group, units)
         if not inside:
             raise UnknownGroupError(f"freeze_to({group!r}): the group holds no staged group; "
                                     f"{closest(group, [name for name, _ in units])}")

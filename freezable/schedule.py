@@ -2,7 +2,10 @@
 
 *Staged* groups are the registered groups that contain no other registered group,
 in group order (``stem, stage1 ... stageN, head`` for detected models). Umbrella
-groups (``backbone``, which contains the stem and stages) are skipped by the walks here.
+groups (``backbone``, which contains the stem and stages) are skipped by the walks here;
+what an umbrella holds outside every staged group (a final norm after the last stage's
+blocks) goes with its last staged group (:func:`freezable.groups.walk_units`), both in
+``freeze_to`` and in :class:`UnfreezeSchedule`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 
 from ._state import check_state, freeze_root
 from .errors import FreezableError, FreezeStateError, type_error, unknown_group
-from .groups import Group, staged_names
+from .groups import Group, staged_names, units_within, walk_units
 from .mixin import Freezable
 from .optim import add_missing, check_nonnegative, check_optimizer
 
@@ -64,7 +67,11 @@ class UnfreezeSchedule:
     """Unfreezes groups at given epochs; ``step(epoch)`` sets the state that epoch should have.
 
     The state at epoch ``e`` is the freeze state the model had when the schedule
-    was built, with every group scheduled at an epoch ``<= e`` unfrozen. ``step``
+    was built, with every group scheduled at an epoch ``<= e`` unfrozen. A schedule
+    walks the staged groups as ``freeze_to`` does: unfreezing a group also unfreezes
+    what an umbrella holds outside its staged groups and that ends with them (convnext's
+    ``head.norm`` goes with its last block), so a schedule over every block and the head
+    leaves nothing frozen. ``model.unfreeze(group)`` unfreezes exactly the group's members. ``step``
     sets exactly that state, so it is idempotent and right after a resume at any
     epoch (or a step back). Keep :meth:`state_dict` beside the checkpoint: it holds
     that initial state, which a resumed model no longer shows.
@@ -117,18 +124,28 @@ class UnfreezeSchedule:
         epoch = _check_epoch(epoch)
         return [g for e, groups in sorted(self.milestones.items()) if e <= epoch for g in groups]
 
+    def _unit_groups(self, names: Sequence[str], units: list[tuple[str, list[Group]]] | None = None) -> list[Group]:
+        """The named groups, each with the parts of umbrellas that end with its staged groups."""
+        root = freeze_root(self.model)
+        groups = _groups(self.model)
+        units = walk_units(root, groups) if units is None else units
+        return [self.model.freeze_group(name) for name in names] + [
+            g for name in names for i in units_within(root, groups, name, units) for g in units[i][1]
+        ]
+
     def target_state(self, epoch: int) -> dict[str, Any]:
         """The freeze state that ``step(epoch)`` sets."""
         root = freeze_root(self.model)
         modules: set[int] = set()  # by identity: a shared module or tied parameter may go by several names
         params: set[int] = set()
-        for name in self.groups_at(epoch):
-            group = self.model.freeze_group(name)
+        for group in self._unit_groups(self.groups_at(epoch)):
             modules.update(id(m) for _, m in group.named_modules(root))
             params.update(id(p) for _, p in group.named_parameters(root))
         state = dict(self.initial_state)
         state["frozen_modules"] = [n for n in state["frozen_modules"] if id(root.get_submodule(n)) not in modules]
         state["frozen_parameters"] = [n for n in state["frozen_parameters"] if id(root.get_parameter(n)) not in params]
+        if "norm_eval_modules" in state:  # norm_eval is no freezing: the schedule leaves the model's own setting
+            state["norm_eval_modules"] = self.model.freeze_state()["norm_eval_modules"]
         return state
 
     def step(self, epoch: int, *, optimizer: torch.optim.Optimizer | None = None, lr: float | None = None) -> Freezable:
@@ -160,9 +177,10 @@ class UnfreezeSchedule:
             self.model.load_freeze_state(target)
         if optimizer is not None:  # one group per milestone reached, whatever the stepping history
             root = freeze_root(self.model)
+            units = walk_units(root, _groups(self.model))
             for e, groups in self.milestones.items():
                 if e <= epoch:
-                    params = [p for g in groups for _, p in self.model.freeze_group(g).named_parameters(root)]
+                    params = [p for g in self._unit_groups(groups, units) for _, p in g.named_parameters(root)]
                     add_missing(optimizer, params, lr=lr, name=f"unfrozen@{e}:" + ",".join(groups))
         self.last_epoch = epoch
         return self.model

@@ -3,6 +3,7 @@
 Oracles are read off the models themselves, not off detection: the classifier attribute, a detector's
 ``backbone``/``rpn``/``roi_heads`` attributes and predictors, timm's ``get_classifier()`` and the layer ids of
 ``timm.optim.param_groups_layer_decay``, torchvision's ``_resnet_fpn_extractor`` / ``_mobilenet_extractor``.
+The ones ``python -m freezable sweep`` uses too live in ``freezable/_oracles.py``.
 Every model is built once, on the meta device (RegNet: weights on meta, computed on the CPU).
 """
 
@@ -21,6 +22,18 @@ from torch import nn
 
 import freezable as fz
 from freezable._models import build_model
+from freezable._oracles import (
+    FORWARD_SAMPLE,
+    attr_ids,
+    classifier_parameters,
+    features_only_problems,
+    forward_order_problems,
+    ids,
+    stage_problems,
+    stage_sizes,
+    staged,
+    trainable_layers_problems,
+)
 from freezable.detect import detect_groups
 from freezable.groups import resolve_group
 
@@ -42,60 +55,13 @@ def built(name: str, features_only: bool = False) -> tuple[nn.Module, dict[str, 
     return model, detect_groups(model)
 
 
-def ids(model: nn.Module, groups: dict, name: str) -> set[int]:
-    """The group's parameters, by identity (a shared module's parameters have two names)."""
-    if name not in groups:
-        return set()
-    return {id(p) for _, p in resolve_group(model, name, list(groups[name])).named_parameters(model)}
-
-
-def attr_ids(model: nn.Module, *names: str) -> set[int]:
-    out: set[int] = set()
-    for name in names:
-        module = model.get_submodule(name)
-        out |= {id(p) for p in module.parameters()}
-    return out
-
-
-def staged(groups: dict, prefix: str) -> list[str]:
-    return [g for g in groups if g.startswith(prefix) and g[len(prefix):].isdigit()]
-
-
-def assert_stages_cover_backbone_and_hold_the_blocks(model: nn.Module, groups: dict) -> None:
-    """Stem and stages split the backbone (less its neck) between them; each block sits in one stage."""
-    stages = staged(groups, "stage")
-    if not stages:
-        return
-    parts = [ids(model, groups, g) for g in ["stem", *stages]]
-    names = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
-    shared = {pid for pid in names if names.count(pid) > 1}  # CoaT shares modules between its stages
-    assert sum(len(p - shared) for p in parts) == len(set().union(*parts) - shared), "stem and stages overlap"
-    body = ids(model, groups, "backbone") - ids(model, groups, "neck")
-    assert set().union(*parts) == body, "stem and stages must cover the backbone"
-    where = []
-    for block in staged(groups, "block"):
-        mine = ids(model, groups, block)
-        holders = [i for i, s in enumerate(parts) if mine and mine <= s]
-        assert len(holders) == 1, f"{block} is not inside one stage"
-        where.append(holders[0])
-    assert where == sorted(where), "blocks are in forward order, stage by stage"
-
-
-def classifier_oracle(model: nn.Module) -> set[int]:
-    """torchvision's classifier attribute(s): what fine-tuning replaces (Inception's and GoogLeNet's aux too)."""
-    children = dict(model.named_children())
-    names = [n for n in ("fc", "classifier", "head", "heads") if n in children and attr_ids(model, n)][-1:]
-    names += [n for n in ("AuxLogits", "aux1", "aux2") if children.get(n) is not None]
-    return attr_ids(model, *names)
-
-
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_every_torchvision_model_gets_right_groups(name):
     model, groups = built(name)
     if name in FLOW:  # RAFT: its own parts by name, no stem, stages or head
         assert groups == {n: (n,) for n in ("feature_encoder", "context_encoder", "update_block")}
         return
-    assert_stages_cover_backbone_and_hold_the_blocks(model, groups)
+    assert stage_problems(model, groups) == []
     if name in DETECTION:
         predictors = [f"roi_heads.{n}" for n in ("box_predictor", "mask_predictor", "keypoint_predictor")
                       if getattr(getattr(model, "roi_heads", None), n, None) is not None]
@@ -115,7 +81,7 @@ def test_every_torchvision_model_gets_right_groups(name):
         assert len(staged(groups, "stage")) == 4 or len(staged(groups, "stage")) == 5
     else:  # classification, video, quantizable
         head = ids(model, groups, "head")
-        assert head == classifier_oracle(model)
+        assert head == classifier_parameters(model)
         assert head | ids(model, groups, "backbone") == {id(p) for p in model.parameters()}
         assert len(staged(groups, "stage")) >= 2 and "stem" in groups
     assert staged(groups, "block") or not staged(groups, "stage"), "every staged model has blocks"
@@ -146,8 +112,7 @@ def test_timm_family_groups_against_get_classifier_and_layer_decay(name):
     expected = {id(p) for m in (classifier if isinstance(classifier, tuple) else (classifier,))
                 if isinstance(m, nn.Module) for p in m.parameters()}
     assert expected <= head and head | ids(model, groups, "backbone") == {id(p) for p in model.parameters()}
-    if staged(groups, "stage"):
-        assert_stages_cover_backbone_and_hold_the_blocks(model, groups)
+    assert stage_problems(model, groups) == []
     blocks = staged(groups, "block")
     if blocks:  # block i is exactly timm's layer id i
         layer = layer_ids(model)
@@ -164,21 +129,11 @@ FEATURES_SAMPLE = ["resnet50", "convnext_tiny", "vit_small_patch16_224", "swin_t
                    "regnety_008", "hrnet_w18_small", "efficientnet_b0", "mobilenetv3_small_050"]
 
 
-def stage_sizes(model: nn.Module, groups: dict) -> list[int]:
-    return [sum(p.numel() for _, p in resolve_group(model, g, list(groups[g])).named_parameters(model))
-            for g in ["stem", *staged(groups, "stage")]]
-
-
 @pytest.mark.parametrize("name", FEATURES_SAMPLE)
 def test_features_only_stages_are_the_classifier_stages(name):
     classifier, theirs = built(f"timm/{name}")
     features, ours = built(f"timm/{name}", features_only=True)
-    assert "head" not in ours and staged(ours, "stage")
-    assert_stages_cover_backbone_and_hold_the_blocks(features, ours)
-    mine, full = stage_sizes(features, ours), stage_sizes(classifier, theirs)
-    # same stem and stages; the last may lack what the feature model drops (a final norm, a neck)
-    assert mine[:-1] == full[: len(mine) - 1] and mine[-1] <= full[len(mine) - 1]
-    assert ids(features, ours, "backbone") == {id(p) for p in features.parameters()}
+    assert staged(ours, "stage") and features_only_problems(features, ours, classifier, theirs) == []
 
 
 @pytest.mark.parametrize("kwargs", [{"num_classes": 0}, {"global_pool": "", "num_classes": 0}])
@@ -250,83 +205,45 @@ def test_an_unknown_group_names_the_groups_that_exist():
 # -- detection presets: torchvision's own rule is the oracle --------------------------------------
 
 
-def torchvision_frozen(body: str, n: int) -> set[str]:
-    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
-
-    with torch.device("meta"):
-        if body == "resnet":
-            extracted = _resnet_fpn_extractor(torchvision.models.resnet50(), n)
-        else:
-            extracted = _mobilenet_extractor(torchvision.models.mobilenet_v3_large(), True, n)
-    return {f"backbone.{k}" for k, p in extracted.named_parameters() if not p.requires_grad}
-
-
-BODIES = {"fasterrcnn_resnet50_fpn": ("resnet", 5), "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet", 6)}
-
-
-@pytest.mark.parametrize(("name", "n"), [(name, n) for name, (_, top) in BODIES.items() for n in range(top + 1)])
-def test_trainable_backbone_layers_presets_freeze_what_torchvision_freezes(name, n):
+@pytest.mark.parametrize(("name", "top"), [("fasterrcnn_resnet50_fpn", 5), ("fasterrcnn_mobilenet_v3_large_fpn", 6)])
+def test_trainable_backbone_layers_presets_freeze_what_torchvision_freezes(name, top):
+    assert trainable_layers_problems(name, lambda: build_model(name)) == []
     model = build_model(name)
-    fb = fz.FrozenBackbone(model, preset=f"torchvision.detection.trainable_backbone_layers_{n}")
-    assert {k for k, p in model.named_parameters() if not p.requires_grad} == torchvision_frozen(BODIES[name][0], n)
-    frozen_norms = [m for k, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and not m.weight.requires_grad]
-    assert not any(m.training for m in fb.train().backbone.modules() if m in frozen_norms)
-
-
-def test_trainable_backbone_layers_presets_refuse_what_does_not_fit():
-    # the presets go to 6 (MobileNet's top); a ResNet body takes 0..5
-    with pytest.raises(fz.FreezableError, match=r"N in 0\.\.5, not 6"):
-        fz.FrozenBackbone(build_model("fasterrcnn_resnet50_fpn"), preset="torchvision.detection.trainable_backbone_layers_6")
-    with pytest.raises(fz.FreezableError, match="fit torchvision detectors with a backbone.body"):
-        fz.FrozenBackbone(build_model("resnet18"), preset="torchvision.detection.trainable_backbone_layers_3")
+    fb = fz.FrozenBackbone(model, preset="torchvision.detection.trainable_backbone_layers_3")
+    frozen_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and not m.weight.requires_grad]
+    assert frozen_norms and not any(m.training for m in fb.train().backbone.modules() if m in frozen_norms)
+    if top == 5:  # the presets go to 6 (MobileNet's top); a ResNet body takes 0..5
+        with pytest.raises(fz.FreezableError, match=r"N in 0\.\.5, not 6"):
+            fz.FrozenBackbone(build_model(name), preset="torchvision.detection.trainable_backbone_layers_6")
+        with pytest.raises(fz.FreezableError, match="fit torchvision detectors with a backbone.body"):
+            fz.FrozenBackbone(build_model("resnet18"), preset="torchvision.detection.trainable_backbone_layers_3")
 
 
 # -- forward order and training, on real tensors, for a sample -----------------------------------
 
-REAL = {
-    "torchvision/resnet18": (64, lambda: torchvision.models.resnet18(num_classes=3)),
-    "torchvision/mobilenet_v3_small": (64, lambda: torchvision.models.mobilenet_v3_small(num_classes=3)),
-    "torchvision/squeezenet1_1": (64, lambda: torchvision.models.squeezenet1_1(num_classes=3)),
-    "timm/resnet18": (64, lambda: timm.create_model("resnet18", num_classes=3)),
-    "timm/vit_tiny_patch16_224": (32, lambda: timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32,
-                                                                depth=4)),
-    "timm/convnext_atto": (64, lambda: timm.create_model("convnext_atto", num_classes=3)),
-}
-
-
-def first_calls(model: nn.Module, groups: dict, names: list[str], size: int) -> list[str]:
-    """The groups in the order their first module runs (forward pre-hooks on a real input)."""
-    first: dict[str, int] = {}
-    modules = dict(model.named_modules())
-    handles = []
-    for group in names:
-        for member in groups[group]:
-            if member in modules:
-                def hook(module, args, group=group):
-                    first.setdefault(group, len(first))
-                handles.append(modules[member].register_forward_pre_hook(hook))
-    with torch.no_grad():
-        model(torch.randn(1, 3, size, size))
-    for h in handles:
-        h.remove()
-    return sorted(first, key=first.get)
-
-
-@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("name", FORWARD_SAMPLE)
 def test_stages_and_blocks_run_in_forward_order(name):
-    size, make = REAL[name]
+    size, make = FORWARD_SAMPLE[name]
     torch.manual_seed(0)
-    model = make().eval()
+    model = make()
     groups = detect_groups(model)
-    coarse = ["stem", *staged(groups, "stage"), "head"]
-    assert first_calls(model, groups, coarse, size) == coarse
-    blocks = staged(groups, "block")
-    assert first_calls(model, groups, blocks, size) == blocks
+    assert staged(groups, "block") and forward_order_problems(model, groups, size) == []
 
 
-@pytest.mark.parametrize("name", REAL)
+def test_the_oracles_catch_groups_out_of_order():
+    size, make = FORWARD_SAMPLE["torchvision/resnet18"]
+    model = make()
+    groups = detect_groups(model)
+    swapped = {**groups, "stage1": groups["stage2"], "stage2": groups["stage1"]}
+    assert forward_order_problems(model, swapped, size) == [
+        "groups run in the order ['stem', 'stage2', 'stage1', 'stage3', 'stage4', 'head'], "
+        "not ['stem', 'stage1', 'stage2', 'stage3', 'stage4', 'head']"]
+    assert stage_problems(model, swapped) == ["blocks are not stage by stage"]
+
+
+@pytest.mark.parametrize("name", FORWARD_SAMPLE)
 def test_freezing_stem_and_stage1_trains_exactly_the_rest(name):
-    size, make = REAL[name]
+    size, make = FORWARD_SAMPLE[name]
     torch.manual_seed(0)
     model = make()
     source = name.split("/")[0]

@@ -89,3 +89,10 @@ def test_sweep_prints_coverage_and_fails_on_a_model_without_a_head(capsys):
     out = capsys.readouterr().out
     assert "timm: 1/2 models with the right head (50.0%), 1 with a stem, 1 with stem and stages" in out
     assert "mobilenetv5_300m_enc: backbone/head=False stem=False" in out
+
+
+def test_sweep_checks_detection_presets_and_features_only_stages_against_their_oracles(capsys):
+    assert main(["sweep", "torchvision", "--models", "fasterrcnn_mobilenet_v3_large_fpn", "--no-progress"]) == 0
+    assert "trainable_backbone_layers_N = torchvision's rule for every N: 1/1 detectors" in capsys.readouterr().out
+    assert main(["sweep", "timm", "--models", "convnext_atto", "--features-only", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("timm: 1/1 models with the right head")

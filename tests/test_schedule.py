@@ -179,3 +179,49 @@ def test_freeze_to_walks_a_final_norm_with_the_last_block():
     assert not fb.backbone.head.norm.weight.requires_grad and fb.backbone.head.fc.weight.requires_grad
     fb.freeze_to(f"block{last - 1}")
     assert fb.backbone.head.norm.weight.requires_grad and not fb.backbone.stages[3].blocks[0].conv_dw.weight.requires_grad
+
+
+def _meta_backbone(name: str) -> fz.FrozenBackbone:
+    import timm
+
+    with torch.device("meta"):
+        return fz.FrozenBackbone(timm.create_model(name))
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "swin_tiny_patch4_window7_224"])
+def test_a_schedule_over_every_block_and_the_head_leaves_nothing_frozen(name):
+    fb = _meta_backbone(name)
+    blocks = [g for g in staged_groups(fb) if g.startswith("block")]
+    assert len(blocks) == 12  # timm's layer ids: both have 2+2+6+2 blocks
+    schedule = fz.UnfreezeSchedule(fb, {0: ["head"], **{i + 1: [b] for i, b in enumerate(reversed(blocks))}, 13: "stem"})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1, device="meta"))], lr=0.1)
+    schedule.step(13, optimizer=opt)
+    assert [n for n, p in fb.backbone.named_parameters() if not p.requires_grad] == []
+    in_optimizer = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert all(id(p) in in_optimizer for p in fb.backbone.parameters())
+
+
+def test_a_schedule_unfreezes_the_final_norm_with_the_last_block_as_freeze_to_does():
+    fb = _meta_backbone("convnext_atto")
+    last = [g for g in staged_groups(fb) if g.startswith("block")][-1]
+    norm = fb.backbone.head.norm  # timm convnext's pre-logits norm: in stage4, in no block
+    fz.UnfreezeSchedule(fb, {1: [last]}).step(1)
+    assert norm.weight.requires_grad and fb.backbone.stages[3].blocks[-1].conv_dw.weight.requires_grad
+    assert not fb.backbone.stages[3].blocks[0].conv_dw.weight.requires_grad
+    # the same cut as freeze_to(the block before it)
+    expected = {n for n, p in fb.backbone.named_parameters() if p.requires_grad} | {"head.fc.weight", "head.fc.bias"}
+    fb.freeze_to(staged_groups(fb)[-3])
+    assert {n for n, p in fb.backbone.named_parameters() if p.requires_grad} == expected
+    # unfreeze(group) is exact: a group is its members, as in freeze(group)
+    fb.freeze().unfreeze(last)
+    assert not norm.weight.requires_grad
+
+
+def test_a_schedule_step_leaves_norm_eval_set_after_the_schedule_was_built():
+    fb = fz.FrozenBackbone(torchvision.models.resnet18(num_classes=3))
+    schedule = fz.UnfreezeSchedule(fb, {1: ["stage4", "head"]})
+    fb.set_norm_eval(True)
+    schedule.step(1)
+    assert fb.backbone.layer4[0].bn1.weight.requires_grad
+    assert not fb.train().backbone.layer4[0].bn1.training  # still under norm_eval: the step did not undo it
+    assert fb.freeze_state()["norm_eval_modules"]

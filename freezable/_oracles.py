@@ -1,0 +1,241 @@
+"""Oracles that detected groups are checked against, shared by ``python -m freezable sweep`` and the tests.
+
+Each oracle reads the answer off the model or off the source library itself, never off detection: the
+classifier attribute or timm's ``get_classifier()``, the order in which modules run on a real input,
+the same architecture built as a classifier, torchvision's own ``trainable_backbone_layers`` rule.
+Each check returns the problems it found (an empty list: right).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .groups import resolve_group
+from .wrapper import FrozenBackbone
+
+__all__ = [
+    "ids",
+    "attr_ids",
+    "staged",
+    "classifier_parameters",
+    "stage_problems",
+    "forward_order",
+    "FORWARD_SAMPLE",
+    "forward_order_problems",
+    "stage_sizes",
+    "features_only_problems",
+    "TRAINABLE_LAYERS_BODIES",
+    "trainable_layers_body",
+    "torchvision_frozen",
+    "trainable_layers_problems",
+]
+
+Groups = dict[str, tuple[str, ...]]
+
+
+def ids(model: nn.Module, groups: Groups, name: str) -> set[int]:
+    """The group's parameters, by identity (a shared module's parameters have two names); none if absent."""
+    if name not in groups:
+        return set()
+    return {id(p) for _, p in resolve_group(model, name, list(groups[name])).named_parameters(model)}
+
+
+def attr_ids(model: nn.Module, *names: str) -> set[int]:
+    """The parameters of the named submodules, by identity."""
+    return {id(p) for name in names for p in model.get_submodule(name).parameters()}
+
+
+def staged(groups: Groups, prefix: str) -> list[str]:
+    """``prefix1 .. prefixN`` among the groups (``stage``, ``block``), in group order."""
+    return [g for g in groups if g.startswith(prefix) and g[len(prefix):].isdigit()]
+
+
+def classifier_parameters(model: nn.Module) -> set[int]:
+    """What fine-tuning replaces, by identity: timm's ``get_classifier()``; a torchvision detector's predictors;
+    else the ``classifier``/``fc``/``head``/``heads`` attribute (with Inception's and GoogLeNet's aux heads)."""
+    if hasattr(model, "get_classifier"):
+        heads = model.get_classifier()
+        heads = heads if isinstance(heads, tuple) else (heads,)
+        return {id(p) for h in heads if isinstance(h, nn.Module) for p in h.parameters()}
+    roi = getattr(model, "roi_heads", None)
+    if roi is not None:
+        names = [f"roi_heads.{n}" for n in ("box_predictor", "mask_predictor", "keypoint_predictor")
+                 if getattr(roi, n, None) is not None]
+    else:
+        children = dict(model.named_children())
+        names = [n for n in ("fc", "classifier", "head", "heads") if n in children
+                 and any(True for _ in children[n].parameters())][-1:]
+        names += [n for n in ("AuxLogits", "aux1", "aux2") if children.get(n) is not None]
+    return attr_ids(model, *names)
+
+
+def stage_problems(model: nn.Module, groups: Groups) -> list[str]:
+    """Stem and stages split the backbone (less its neck) with no overlap; each block sits in one stage,
+    blocks stage by stage. A model without stages has nothing to check."""
+    stages = staged(groups, "stage")
+    if not stages:
+        return []
+    parts = [ids(model, groups, g) for g in ["stem", *stages]]
+    names = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
+    shared = {pid for pid in names if names.count(pid) > 1}  # CoaT shares modules between its stages
+    problems = []
+    if sum(len(p - shared) for p in parts) != len(set().union(*parts) - shared):
+        problems.append("stem and stages overlap")
+    if set().union(*parts) != ids(model, groups, "backbone") - ids(model, groups, "neck"):
+        problems.append("stem and stages do not cover the backbone")
+    where = []
+    for block in staged(groups, "block"):
+        mine = ids(model, groups, block)
+        holders = [i for i, s in enumerate(parts) if mine and mine <= s]
+        if len(holders) != 1:
+            problems.append(f"{block} is not inside one stage")
+            return problems
+        where.append(holders[0])
+    if where != sorted(where):
+        problems.append("blocks are not stage by stage")
+    return problems
+
+
+# -- forward order, on a real input --------------------------------------------------------------
+
+
+def forward_order(model: nn.Module, groups: Groups, names: list[str], x: torch.Tensor) -> list[str]:
+    """The named groups in the order their first module runs on ``x`` (forward pre-hooks, no grad)."""
+    first: dict[str, int] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for group in names:
+        for member in groups[group]:
+            if member in modules:
+                def hook(module: nn.Module, args: object, group: str = group) -> None:
+                    first.setdefault(group, len(first))
+                handles.append(modules[member].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted(first, key=first.__getitem__)
+
+
+def _timm(name: str, **kwargs: object) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import timm
+
+        return timm.create_model(name, num_classes=3, **kwargs)
+    return make
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=3)
+    return make
+
+
+# "source/name" -> (input size, builder of a small real model): the sample whose forward order is checked
+FORWARD_SAMPLE: dict[str, tuple[int, Callable[[], nn.Module]]] = {
+    "torchvision/resnet18": (64, _torchvision("resnet18")),
+    "torchvision/mobilenet_v3_small": (64, _torchvision("mobilenet_v3_small")),
+    "torchvision/squeezenet1_1": (64, _torchvision("squeezenet1_1")),
+    "torchvision/efficientnet_b0": (64, _torchvision("efficientnet_b0")),
+    "torchvision/shufflenet_v2_x0_5": (64, _torchvision("shufflenet_v2_x0_5")),
+    "timm/resnet18": (64, _timm("resnet18")),
+    "timm/vit_tiny_patch16_224": (32, _timm("vit_tiny_patch16_224", img_size=32, depth=4)),
+    "timm/convnext_atto": (64, _timm("convnext_atto")),
+    "timm/efficientnet_b0": (64, _timm("efficientnet_b0")),
+    "timm/swin_tiny_patch4_window7_224": (64, _timm("swin_tiny_patch4_window7_224", img_size=64, window_size=2,
+                                                    depths=(1, 1, 2, 1))),
+}
+
+
+def forward_order_problems(model: nn.Module, groups: Groups, size: int) -> list[str]:
+    """``stem, stage1..N, head`` and ``block1..M`` run in that order on a real ``size`` x ``size`` image."""
+    problems = []
+    x = torch.randn(1, 3, size, size)
+    for names in (["stem", *staged(groups, "stage"), "head"], staged(groups, "block")):
+        names = [n for n in names if n in groups]
+        order = forward_order(model.eval(), groups, names, x)
+        if order != names:
+            problems.append(f"groups run in the order {order}, not {names}")
+    return problems
+
+
+# -- features_only backbones: the classifier's stages --------------------------------------------
+
+
+def stage_sizes(model: nn.Module, groups: Groups) -> list[int]:
+    """Parameter counts of ``stem, stage1 .. stageN``."""
+    return [sum(p.numel() for _, p in resolve_group(model, g, list(groups[g])).named_parameters(model))
+            for g in ["stem", *staged(groups, "stage")] if g in groups]
+
+
+def features_only_problems(features: nn.Module, ours: Groups, classifier: nn.Module, theirs: Groups) -> list[str]:
+    """A feature backbone's stem and stages are the classifier's (same sizes in the same order; the last one
+    may lack what the feature model drops, a final norm or a neck), it has no head, and its backbone is all."""
+    problems = stage_problems(features, ours)
+    if "head" in ours:
+        problems.append("a feature backbone has a head")
+    mine, full = stage_sizes(features, ours), stage_sizes(classifier, theirs)
+    if len(mine) < 2 or len(mine) > len(full) or mine[:-1] != full[: len(mine) - 1] or mine[-1] > full[len(mine) - 1]:
+        problems.append(f"stem and stage sizes {mine} are not the classifier's {full}")
+    if ids(features, ours, "backbone") != {id(p) for p in features.parameters()}:
+        problems.append("backbone is not the whole feature model")
+    return problems
+
+
+# -- torchvision's trainable_backbone_layers rule ----------------------------------------------------
+
+# the FPN detectors, whose builders apply the rule to a backbone.body: body in the name -> (classifier, top N).
+# SSD and SSDlite take trainable_backbone_layers too, with extractors of their own and no body: the presets
+# do not fit them.
+TRAINABLE_LAYERS_BODIES = {"resnet50": ("resnet50", 5), "mobilenet_v3_large": ("mobilenet_v3_large", 6)}
+
+
+def trainable_layers_body(detector: str) -> str | None:
+    """The body (a key of ``TRAINABLE_LAYERS_BODIES``) of a torchvision FPN detector, else None."""
+    if "_fpn" not in detector:
+        return None
+    return next((body for body in TRAINABLE_LAYERS_BODIES if body in detector), None)
+
+
+def torchvision_frozen(body: str, n: int) -> set[str]:
+    """What torchvision's ``trainable_backbone_layers=n`` freezes in a detector with a ``body`` body (its own
+    ``_resnet_fpn_extractor`` / ``_mobilenet_extractor`` applied to that classifier, on the meta device)."""
+    import torchvision
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+
+    with torch.device("meta"):
+        classifier = torchvision.models.get_model(TRAINABLE_LAYERS_BODIES[body][0])
+        if body == "resnet50":
+            extracted = _resnet_fpn_extractor(classifier, n)
+        else:
+            extracted = _mobilenet_extractor(classifier, True, n)
+    return {f"backbone.{k}" for k, p in extracted.named_parameters() if not p.requires_grad}
+
+
+def trainable_layers_problems(name: str, build: Callable[[], nn.Module]) -> list[str]:
+    """``torchvision.detection.trainable_backbone_layers_N`` freezes what torchvision's rule freezes, every N.
+
+    Args:
+        name: the torchvision detector's name (its body is read off the name: ``resnet50``, ``mobilenet_v3_large``);
+            other names have nothing to check.
+        build: builds the detector afresh (weights and backbone weights ``None``).
+    """
+    body = trainable_layers_body(name)
+    if body is None:
+        return []
+    problems = []
+    for n in range(TRAINABLE_LAYERS_BODIES[body][1] + 1):
+        model = build()
+        FrozenBackbone(model, preset=f"torchvision.detection.trainable_backbone_layers_{n}")
+        frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+        if frozen != torchvision_frozen(body, n):
+            problems.append(f"trainable_backbone_layers_{n} freezes {len(frozen)} parameters, torchvision "
+                            f"{len(torchvision_frozen(body, n))}")
+    return problems
