@@ -47,3 +47,9 @@ def test_the_readme_has_its_sections_in_a_newcomer_s_order():
     assert sections == ["Install and the two commands", "How freezing works", "The mixin", "The wrapper",
                         "Groups and presets", "Training loops", "Hugging Face",
                         "Coming from mmdetection / fastai / Lightning / timm", "Reliability", "Benchmarks", "Examples"]
+
+
+def test_ci_runs_exactly_the_readme_s_test_command():
+    block = re.search(r"# run the tests.*\n(.+)\n", TEXT).group(1)
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert block in ci.splitlines()
