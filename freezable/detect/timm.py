@@ -10,8 +10,10 @@
   feature classes of their own without a ``group_matcher``, such as EfficientNetFeatures) get the groups
   of the same architecture built as a classifier, on the meta device, restricted to the parameters the
   feature model has and mapped onto its names; they have no ``head``. FeatureGetterNet holds a pruned
-  classifier (its ``model``): read on its own, its flat block list would be split into other stages than
-  the classifier's (XCiT and VOLO lose their class-attention blocks), hence the classifier's groups there too.
+  classifier (its ``model``), FeatureHookNet may hold the whole one (its ``body``): read on its own, a pruned
+  classifier's flat block list would be split into other stages than the classifier's (XCiT and VOLO lose
+  their class-attention blocks), hence the classifier's groups there too. When none of them maps onto the
+  feature model, it gets no groups: absent, not the inner model's own.
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ def is_timm(model: nn.Module) -> bool:
 
 
 def is_timm_features(model: nn.Module) -> bool:
-    """Whether ``model`` is a timm ``features_only`` model that detection reads through its classifier."""
+    """Whether ``model`` is a timm ``features_only`` model that detection reads through its classifier.
+
+    Example:
+        >>> import timm, torch
+        >>> with torch.device("meta"):
+        ...     print(is_timm_features(timm.create_model("resnet18", features_only=True)),
+        ...           is_timm_features(timm.create_model("resnet18")))
+        True False
+    """
     return is_timm(model) and (type(model).__name__ in _FEATURE_WRAPPERS or type(model).__name__.endswith(
         "Features") and not hasattr(model, "group_matcher"))
 
@@ -232,8 +242,7 @@ def _feature_groups(model: nn.Module) -> Groups:
 def _feature_name(name: str, own: dict[str, nn.Parameter], prefix: str = "") -> str | None:
     """The feature model's name for the classifier's parameter ``name`` (timm flattens the first
     Sequential level, ``stages.0.x`` -> ``stages_0.x``; FeatureGetterNet and FeatureHookNet may hold the
-    whole classifier under ``prefix``),
-    or None when the feature model lacks it."""
+    whole classifier under ``prefix``), or None when the feature model lacks it."""
     first, _, rest = name.partition(".")
     for candidate in (prefix + name,) if prefix else (name, first + "_" + rest):
         if candidate in own:
