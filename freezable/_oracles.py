@@ -26,6 +26,7 @@ __all__ = [
     "FORWARD_SAMPLE",
     "forward_order_problems",
     "stage_sizes",
+    "common_names",
     "features_only_problems",
     "TRAINABLE_LAYERS_BODIES",
     "trainable_layers_body",
@@ -175,15 +176,51 @@ def stage_sizes(model: nn.Module, groups: Groups) -> list[int]:
             for g in ["stem", *staged(groups, "stage")] if g in groups]
 
 
+def common_names(features: nn.Module, classifier: nn.Module) -> dict[str, str]:
+    """The feature model's parameter names that the classifier has too -> the classifier's names.
+
+    Names are compared with ``_`` read as ``.`` (timm flattens ``stages.0`` into ``stages_0``), and a feature
+    model's ``model.`` or ``body.`` prefix (FeatureGetterNet, FeatureHookNet hold the classifier there) dropped
+    when needed. Shared parameters count under each of their names.
+    """
+    def key(name: str) -> str:
+        return name.replace("_", ".")
+
+    theirs = {key(n): n for n, _ in classifier.named_parameters(remove_duplicate=False)}
+    common = {}
+    for name, _ in features.named_parameters(remove_duplicate=False):
+        for candidate in (name, name.removeprefix("model."), name.removeprefix("body.")):
+            if key(candidate) in theirs:
+                common[name] = theirs[key(candidate)]
+                break
+    return common
+
+
+def _group_names(model: nn.Module, groups: Groups, name: str) -> list[str]:
+    return [n for n, _ in resolve_group(model, name, list(groups[name])).named_parameters(model)]
+
+
 def features_only_problems(features: nn.Module, ours: Groups, classifier: nn.Module, theirs: Groups) -> list[str]:
-    """A feature backbone's stem and stages are the classifier's (same sizes in the same order; the last one
-    may lack what the feature model drops, a final norm or a neck), it has no head, and its backbone is all."""
+    """A feature backbone's stem, stages and blocks are the classifier's, restricted to the parameters both models
+    have (timm prunes what the features do not use: a class token, the last blocks, a final norm): the same
+    parameters in the same order, a group the restriction leaves empty absent. It has no head, and its
+    backbone is all of it. A feature model without stages gets the one problem ``no stages``."""
+    if not staged(ours, "stage"):
+        return ["no stages"]
     problems = stage_problems(features, ours)
     if "head" in ours:
         problems.append("a feature backbone has a head")
-    mine, full = stage_sizes(features, ours), stage_sizes(classifier, theirs)
-    if len(mine) < 2 or len(mine) > len(full) or mine[:-1] != full[: len(mine) - 1] or mine[-1] > full[len(mine) - 1]:
-        problems.append(f"stem and stage sizes {mine} are not the classifier's {full}")
+    common = common_names(features, classifier)
+    back = {c: f for f, c in common.items()}
+    names = ["stem", *staged(theirs, "stage"), *staged(theirs, "block")]
+    for extra in [g for g in [*staged(ours, "stage"), *staged(ours, "block")] if g not in names]:
+        problems.append(f"{extra} is not a classifier group")
+    for name in names:
+        expected = [back[n] for n in _group_names(classifier, theirs, name) if n in back] if name in theirs else []
+        got = _group_names(features, ours, name) if name in ours else []
+        if got != expected:
+            problems.append(f"{name} has {len(got)} parameters, the classifier's (in both models) {len(expected)}"
+                            if len(got) != len(expected) else f"{name} differs from the classifier's")
     if ids(features, ours, "backbone") != {id(p) for p in features.parameters()}:
         problems.append("backbone is not the whole feature model")
     return problems

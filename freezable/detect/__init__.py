@@ -18,7 +18,7 @@ from collections.abc import Callable
 from torch import nn
 
 from .nested import nested_groups
-from .timm import timm_groups
+from .timm import is_timm_features, timm_groups
 from .torchvision import torchvision_groups
 from .transformers import hf_groups
 
@@ -51,7 +51,9 @@ def detect_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
     for detect in DETECTORS:
         groups = detect(model)
         if groups is not None:
-            if set(groups) <= {"backbone"}:  # known, but not its parts (a wrapper such as TimmWrapper): look inside
+            # known, but not its parts (a wrapper such as TimmWrapper): look inside; a timm feature model whose
+            # classifier's groups do not map onto it gets none (the model inside, read alone, would give others)
+            if set(groups) <= {"backbone"} and not is_timm_features(model):
                 return nested_groups(model, DETECTORS) or groups
             return groups
     return nested_groups(model, DETECTORS)

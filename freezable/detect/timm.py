@@ -6,10 +6,14 @@
 * ``block1 ... blockN`` are timm's fine layer ids, those ``timm.optim.param_groups_layer_decay`` uses:
   layer id 0 is the stem, layer id i is block i, the head's id (parameters the fine matcher leaves
   unmatched) is no block.
-* ``features_only=True`` models (FeatureListNet, FeatureDictNet, FeatureHooksNet, and feature classes
-  of their own without a ``group_matcher``, such as EfficientNetFeatures) get the groups of the
-  same architecture built as a classifier, on the meta device, mapped onto their own names; they have
-  no ``head``. FeatureGetterNet holds the model itself: the nested search finds it.
+* ``features_only=True`` models (FeatureListNet, FeatureDictNet, FeatureHookNet, FeatureGetterNet, and
+  feature classes of their own without a ``group_matcher``, such as EfficientNetFeatures) get the groups
+  of the same architecture built as a classifier, on the meta device, restricted to the parameters the
+  feature model has and mapped onto its names; they have no ``head``. FeatureGetterNet holds a pruned
+  classifier (its ``model``), FeatureHookNet may hold the whole one (its ``body``): read on its own, a pruned
+  classifier's flat block list would be split into other stages than the classifier's (XCiT and VOLO lose
+  their class-attention blocks), hence the classifier's groups there too. When none of them maps onto the
+  feature model, it gets no groups: absent, not the inner model's own.
 """
 
 from __future__ import annotations
@@ -26,15 +30,29 @@ from torch import nn
 
 from ._parts import Groups, Parts, assemble, compact, param_names, within
 
-__all__ = ["timm_groups", "is_timm"]
+__all__ = ["timm_groups", "is_timm", "is_timm_features"]
 
 _MAX_STAGES = 8  # more coarse block groups than this are split into 4 stages
-_FEATURE_WRAPPERS = ("FeatureListNet", "FeatureDictNet", "FeatureHooksNet")
+_FEATURE_WRAPPERS = ("FeatureListNet", "FeatureDictNet", "FeatureHookNet", "FeatureGetterNet")
 
 
 def is_timm(model: nn.Module) -> bool:
     """Whether ``model`` is a timm model (a classifier or feature backbone built by ``timm.create_model``)."""
     return type(model).__module__.startswith("timm.") and isinstance(getattr(model, "pretrained_cfg", None), dict)
+
+
+def is_timm_features(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm ``features_only`` model that detection reads through its classifier.
+
+    Example:
+        >>> import timm, torch
+        >>> with torch.device("meta"):
+        ...     print(is_timm_features(timm.create_model("resnet18", features_only=True)),
+        ...           is_timm_features(timm.create_model("resnet18")))
+        True False
+    """
+    return is_timm(model) and (type(model).__name__ in _FEATURE_WRAPPERS or type(model).__name__.endswith(
+        "Features") and not hasattr(model, "group_matcher"))
 
 
 def timm_groups(model: nn.Module) -> Groups | None:
@@ -49,11 +67,8 @@ def timm_groups(model: nn.Module) -> Groups | None:
     """
     if not is_timm(model):
         return None
-    if type(model).__name__ == "FeatureGetterNet":
-        return None
-    if type(model).__name__ in _FEATURE_WRAPPERS or type(model).__name__.endswith("Features") and not hasattr(
-            model, "group_matcher"):
-        return _feature_groups(model)  # a wrapper, or a feature class of its own (EfficientNetFeatures)
+    if is_timm_features(model):  # a wrapper, or a feature class of its own (EfficientNetFeatures)
+        return _feature_groups(model)
     return assemble(model, _classifier_parts(model))
 
 
@@ -190,26 +205,33 @@ def _as_stages(blocks: list[list[str]]) -> list[list[str]]:
 # -- feature backbones -------------------------------------------------------------------------------
 
 
-def _feature_groups(model: nn.Module) -> Groups | None:
-    """The classifier's stem, stages and blocks, by parameter, on the feature model's names; no head."""
+def _feature_groups(model: nn.Module) -> Groups:
+    """The classifier's stem, stages and blocks, by parameter, on the feature model's names; no head.
+    None found: no groups (absent; the model inside a FeatureGetterNet or FeatureHookNet, read on its own,
+    would give other groups than the classifier's)."""
     import timm
 
     arch = model.pretrained_cfg.get("architecture")
     if not isinstance(arch, str) or not timm.is_model(arch):
-        return None
+        return {}
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         try:
             classifier = timm.create_model(arch, pretrained=False)
+            if getattr(classifier, "num_classes", None) == 0:  # a feature model by default: timm's usual head
+                classifier = timm.create_model(arch, pretrained=False, num_classes=1000)
         except Exception:  # an architecture that does not build on the meta device: no groups
-            return None
+            return {}
     own = dict(model.named_parameters())
+    children = dict(model.named_children())
+    # FeatureGetterNet holds the classifier as ``model``, FeatureHookNet (not rewritten) as ``body``
+    prefix = next((f"{n}." for n in ("model", "body") if len(children) == 1 and n in children), "")
     theirs = assemble(classifier, _classifier_parts(classifier))
     groups: Groups = {}
     for name, members in theirs.items():
         if name in ("head", "backbone"):
             continue
-        mapped = [m for m in (_feature_name(p, own) for p in param_names(classifier, members)) if m is not None]
+        mapped = [m for m in (_feature_name(p, own, prefix) for p in param_names(classifier, members)) if m is not None]
         if mapped:
             groups[name] = compact(model, mapped)
     if groups:
@@ -217,11 +239,12 @@ def _feature_groups(model: nn.Module) -> Groups | None:
     return groups
 
 
-def _feature_name(name: str, own: dict[str, nn.Parameter]) -> str | None:
+def _feature_name(name: str, own: dict[str, nn.Parameter], prefix: str = "") -> str | None:
     """The feature model's name for the classifier's parameter ``name`` (timm flattens the first
-    Sequential level, ``stages.0.x`` -> ``stages_0.x``), or None when the feature model lacks it."""
+    Sequential level, ``stages.0.x`` -> ``stages_0.x``; FeatureGetterNet and FeatureHookNet may hold the
+    whole classifier under ``prefix``), or None when the feature model lacks it."""
     first, _, rest = name.partition(".")
-    for candidate in (name, first + "_" + rest):
+    for candidate in (prefix + name,) if prefix else (name, first + "_" + rest):
         if candidate in own:
             return candidate
     return None
