@@ -100,12 +100,15 @@ def sweep(source: str, names: Iterable[str] | None = None, progress: bool = True
     return rows
 
 
-def report(rows: list[dict[str, object]], source: str) -> str:
+def report(rows: list[dict[str, object]], source: str, features_only: bool = False) -> str:
     n = len(rows)
     ok = sum(bool(r["ok_backbone_head"]) for r in rows)
     stem = sum(bool(r["has_stem"]) for r in rows)
     staged = sum(bool(r["has_stem"] and r["n_stages"]) for r in rows)
     covered = sum(bool(r.get("stages_cover_backbone")) for r in rows)
+    if features_only:  # no head: the check is the classifier's stem and stages
+        return (f"{source} features_only: {ok}/{n} models whose stem and stages are the classifier's "
+                f"({100 * ok / n:.1f}%), {staged} with stem and stages, {n - staged} without (absent)")
     lines = [f"{source}: {ok}/{n} models with the right head ({100 * ok / n:.1f}%), "
              f"{stem} with a stem, {staged} with stem and stages, {covered} whose stages cover the backbone"]
     presets = [r for r in rows if "presets_ok" in r]
@@ -133,7 +136,7 @@ def run(sources: list[str], family_sample: bool = False, models: list[str] | Non
     for source in sources:
         rows = sweep(source, models or model_names(source, family_sample), progress=progress,
                      features_only=features_only)
-        print(report(rows, source))
+        print(report(rows, source, features_only))
         for row in rows:
             if not (row["ok_backbone_head"] and row["has_stem"]) or row["problems"]:
                 failed = True

@@ -95,4 +95,4 @@ def test_sweep_checks_detection_presets_and_features_only_stages_against_their_o
     assert main(["sweep", "torchvision", "--models", "fasterrcnn_mobilenet_v3_large_fpn", "--no-progress"]) == 0
     assert "trainable_backbone_layers_N = torchvision's rule for every N: 1/1 detectors" in capsys.readouterr().out
     assert main(["sweep", "timm", "--models", "convnext_atto", "--features-only", "--no-progress"]) == 0
-    assert capsys.readouterr().out.startswith("timm: 1/1 models with the right head")
+    assert capsys.readouterr().out.startswith("timm features_only: 1/1 models whose stem and stages are the classifier's")
