@@ -81,6 +81,14 @@ _MODE = "_freezable_mode"  # on a Freezable: the mode last asked for
 # -- the frozen mark and requires_grad ---------------------------------------------------
 
 
+def _set_mark(module: nn.Module, mark: str, on: bool) -> None:
+    """Sets or clears a mark (a ``__dict__`` entry) of ``module`` alone (not its children)."""
+    if on:
+        module.__dict__[mark] = True
+    else:
+        module.__dict__.pop(mark, None)
+
+
 def is_frozen(module: nn.Module) -> bool:
     """Whether ``module`` carries the frozen mark (set by ``Freezable.freeze``)."""
     return module.__dict__.get(_FROZEN, False)
@@ -88,10 +96,7 @@ def is_frozen(module: nn.Module) -> bool:
 
 def set_frozen(module: nn.Module, frozen: bool) -> None:
     """Sets or clears the frozen mark of ``module`` alone (not its children)."""
-    if frozen:
-        module.__dict__[_FROZEN] = True
-    else:
-        module.__dict__.pop(_FROZEN, None)
+    _set_mark(module, _FROZEN, frozen)
 
 
 def set_trainable(param: nn.Parameter, trainable: bool) -> None:
@@ -111,10 +116,7 @@ def is_norm_eval(module: nn.Module) -> bool:
 
 def set_norm_eval(module: nn.Module, enabled: bool) -> None:
     """Sets or clears the norm_eval mark of ``module`` alone (the hold is not updated: call :func:`hold_frozen`)."""
-    if enabled:
-        module.__dict__[_NORM_EVAL] = True
-    else:
-        module.__dict__.pop(_NORM_EVAL, None)
+    _set_mark(module, _NORM_EVAL, enabled)
 
 
 def norm_eval_members(root: nn.Module, groups: Iterable[Group]) -> dict[str, nn.Module]:
