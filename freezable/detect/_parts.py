@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["Parts", "assemble", "compact", "within", "param_names"]
+__all__ = ["Parts", "assemble", "compact", "within", "param_names", "has_params"]
 
 Groups = dict[str, tuple[str, ...]]
 
@@ -73,13 +73,14 @@ def _default_blocks(model: nn.Module, stages: Sequence[Sequence[str]]) -> list[l
             if module is None:
                 continue
             if isinstance(module, (nn.Sequential, nn.ModuleList)):
-                blocks += [[f"{name}.{n}"] for n, c in module.named_children() if _has_params(c)]
-            elif _has_params(module):
+                blocks += [[f"{name}.{n}"] for n, c in module.named_children() if has_params(c)]
+            elif has_params(module):
                 blocks.append([name])
     return blocks
 
 
-def _has_params(module: nn.Module) -> bool:
+def has_params(module: nn.Module) -> bool:
+    """Whether ``module`` (its subtree) holds any parameter."""
     return any(True for _ in module.parameters())
 
 

@@ -42,6 +42,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from ._parts import has_params, within
+
 __all__ = ["hf_groups", "is_hf_model"]
 
 _STAGES = 4
@@ -106,10 +108,6 @@ def _name_of(root: nn.Module, module: nn.Module) -> str:
     return next(name for name, m in root.named_modules() if m is module)
 
 
-def _within(name: str, ancestor: str) -> bool:
-    return not ancestor or name == ancestor or name.startswith(ancestor + ".")
-
-
 # -- reading the model ------------------------------------------------------------------------------
 
 
@@ -138,7 +136,7 @@ def _repeated(base: nn.Module, prefix: str) -> list[str]:
         for cname, child in module.named_children():
             full = _join(name, cname)
             kinds = {type(c) for c in child.children()} if isinstance(child, nn.ModuleList) else set()
-            if len(kinds) == 1 and len(child) > 1 and _has_parameters(child) and "embed" not in cname.lower():
+            if len(kinds) == 1 and len(child) > 1 and has_params(child) and "embed" not in cname.lower():
                 layers.extend(_join(full, n) for n, _ in child.named_children())
             else:
                 visit(child, full)
@@ -181,7 +179,7 @@ def _groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
     input_name = modules.get(id(inputs)) if inputs is not None else None
     if base is model and layers:  # no base-model attribute: the one child that holds the layers and the inputs
         holder = layers[0].partition(".")[0]
-        if all(_within(n, holder) for n in layers + [input_name or holder]) and holder != layers[0]:
+        if all(within(n, (holder,)) for n in layers + [input_name or holder]) and holder != layers[0]:
             base, base_name = model.get_submodule(holder), holder
     holders = {".".join(layer.split(".")[:i]) for layer in layers for i in range(1, layer.count(".") + 1)}
     holders |= {""} if layers else set()
@@ -194,10 +192,10 @@ def _groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
         leaf = unit.rpartition(".")[2]
         if unit in layers_set:
             labels[unit] = unit
-            last_in.update((holder, unit) for holder in holders if _within(unit, holder))
-        elif has_head and "pooler" in leaf and unit in names and _has_parameters(model.get_submodule(unit)):
+            last_in.update((holder, unit) for holder in holders if within(unit, (holder,)))
+        elif has_head and "pooler" in leaf and unit in names and has_params(model.get_submodule(unit)):
             labels[unit] = "head"
-        elif input_name is not None and _within(input_name, unit):
+        elif input_name is not None and within(input_name, (unit,)):
             labels[unit] = "stem"
         elif "embed" in leaf.lower():  # a list of them (PVT's per-stage patch embeddings) is no stem
             if not isinstance(model.get_submodule(unit) if unit in names else None, (nn.ModuleList, nn.ModuleDict)):
@@ -206,23 +204,19 @@ def _groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
             labels[unit] = last_in.get(unit.rpartition(".")[0], "stem")
 
     head = [] if not has_head else [
-        name for name, child in model.named_children() if child is not base and _has_parameters(child)
+        name for name, child in model.named_children() if child is not base and has_params(child)
     ] + [name for name, _ in model.named_parameters(recurse=False)]
     outputs = _module_or_none(getattr(model, "get_output_embeddings", None))
     if outputs is None and base is not model:  # a wrapper that only its base model's lm_head serves (ShieldGemma2)
         outputs = _module_or_none(getattr(base, "get_output_embeddings", None))
     output_name = modules.get(id(outputs)) if outputs is not None else None
-    if output_name and not any(_within(output_name, h) for h in head) and output_name in labels:
+    if output_name and not within(output_name, head) and output_name in labels:
         labels[output_name] = "head"  # an output projection the base model holds (a multimodal wrapper's lm_head)
     pooled = [unit for unit, label in labels.items() if label == "head"]
     backbone = _complement(base, base_name, pooled) if has_head else []
 
     encoder_decoder = _encoder_decoder(model, modules, layers)
     return _assemble(labels, layers, pooled + head, backbone, encoder_decoder)
-
-
-def _has_parameters(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters())
 
 
 def _complement(module: nn.Module, name: str, left_out: list[str]) -> list[str]:
@@ -234,7 +228,7 @@ def _complement(module: nn.Module, name: str, left_out: list[str]) -> list[str]:
         full = _join(name, cname)
         if full in left_out:
             continue
-        names += _complement(child, full, left_out) if any(_within(x, full) for x in left_out) else [full]
+        names += _complement(child, full, left_out) if any(within(x, (full,)) for x in left_out) else [full]
     return names
 
 
@@ -247,7 +241,7 @@ def _encoder_decoder(model: nn.Module, modules: dict[int, str], layers: list[str
     for part in ("encoder", "decoder"):
         module = _module_or_none(getattr(model, f"get_{part}", None))
         name = modules.get(id(module)) if module is not None and module is not model else None
-        if name and any(_within(layer, name) for layer in layers):
+        if name and any(within(layer, (name,)) for layer in layers):
             found[part] = name
     return found if len(found) == 2 else {}
 
@@ -265,8 +259,8 @@ def _assemble(labels: dict[str, str], layers: list[str], head: list[str], backbo
 
     def block_name(index: int, layer: str) -> str:
         for part, name in encoder_decoder.items():
-            if _within(layer, name):
-                return f"{part}_block{1 + sum(_within(x, name) for x in layers[:index])}"
+            if within(layer, (name,)):
+                return f"{part}_block{1 + sum(within(x, (name,)) for x in layers[:index])}"
         return f"block{index + 1}"
 
     groups: dict[str, tuple[str, ...]] = {}
