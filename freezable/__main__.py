@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +18,7 @@ from torch import nn
 from . import _sweep
 from ._models import build_model
 from .errors import FreezableError, closest
+from .groups import is_block
 from .presets import get_preset, list_presets
 from .wrapper import FrozenBackbone
 
@@ -60,7 +60,7 @@ def _show(args: argparse.Namespace) -> None:
           f"{' or '.join(f'{o}/NAME' for o in others)} picks another library)")
     print(fb)
     print()
-    blocks = [name for name in fb.freeze_group_names if re.fullmatch(r"block[0-9]+", name)]
+    blocks = [name for name in fb.freeze_group_names if is_block(name)]
     for name in fb.freeze_group_names:
         if name in blocks[1:]:
             continue

@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import FreezableError, SpecError, closest, type_error
 
-__all__ = ["Spec", "Group", "resolve_group", "as_spec_list", "staged_names"]
+__all__ = ["Spec", "Group", "resolve_group", "as_spec_list", "staged_names", "is_block"]
 
 Spec = Union[str, "re.Pattern[str]", Callable[[str, Union[nn.Module, nn.Parameter]], bool]]
 
@@ -181,6 +181,16 @@ def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
         name for name, _ in named_params if name in matched and not _is_within(name.rpartition(".")[0], covered)
     )
     return Group(modules=top_modules, parameters=loose_params)
+
+
+def is_block(name: str) -> bool:
+    """Whether ``name`` is one of the fine groups ``block1`` ... ``blockN``, which summaries fold away.
+
+    Example:
+        >>> is_block("block12"), is_block("stage2"), is_block("encoder_block1")
+        (True, False, False)
+    """
+    return re.fullmatch(r"block[0-9]+", name) is not None
 
 
 def group_members(root: nn.Module, group: Group) -> frozenset[str]:

@@ -28,7 +28,7 @@ from .errors import (
     type_error,
     unknown_group,
 )
-from .groups import Group, Spec, resolve_group, staged_names, units_within, walk_units
+from .groups import Group, Spec, is_block, resolve_group, staged_names, units_within, walk_units
 from .norms import is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
@@ -442,7 +442,7 @@ class Freezable:
         root = self._freeze_root()
         rows = [
             _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)))
-            for name, group in self._groups.items() if blocks or not re.fullmatch(r"block[0-9]+", name)
+            for name, group in self._groups.items() if blocks or not is_block(name)
         ]
         grouped = {id(p) for group in self._groups.values() for _, p in group.named_parameters(root)}
         if self._groups and any(id(p) not in grouped for p in root.parameters()):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-import re
 
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +16,7 @@ from . import _state
 from .detect import detect_groups
 from .errors import FreezableError, SpecError, type_error
 from .fast import FastPath, build_fast_path, clone_outputs
-from .groups import Group, resolve_group
+from .groups import Group, is_block, resolve_group
 from .mixin import Freezable
 from .presets import Preset, get_preset, hold_body_norms, install_preset, resolve_preset
 from .summary import format_count
@@ -278,6 +277,6 @@ class FrozenBackbone(Freezable, nn.Module):
         total = sum(p.numel() for p in self.backbone.parameters())
         trainable = sum(p.numel() for p in self.trainable_parameters())
         return (
-            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={[g for g in self.frozen_groups if not re.fullmatch(r'block[0-9]+', g)]}, "
+            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={[g for g in self.frozen_groups if not is_block(g)]}, "
             f"trainable={format_count(trainable)}/{format_count(total)}{', fast=True' if self.fast else ''})"
         )
