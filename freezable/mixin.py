@@ -7,7 +7,6 @@ top of it: groups by name, validation, summaries.
 
 from __future__ import annotations
 
-import re
 
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
