@@ -36,7 +36,7 @@ from typing import Any
 from torch import nn
 
 from .errors import FreezeStateError, closest, describe
-from .groups import Group
+from .groups import Group, is_within
 from .norms import has_running_stats, is_norm
 
 __all__ = [
@@ -263,10 +263,6 @@ def store_groups(model: nn.Module, groups: dict[str, Group]) -> None:
 # -- freezing resolved groups ------------------------------------------------------------------
 
 
-def _is_within_any(name: str, ancestors: set[str]) -> bool:
-    return any(a == "" or name == a or name.startswith(a + ".") for a in ancestors)
-
-
 def freeze_members(root: nn.Module, groups: Iterable[Group], *, train_bn: bool = False) -> None:
     """Marks the groups' modules and freezes their parameters (with ``train_bn``, norm layers stay trainable).
 
@@ -275,7 +271,7 @@ def freeze_members(root: nn.Module, groups: Iterable[Group], *, train_bn: bool =
     for group in groups:
         norm_modules = {name for name, m in group.named_modules(root) if train_bn and is_norm(m)}
         for name, module in group.named_modules(root):
-            set_frozen(module, not _is_within_any(name, norm_modules))
+            set_frozen(module, not is_within(name, norm_modules))
         for name, param in group.named_parameters(root):
             owner = root.get_submodule(name.rpartition(".")[0])
             set_trainable(param, train_bn and is_norm(owner))

@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import FreezableError, SpecError, closest, type_error
 
-__all__ = ["Spec", "Group", "resolve_group", "as_spec_list", "staged_names", "is_block"]
+__all__ = ["Spec", "Group", "resolve_group", "as_spec_list", "staged_names", "is_block", "is_within"]
 
 Spec = Union[str, "re.Pattern[str]", Callable[[str, Union[nn.Module, nn.Parameter]], bool]]
 
@@ -111,7 +111,7 @@ def _matcher(spec: Spec) -> Callable[[str, object], bool]:
     return call
 
 
-def _is_within(name: str, ancestors: set[str]) -> bool:
+def is_within(name: str, ancestors: set[str]) -> bool:
     """Whether the module ``name`` is one of ``ancestors`` or lies inside one of them."""
     if not name:
         return "" in ancestors
@@ -174,11 +174,11 @@ def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
     top_modules = tuple(
         name
         for name in module_names
-        if name in matched_modules and not _is_within(name.rpartition(".")[0], matched_modules)
+        if name in matched_modules and not is_within(name.rpartition(".")[0], matched_modules)
     )
     covered = set(top_modules)
     loose_params = tuple(
-        name for name, _ in named_params if name in matched and not _is_within(name.rpartition(".")[0], covered)
+        name for name, _ in named_params if name in matched and not is_within(name.rpartition(".")[0], covered)
     )
     return Group(modules=top_modules, parameters=loose_params)
 
