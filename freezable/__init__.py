@@ -6,9 +6,13 @@ from .audit import CheckReport as CheckReport
 from .audit import check as check
 from .cache import FeatureCache as FeatureCache
 from .distributed import rewrap_ddp as rewrap_ddp
+from .errors import BuiltFrozenWarning as BuiltFrozenWarning
 from .errors import DDPFreezeStateError as DDPFreezeStateError
 from .errors import FreezableError as FreezableError
 from .groups import Group as Group
+from .inplace import freezable as freezable
+from .inplace import freeze as freeze
+from .inplace import plain as plain
 from .mixin import Freezable as Freezable
 from .presets import Preset as Preset
 from .presets import apply_preset as apply_preset
@@ -20,6 +24,7 @@ from .wrapper import FrozenBackbone as FrozenBackbone
 
 __all__ = [
     "__version__",
+    "BuiltFrozenWarning",
     "CheckReport",
     "DDPFreezeStateError",
     "FeatureCache",
@@ -31,8 +36,11 @@ __all__ = [
     "UnfreezeSchedule",
     "apply_preset",
     "check",
+    "freezable",
+    "freeze",
     "get_preset",
     "list_presets",
+    "plain",
     "register_preset",
     "rewrap_ddp",
 ]

@@ -8,7 +8,22 @@ The one source of truth:
 * a norm layer with running statistics is under *norm_eval* when it carries the
   norm_eval mark (the same kind of entry), whether its parameters train or not.
 
-Everything else is derived from those three. A frozen module whose whole subtree is
+Everything else is derived from those three, and they are kept by name: at every change of
+freeze state a Freezable records, for every module under its freeze root, whether the place
+(the module's name) is frozen, and marks each module it has seen as *placed*. A module
+swapped in since (``convert_sync_batchnorm``, ``prepare_qat``, ``fuse_modules``, a layer a
+user replaced) carries no placed mark; :func:`reconcile` gives it the state of its place: at a
+frozen place, a module whose own parameters are all frozen (the replaced module's Parameter
+objects, reused) is frozen like the one it replaced; one with trainable parameters there is a
+*conflict*, never silently frozen or trained, that ``fz.check`` and ``freeze_summary()`` name.
+The record also keeps the parameters the model was built with frozen (``requires_grad=False``
+before freezable first changed anything): :func:`unfreeze_members` leaves them frozen.
+
+Observers and fake-quant modules (``torch.ao.quantization``) held at inference do not observe:
+a fake-quant module still fake-quantizes, and their buffers are put back after each forward, so a
+frozen part of a QAT model keeps its statistics and quantization parameters as they were. One
+that has observed nothing yet (a model prepared for QAT after freezing) observes its first
+forward, so that its fake quantization has ranges. A frozen module whose whole subtree is
 frozen (every module marked, no trainable parameter), and every module under
 norm_eval, is *held at inference*: it is put in eval mode at once, after every
 ``train()`` call that reaches the model (:func:`rehold`), and, through a forward
@@ -30,9 +45,10 @@ This module knows nothing of the mixin: ``guard``, ``fast``, ``cache``, ``schedu
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from .errors import FreezeStateError, closest, describe
@@ -53,6 +69,16 @@ __all__ = [
     "hold_frozen",
     "follows_train",
     "rehold",
+    "is_placed",
+    "record_places",
+    "reconcile",
+    "conflicts",
+    "note_mode",
+    "asked_mode",
+    "clear_entries",
+    "note_built_frozen",
+    "built_frozen",
+    "forget_built_frozen",
     "freeze_root",
     "set_freeze_root",
     "stored_groups",
@@ -65,17 +91,23 @@ __all__ = [
     "write_state",
     "check_norm_eval_state",
     "write_norm_eval",
+    "check_built_frozen_state",
+    "write_built_frozen",
 ]
 
 STATE_FORMAT = "freezable.freeze_state"
-STATE_VERSION = 2  # 2 adds "norm_eval_modules"; version 1 states (without it) still load
-_LOADABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3  # 2 adds "norm_eval_modules", 3 "built_frozen_parameters"; older states still load
+_LOADABLE_VERSIONS = (1, 2, 3)
 
+_ENTRY_PREFIX = "_freezable_"  # every __dict__ entry freezable keeps, here and in guard and distributed
 _FROZEN = "_freezable_frozen"  # on a module: the frozen mark
 _NORM_EVAL = "_freezable_norm_eval"  # on a norm layer with running statistics: the norm_eval mark
 _GROUPS = "_freezable_groups"  # on a Freezable: group name -> Group
 _ROOT = "_freezable_root"  # on a Freezable: name of the child its groups refer to ("" or absent: itself)
 _MODE = "_freezable_mode"  # on a Freezable: the mode last asked for
+_PLACED = "_freezable_placed"  # on a module: seen by a Freezable's record (absent: swapped in since)
+_PLACES = "_freezable_places"  # on a Freezable: module name -> whether that place is frozen
+_BUILT_FROZEN = "_freezable_built_frozen"  # on a Freezable: parameters frozen before freezable changed anything
 
 
 # -- the frozen mark and requires_grad ---------------------------------------------------
@@ -95,8 +127,9 @@ def is_frozen(module: nn.Module) -> bool:
 
 
 def set_frozen(module: nn.Module, frozen: bool) -> None:
-    """Sets or clears the frozen mark of ``module`` alone (not its children)."""
+    """Sets or clears the frozen mark of ``module`` alone (not its children); the module counts as placed."""
     _set_mark(module, _FROZEN, frozen)
+    _set_mark(module, _PLACED, True)
 
 
 def set_trainable(param: nn.Parameter, trainable: bool) -> None:
@@ -138,6 +171,56 @@ def _hold_at_inference(module: nn.Module, args: Any) -> None:
         module.train(False)
 
 
+# Modules that update buffers in every forward, whatever their mode: (module, class name), read from sys.modules.
+_OBSERVERS: tuple[tuple[str, str], ...] = (
+    ("torch.ao.quantization.fake_quantize", "FakeQuantizeBase"),
+    ("torch.ao.quantization.observer", "ObserverBase"),
+)
+_SAVED = "_freezable_saved_observer"  # on a held observer, during its forward: what to put back
+
+
+def _is_observer(module: nn.Module) -> bool:
+    return any(isinstance(module, cls) for cls in _classes(_OBSERVERS))
+
+
+def _classes(names: tuple[tuple[str, str], ...]) -> list[type]:
+    found = (getattr(sys.modules.get(module_name), class_name, None) for module_name, class_name in names)
+    return [cls for cls in found if isinstance(cls, type)]
+
+
+def _has_observed(module: nn.Module) -> bool:
+    """Whether every observer in ``module`` holds statistics (finite, non-empty ``min_val``/``max_val``)."""
+    ranges = [b for name, b in module.named_buffers() if name.rpartition(".")[2] in ("min_val", "max_val")]
+    return all(b.numel() and bool(torch.isfinite(b).all()) for b in ranges)
+
+
+def _observe_nothing(module: nn.Module, args: Any) -> None:
+    """Forward pre-hook of held observers: buffers saved to be put back; a fake-quant module stops observing.
+
+    An observer that has observed nothing yet (a model just prepared for QAT) observes this forward,
+    so that its fake quantization has ranges; from then on it keeps them.
+    """
+    if not _has_observed(module):
+        return
+    module.__dict__[_SAVED] = {name: b.clone() for name, b in module._buffers.items() if b is not None}
+    enabled = module._buffers.get("observer_enabled")
+    if enabled is not None:
+        enabled.zero_()
+
+
+def _put_back(module: nn.Module, args: Any, output: Any) -> None:
+    """Forward hook of held observers: their buffers as before the forward (a fused fake-quant op writes its
+    scale and zero point even when it does not observe)."""
+    with torch.no_grad():
+        for name, value in module.__dict__.pop(_SAVED, {}).items():
+            module._buffers[name].resize_(value.shape).copy_(value)
+
+
+def _hooks_of(module: nn.Module) -> list[tuple[dict, Any]]:
+    return [(module._forward_pre_hooks, _hold_at_inference), (module._forward_pre_hooks, _observe_nothing),
+            (module._forward_hooks, _put_back)]
+
+
 def is_held(module: nn.Module) -> bool:
     """Whether ``module`` is held at inference (eval mode) whatever ``train()`` calls follow."""
     return any(hook is _hold_at_inference for hook in module._forward_pre_hooks.values())
@@ -148,11 +231,15 @@ def set_held(module: nn.Module, held: bool, mode: bool) -> None:
     if held:
         if not is_held(module):
             module.register_forward_pre_hook(_hold_at_inference, prepend=True)
+            if _is_observer(module):
+                module.register_forward_pre_hook(_observe_nothing)
+                module.register_forward_hook(_put_back)
         module.training = False
     elif is_held(module):
-        for key, hook in list(module._forward_pre_hooks.items()):
-            if hook is _hold_at_inference:
-                del module._forward_pre_hooks[key]
+        for hooks, fn in _hooks_of(module):
+            for key, hook in list(hooks.items()):
+                if hook is fn:
+                    del hooks[key]
         module.training = mode
 
 
@@ -193,11 +280,7 @@ def follows_train(module: nn.Module) -> bool:
         >>> follows_train(nn.BatchNorm2d(4))
         False
     """
-    for module_name, class_name in TRAIN_MODE_PARTS:
-        cls = getattr(sys.modules.get(module_name), class_name, None)
-        if cls is not None and isinstance(module, cls):
-            return True
-    return False
+    return any(isinstance(module, cls) for cls in _classes(TRAIN_MODE_PARTS))
 
 
 def note_mode(model: nn.Module, mode: bool) -> None:
@@ -205,16 +288,31 @@ def note_mode(model: nn.Module, mode: bool) -> None:
     model.__dict__[_MODE] = mode
 
 
+def asked_mode(model: nn.Module) -> bool:
+    """The mode last asked for (``model.training`` reads ``False`` while the model itself is held)."""
+    return model.__dict__.get(_MODE, model.training) if is_held(model) else model.training
+
+
+def clear_entries(module: nn.Module) -> None:
+    """Drops every entry freezable keeps in ``module``'s ``__dict__`` (all are named ``_freezable_*``)."""
+    for key in [k for k in module.__dict__ if k.startswith(_ENTRY_PREFIX)]:
+        del module.__dict__[key]
+
+
 def hold_frozen(model: nn.Module) -> None:
     """Holds at inference exactly the frozen modules under ``model``'s freeze root whose whole subtree is frozen.
+
+    Modules swapped in since the last change first get their place's state (:func:`reconcile`); the
+    places are recorded at the end (:func:`record_places`).
 
     Except the parts that serve their parent's training forward (:func:`follows_train`)
     whose parent is not held: they follow the model's mode, while what is inside them
     stays held. Released modules return to the model's own mode (the one last asked
     for, when the model itself was held).
     """
+    reconcile(model)
     root = freeze_root(model)
-    mode = model.__dict__.get(_MODE, model.training) if is_held(model) else model.training
+    mode = asked_mode(model)
     note_mode(model, mode)
     held: dict[int, bool] = {}
 
@@ -234,6 +332,7 @@ def hold_frozen(model: nn.Module) -> None:
                 held[id(child)] = False
     for module in root.modules():
         set_held(module, held[id(module)] or is_norm_eval(module), mode)
+    record_places(model)
 
 
 # -- bookkeeping on the Freezable -------------------------------------------------------------
@@ -260,6 +359,91 @@ def store_groups(model: nn.Module, groups: dict[str, Group]) -> None:
     model.__dict__[_GROUPS] = groups
 
 
+# -- the by-name record: places, swaps, what the model was built with frozen -----------------
+
+
+def is_placed(module: nn.Module) -> bool:
+    """Whether ``module`` was under a Freezable's freeze root at its last change (else: swapped in since)."""
+    return module.__dict__.get(_PLACED, False)
+
+
+def record_places(model: nn.Module) -> None:
+    """Records which places (module names) under ``model``'s freeze root are frozen, and places every module.
+
+    Called at the end of every change of freeze state. A module in conflict (see :func:`reconcile`) keeps
+    its place frozen and stays unplaced until a freeze or unfreeze decides it.
+    """
+    root = freeze_root(model)
+    old = model.__dict__.get(_PLACES) or {}
+    places: dict[str, bool] = {}
+    for name, module in root.named_modules():
+        if not is_placed(module) and _place_is_frozen(name, old, places) and _owns_trainable(module):
+            places[name] = True  # a conflict: stays one
+            continue
+        places[name] = is_frozen(module)
+        module.__dict__[_PLACED] = True
+    model.__dict__[_PLACES] = places
+
+
+def _place_is_frozen(name: str, old: Mapping[str, bool], new: Mapping[str, bool]) -> bool:
+    """Whether the place ``name`` was frozen: as recorded, or (a new name) as its parent place is now."""
+    if name in old:
+        return old[name]
+    return bool(name) and new.get(name.rpartition(".")[0], False)
+
+
+def _owns_trainable(module: nn.Module) -> bool:
+    return any(p is not None and p.requires_grad for p in module._parameters.values())
+
+
+def _swapped_in(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """The modules swapped in at a frozen place since the last change and not frozen yet, parents first."""
+    old = model.__dict__.get(_PLACES)
+    if old is None:
+        return
+    places: dict[str, bool] = {}
+    for name, module in freeze_root(model).named_modules():
+        placed = is_placed(module)
+        places[name] = old[name] if placed and name in old else _place_is_frozen(name, old, places)
+        if not placed and places[name] and not is_frozen(module):
+            yield name, module
+
+
+def reconcile(model: nn.Module) -> bool:
+    """Gives each module swapped in since the last change the freeze state of its place; ``True`` if any changed.
+
+    A module swapped in at a frozen place whose own parameters are all frozen (or that has none: an
+    observer, an ``Identity`` left by fusion) is frozen. One with trainable parameters is left as it
+    is, a conflict (:func:`conflicts`). :func:`hold_frozen` starts with it.
+    """
+    adopted = [module for _, module in _swapped_in(model) if not _owns_trainable(module)]
+    for module in adopted:
+        set_frozen(module, True)
+    return bool(adopted)
+
+
+def conflicts(model: nn.Module) -> list[str]:
+    """Modules swapped in at a frozen place with trainable parameters of their own: neither frozen nor meant to train."""
+    return [name for name, module in _swapped_in(model) if _owns_trainable(module)]
+
+
+def note_built_frozen(model: nn.Module) -> None:
+    """Records, the first time only, the parameters of ``model`` frozen before freezable changed anything."""
+    if _BUILT_FROZEN not in model.__dict__:
+        model.__dict__[_BUILT_FROZEN] = tuple(n for n, p in freeze_root(model).named_parameters() if not p.requires_grad)
+
+
+def built_frozen(model: nn.Module) -> tuple[str, ...]:
+    """The parameters ``model`` was built with frozen (names relative to its freeze root), in model order."""
+    return model.__dict__.get(_BUILT_FROZEN, ())
+
+
+def forget_built_frozen(model: nn.Module, names: Iterable[str]) -> None:
+    """Lets ``unfreeze`` train the named built-frozen parameters from now on."""
+    drop = set(names)
+    model.__dict__[_BUILT_FROZEN] = tuple(n for n in built_frozen(model) if n not in drop)
+
+
 # -- freezing resolved groups ------------------------------------------------------------------
 
 
@@ -277,13 +461,22 @@ def freeze_members(root: nn.Module, groups: Iterable[Group], *, train_bn: bool =
             set_trainable(param, train_bn and is_norm(owner))
 
 
-def unfreeze_members(root: nn.Module, groups: Iterable[Group]) -> None:
-    """Clears the groups' module marks and makes their parameters trainable (the hold is not updated)."""
+def unfreeze_members(root: nn.Module, groups: Iterable[Group], keep: Iterable[str] = ()) -> list[str]:
+    """Clears the groups' module marks and makes their parameters trainable, but those named in ``keep``.
+
+    The hold is not updated. Returns the names kept frozen that the groups hold, in order, once each.
+    """
+    keep = set(keep)
+    kept: dict[str, None] = {}
     for group in groups:
         for _, module in group.named_modules(root):
             set_frozen(module, False)
-        for _, param in group.named_parameters(root):
-            set_trainable(param, True)
+        for name, param in group.named_parameters(root):
+            if name in keep:
+                kept[name] = None
+            else:
+                set_trainable(param, True)
+    return list(kept)
 
 
 def group_is_frozen(root: nn.Module, group: Group) -> bool:
@@ -297,14 +490,16 @@ def group_is_frozen(root: nn.Module, group: Group) -> bool:
 # -- the freeze-state format -------------------------------------------------------------------
 
 
-def read_state(root: nn.Module) -> dict[str, Any]:
-    """What is frozen under ``root``, as plain JSON-serialisable data."""
+def read_state(model: nn.Module) -> dict[str, Any]:
+    """What is frozen under ``model``'s freeze root, as plain JSON-serialisable data."""
+    root = freeze_root(model)
     return {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
         "frozen_modules": [name for name, module in root.named_modules() if is_frozen(module)],
         "frozen_parameters": [name for name, param in root.named_parameters() if not param.requires_grad],
         "norm_eval_modules": [name for name, module in root.named_modules() if is_norm_eval(module)],
+        "built_frozen_parameters": list(built_frozen(model)),
     }
 
 
@@ -365,6 +560,26 @@ def check_norm_eval_state(root: nn.Module, state: object) -> set[str] | None:
                 f"running statistics; norm_eval holds BatchNorm layers and InstanceNorm with track_running_stats=True"
             )
     return names
+
+
+def check_built_frozen_state(root: nn.Module, state: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The built-frozen parameter names of ``state`` (checked against ``root``), or ``None`` when it has none to say.
+
+    Call after :func:`check_state`, which checks the format.
+
+    Raises:
+        FreezeStateError: the names are malformed, or name what ``root`` lacks.
+    """
+    if "built_frozen_parameters" not in state:
+        return None
+    params = dict(root.named_parameters())
+    names = _state_names(state, "built_frozen_parameters", params)
+    return tuple(n for n in params if n in names)
+
+
+def write_built_frozen(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Makes ``names`` the parameters ``model`` counts as built frozen."""
+    model.__dict__[_BUILT_FROZEN] = names
 
 
 def write_norm_eval(root: nn.Module, names: set[str]) -> None:

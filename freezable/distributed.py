@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import DDPFreezeStateError, FreezableError, shorten, type_error
 
-__all__ = ["DDPFreezeStateError", "rewrap_ddp", "watch_ddp", "reduced_parameters"]
+__all__ = ["DDPFreezeStateError", "rewrap_ddp", "watch_ddp", "unwatch_ddp", "reduced_parameters"]
 
 _CACHE = "_freezable_reducer_params"  # on the DDP wrapper: (reducer, ids reduced, ids managed, per-module lists)
 
@@ -49,6 +49,13 @@ def watch_ddp(model: nn.Module) -> None:
         return
     if not any(hook is _check_ddp for hook in model._forward_pre_hooks.values()):
         model.register_forward_pre_hook(_check_ddp)
+
+
+def unwatch_ddp(model: nn.Module) -> None:
+    """Undoes :func:`watch_ddp`."""
+    for key, hook in list(model._forward_pre_hooks.items()):
+        if hook is _check_ddp:
+            del model._forward_pre_hooks[key]
 
 
 def _active_ddp() -> Any:

@@ -18,6 +18,7 @@ __all__ = [
     "FreezeStateError",
     "PresetError",
     "DDPFreezeStateError",
+    "BuiltFrozenWarning",
     "closest",
     "describe",
     "shorten",
@@ -52,6 +53,10 @@ class PresetError(FreezableError):
 
 class DDPFreezeStateError(FreezableError):
     """The freeze state changed after the model was wrapped in DistributedDataParallel."""
+
+
+class BuiltFrozenWarning(UserWarning):
+    """A call named parameters the model was built with frozen; they stay frozen (not an error: nothing failed)."""
 
 
 def shorten(names: Iterable[object], limit: int = 8) -> str:

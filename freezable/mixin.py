@@ -8,6 +8,7 @@ top of it: groups by name, validation, summaries.
 from __future__ import annotations
 
 
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ from . import guard as _guard
 from ._state import is_frozen, is_held
 from .distributed import watch_ddp
 from .errors import (
+    BuiltFrozenWarning,
     FreezableError,
     FreezableTypeError,
     SpecError,
@@ -33,7 +35,7 @@ from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
 from .summary import SummaryRow, format_summary
 
-__all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze"]
+__all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze", "warn_built_frozen"]
 
 _WHOLE_MODEL = Group(modules=("",))
 
@@ -174,6 +176,7 @@ class Freezable:
 
     def _selected(self, groups: tuple[str, ...], *, check_members: bool = True) -> list[Group]:
         """The named groups (validated all before any is used); none means the whole model."""
+        self._sync()
         if not groups:
             return [_WHOLE_MODEL]
         known = self._groups
@@ -224,13 +227,19 @@ class Freezable:
         return self
 
     def _freeze_resolved(self, groups: list[Group], *, train_bn: bool = False) -> None:
+        _state.note_built_frozen(self)  # type: ignore[arg-type]
         _state.freeze_members(self._freeze_root(), groups, train_bn=train_bn)
         self._refresh_held()
 
-    def unfreeze(self, *groups: str, optimizer: Any = None, lr: float | None = None) -> Freezable:
+    def unfreeze(
+        self, *groups: str, optimizer: Any = None, lr: float | None = None, built_frozen: bool = False
+    ) -> Freezable:
         """Unfreezes the named groups, or the whole model when none is named.
 
-        Unfrozen modules return to the model's own current mode.
+        Unfrozen modules return to the model's own current mode. Parameters the model was built
+        with frozen (``requires_grad=False`` before freezable first changed anything: torchvision's
+        ``trainable_layers``, fixed sin-cos position embeddings) stay frozen unless ``built_frozen=True``;
+        naming a group that holds some warns (:class:`~freezable.errors.BuiltFrozenWarning`).
 
         Args:
             *groups: registered group names.
@@ -239,6 +248,8 @@ class Freezable:
                 param group (none is duplicated; see :func:`freezable.optim.add_missing`).
             lr: that group's learning rate; default: the optimizer's first group's
                 current ``lr`` (the new group copies that group's other settings too).
+            built_frozen: also train the groups' parameters the model was built with frozen (from
+                then on they are ordinary parameters: later calls freeze and unfreeze them too).
 
         Returns:
             The model, for chaining.
@@ -246,9 +257,23 @@ class Freezable:
         Raises:
             UnknownGroupError: a name is not a registered group.
             FreezableTypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, ``lr`` is
-                not a number >= 0, or ``lr`` is given without ``optimizer``.
+                not a number >= 0, ``lr`` is given without ``optimizer``, or ``built_frozen`` is not a bool.
+
+        Example:
+            >>> from torch import nn
+            >>> class Net(Freezable, nn.Sequential):
+            ...     freeze_groups = {"body": "0", "head": "1"}
+            >>> net = Net(nn.Linear(2, 2), nn.Linear(2, 1))
+            >>> net[0].bias.requires_grad_(False)  # built frozen
+            Parameter containing:...
+            >>> net.freeze().unfreeze().freeze_state()["frozen_parameters"]
+            ['0.bias']
+            >>> net.unfreeze("body", built_frozen=True).freeze_state()["frozen_parameters"]
+            []
         """
         selected = self._selected(groups)
+        if not isinstance(built_frozen, bool):
+            raise type_error("built_frozen", built_frozen, "a bool")
         if optimizer is not None:
             check_optimizer(optimizer)
         if lr is not None:
@@ -256,7 +281,13 @@ class Freezable:
             if optimizer is None:
                 raise FreezableTypeError("unfreeze(lr=...) sets the learning rate of the group added to optimizer=; "
                                          "pass optimizer= too")
-        self._unfreeze_resolved(selected)
+        if built_frozen:
+            root = self._freeze_root()
+            _state.forget_built_frozen(self, [n for g in selected for n, _ in g.named_parameters(root)])  # type: ignore[arg-type]
+        kept = self._unfreeze_resolved(selected)
+        if kept and groups:
+            warn_built_frozen(f"unfreeze({', '.join(map(repr, groups))})", kept,
+                              f"model.unfreeze({', '.join(map(repr, groups))}, built_frozen=True)")
         if optimizer is not None:
             root = self._freeze_root()
             params = [p for group in selected for _, p in group.named_parameters(root)]
@@ -373,15 +404,27 @@ class Freezable:
         self._refresh_held()
         return self
 
-    def _unfreeze_resolved(self, groups: list[Group]) -> None:
+    def _unfreeze_resolved(self, groups: list[Group]) -> list[str]:
         """Unfreezes resolved groups, registered or not (a subclass extension point: see the class docstring).
+
+        Parameters the model was built with frozen stay frozen.
 
         Args:
             groups: groups resolved against the freeze root (:func:`freezable.groups.resolve_group`).
+
+        Returns:
+            The built-frozen parameters the groups hold, kept frozen (names relative to the freeze root).
         """
-        _state.unfreeze_members(self._freeze_root(), groups)
+        _state.note_built_frozen(self)  # type: ignore[arg-type]
+        kept = _state.unfreeze_members(self._freeze_root(), groups, keep=_state.built_frozen(self))  # type: ignore[arg-type]
         _guard.forget(self, groups)
         self._refresh_held()
+        return kept
+
+    def _sync(self) -> None:
+        """Gives modules swapped in since the last change the state of their place, held at once."""
+        if _state.reconcile(self):  # type: ignore[arg-type]
+            self._refresh_held()
 
     def _on_freeze_change(self) -> None:
         """Runs after every change of freeze state, the frozen parts already held; does nothing here.
@@ -400,10 +443,17 @@ class Freezable:
         self._on_freeze_change()
 
     def train(self, mode: bool = True) -> Freezable:
-        """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference."""
+        """Sets the training mode as ``nn.Module.train`` does, then holds frozen parts at inference.
+
+        Modules swapped in since the last change of freeze state (``convert_sync_batchnorm``,
+        ``prepare_qat``) first get the state of their place (see :mod:`freezable._state`).
+        """
         super().train(mode)  # type: ignore[misc]
         _state.note_mode(self, mode)  # type: ignore[arg-type]
-        _state.rehold(self._freeze_root())
+        if _state.reconcile(self):  # type: ignore[arg-type]
+            self._refresh_held()
+        else:
+            _state.rehold(self._freeze_root())
         return self
 
     # -- reading ------------------------------------------------------------------------
@@ -438,22 +488,46 @@ class Freezable:
             total      38         10      28              1
             trainable: 10 of 38 parameters (26.32%)
         """
+        self._sync()
         root = self._freeze_root()
+        by_freezable = _frozen_by_freezable(root)
         rows = [
-            _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)))
+            _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)), by_freezable)
             for name, group in self._groups.items() if blocks or not is_block(name)
         ]
         grouped = {id(p) for group in self._groups.values() for _, p in group.named_parameters(root)}
         if self._groups and any(id(p) not in grouped for p in root.parameters()):
             outside = ((n, p) for n, p in root.named_parameters() if id(p) not in grouped)
-            rows.append(_summary_row("(no group)", outside, iter(())))
-        total = _summary_row("total", root.named_parameters(), root.modules())
+            rows.append(_summary_row("(no group)", outside, iter(()), by_freezable))
+        total = _summary_row("total", root.named_parameters(), root.modules(), by_freezable)
         norm_eval = [m for m in root.modules() if _state.is_norm_eval(m)]
         training = sum(1 for m in norm_eval if any(p.requires_grad for p in m.parameters()))
         note = (f"\nnorm_eval: {len(norm_eval)} norm layer(s) held in eval, statistics fixed ({training} with "
                 f"trainable affine parameters)"
                 if norm_eval else "")
-        return format_summary(rows, total) + note + "".join(f"\n{s.describe()}" for s in tied_across_freeze(self))
+        return (format_summary(rows, total) + note + "".join(f"\n{line}" for line in self._elsewhere_notes(root))
+                + "".join(f"\n{s.describe()}" for s in tied_across_freeze(self)))
+
+    def _elsewhere_notes(self, root: nn.Module) -> list[str]:
+        """The summary's lines on what freezable did not freeze: built frozen, frozen by hand, conflicts."""
+        built = set(_state.built_frozen(self))  # type: ignore[arg-type]
+        by_freezable = _frozen_by_freezable(root)
+        frozen = [n for n, p in root.named_parameters() if not p.requires_grad]
+        lines = []
+        if built & set(frozen):
+            names = [n for n in frozen if n in built]
+            lines.append(f"built frozen: {len(names)} parameter(s) the model was built with frozen stay frozen "
+                         f"through unfreeze ({shorten(names)}); unfreeze(..., built_frozen=True) trains them")
+        by_hand = [n for n, p in root.named_parameters() if not p.requires_grad and n not in built
+                   and id(p) not in by_freezable]
+        if by_hand:
+            lines.append(f"frozen by hand: {len(by_hand)} parameter(s) frozen outside freezable ({shorten(by_hand)}); "
+                         f"their modules are not held at inference (norm statistics update in train()): freeze "
+                         f"their group instead")
+        for name in _state.conflicts(self):  # type: ignore[arg-type]
+            lines.append(f"conflict: {name!r} ({type(root.get_submodule(name)).__name__}) was swapped in at a frozen "
+                         f"place with trainable parameters; freeze or unfreeze its group to decide")
+        return lines
 
     # -- freeze state -------------------------------------------------------------------
 
@@ -466,13 +540,15 @@ class Freezable:
             >>> Net(nn.Linear(2, 2), nn.Linear(2, 1)).freeze().unfreeze().freeze_state()["frozen_parameters"]
             []
         """
-        return _state.read_state(self._freeze_root())
+        self._sync()
+        return _state.read_state(self)  # type: ignore[arg-type]
 
     def load_freeze_state(self, state: Mapping[str, Any]) -> Freezable:
         """Makes exactly the modules and parameters that ``state`` names frozen, and the rest trainable.
 
         Its ``norm_eval_modules`` are put under norm_eval and the rest released; a state without them
-        (version 1, from before norm_eval) leaves norm_eval as it is.
+        (version 1, from before norm_eval) leaves norm_eval as it is. Its ``built_frozen_parameters``
+        (version 3) become the parameters that ``unfreeze`` keeps frozen.
 
         Args:
             state: a dict from :meth:`freeze_state`, possibly after a JSON round trip.
@@ -483,12 +559,17 @@ class Freezable:
         Raises:
             FreezeStateError: ``state`` is malformed or names what the model lacks.
         """
+        self._sync()
         root = self._freeze_root()
         frozen_modules, frozen_params = _state.check_state(root, state)
         norm_eval = _state.check_norm_eval_state(root, state)
+        built = _state.check_built_frozen_state(root, state)
+        _state.note_built_frozen(self)  # type: ignore[arg-type]
         _state.write_state(root, frozen_modules, frozen_params)
         if norm_eval is not None:
             _state.write_norm_eval(root, norm_eval)
+        if built is not None:
+            _state.write_built_frozen(self, built)  # type: ignore[arg-type]
         self._refresh_held()
         return self
 
@@ -499,11 +580,25 @@ def tied_across_freeze(model: Freezable) -> list[Shared]:
                              is_frozen)
 
 
-def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], modules: Iterator[nn.Module]) -> SummaryRow:
+def warn_built_frozen(call: str, names: list[str], fix: str) -> None:
+    """The one warning for a call that names parameters the model was built with frozen (they stay frozen)."""
+    warnings.warn(f"{call} leaves {len(names)} parameter(s) frozen that the model was built with frozen "
+                  f"({shorten(names)}); to train them as well: {fix}", BuiltFrozenWarning, stacklevel=3)
+
+
+def _frozen_by_freezable(root: nn.Module) -> set[int]:
+    """The frozen parameters whose module carries the frozen mark (what freezable froze), by id."""
+    return {id(p) for m in root.modules() if is_frozen(m) for p in m._parameters.values()
+            if p is not None and not p.requires_grad}
+
+
+def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], modules: Iterator[nn.Module],
+                 by_freezable: set[int]) -> SummaryRow:
     params = [p for _, p in named_params]
     return SummaryRow(
         name=name,
         params=sum(p.numel() for p in params),
         trainable=sum(p.numel() for p in params if p.requires_grad),
         norms_in_eval=sum(1 for m in {id(m): m for m in modules}.values() if is_norm(m) and is_held(m)),
+        elsewhere=sum(p.numel() for p in params if not p.requires_grad and id(p) not in by_freezable),
     )

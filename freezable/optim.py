@@ -202,8 +202,8 @@ def _numbered(names: Sequence[str], prefix: str) -> list[str]:
 
 
 def _no_weight_decay(model: Freezable) -> tuple[str, ...]:
-    """The model's ``no_weight_decay()`` names (timm's convention), or none."""
-    method = getattr(model, "no_weight_decay", None)
+    """The model's ``no_weight_decay()`` names (timm's convention) relative to its freeze root, or none."""
+    method = getattr(freeze_root(model), "no_weight_decay", None)
     return tuple(method()) if callable(method) else ()
 
 

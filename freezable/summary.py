@@ -18,10 +18,12 @@ class SummaryRow:
     params: int  # parameters (elements) in the group
     trainable: int  # of which have requires_grad=True
     norms_in_eval: int  # norm layers held at inference
+    elsewhere: int = 0  # of which are frozen but not by freezable (built frozen, or by hand): their modules not held
 
     @property
     def frozen(self) -> int:
-        return self.params - self.trainable
+        """Frozen by freezable."""
+        return self.params - self.trainable - self.elsewhere
 
 
 def format_count(n: int) -> str:
@@ -71,12 +73,16 @@ def format_table(
 
 
 def format_summary(rows: Sequence[SummaryRow], total: SummaryRow) -> str:
-    """Lays the rows and the total out as an aligned text table."""
+    """Lays the rows and the total out as an aligned text table.
+
+    A column ``frozen elsewhere`` (parameters frozen, but not by freezable) appears when the total has any.
+    """
+    columns = _COLUMNS + (("frozen elsewhere",) if total.elsewhere else ())
 
     def cells(row: SummaryRow) -> list[str]:
         return [row.name, format_count(row.params), format_count(row.trainable), format_count(row.frozen),
-                str(row.norms_in_eval)]
+                str(row.norms_in_eval)] + ([format_count(row.elsewhere)] if total.elsewhere else [])
 
-    table = format_table(_COLUMNS, [cells(r) for r in rows], footer=[cells(total)], right=range(1, len(_COLUMNS)))
+    table = format_table(columns, [cells(r) for r in rows], footer=[cells(total)], right=range(1, len(columns)))
     share = 100 * total.trainable / total.params if total.params else 0.0
     return table + f"\ntrainable: {total.trainable:,} of {total.params:,} parameters ({share:.2f}%)"

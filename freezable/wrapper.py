@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
+import re
 
 from collections.abc import Sequence
 from typing import Any
@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from . import _state
-from .detect import detect_groups
-from .errors import FreezableError, SpecError, type_error
+from .errors import FreezableError, type_error
 from .fast import FastPath, build_fast_path, clone_outputs
-from .groups import Group, is_block, resolve_group
+from .groups import is_block
 from .mixin import Freezable
-from .presets import Preset, get_preset, hold_body_norms, install_preset, resolve_preset
+from .plan import carry_out, make_plan
+from .presets import Preset
 from .summary import format_count
 
 __all__ = ["FrozenBackbone"]
@@ -60,6 +60,68 @@ def _any_requires_grad(value: Any) -> bool:
     return False
 
 
+def _prefixed_pattern(pattern: str) -> str:
+    r"""A regex tried with ``re.match`` on the backbone's names, for the wrapper's names (``backbone.`` before them).
+
+    Each top-level alternative of timm's patterns starts at the name's start (``re.match``); the ``^``
+    anchors go, and the whole pattern goes in a group behind the prefix.
+
+    Example:
+        >>> _prefixed_pattern(r"^cls_token|^pos_embed|patch_embed")
+        '^backbone\\.(?:cls_token|pos_embed|patch_embed)'
+        >>> bool(re.match(_prefixed_pattern(r"^blocks\.(\d+)"), "backbone.blocks.3.mlp"))
+        True
+    """
+    alternatives, depth, start, i = [], 0, 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 1
+        elif c == "[":  # a character class: up to its closing bracket
+            i = pattern.index("]", i + 2 if pattern[i + 1:i + 2] in ("]", "^") else i + 1)
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            alternatives.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    alternatives.append(pattern[start:])
+    return "^" + re.escape(_PREFIX) + "(?:" + "|".join(a[1:] if a.startswith("^") else a for a in alternatives) + ")"
+
+
+def _prefixed_matcher(matcher: Any) -> Any:
+    """timm's ``group_matcher`` value (``{group: pattern or [(pattern, ordinal), ...]}``) for the wrapper's names."""
+    if not isinstance(matcher, dict):
+        raise FreezableError(
+            f"the backbone's group_matcher returned {type(matcher).__name__}, not timm's dict of patterns; call "
+            f"fb.backbone.group_matcher() and match fb.backbone.named_parameters() instead"
+        )
+
+    def prefixed(spec: Any) -> Any:
+        if isinstance(spec, str):
+            return _prefixed_pattern(spec)
+        if isinstance(spec, (list, tuple)):
+            return [(_prefixed_pattern(p), *rest) if isinstance(p, str) else (p, *rest) for p, *rest in spec]
+        return spec
+
+    return {group: prefixed(spec) for group, spec in matcher.items()}
+
+
+def _prefixed_names(names: Any) -> set[str]:
+    """timm's ``no_weight_decay()`` names (or fnmatch patterns) for the wrapper's names."""
+    return {_PREFIX + name for name in names}
+
+
+# Methods that fall through to the backbone and answer in parameter names: what makes the answer the wrapper's.
+# timm's optimizer factory (create_optimizer_v2, param_groups_layer_decay) reads them against named_parameters().
+_IN_WRAPPER_NAMES: dict[str, Any] = {
+    "group_matcher": _prefixed_matcher,
+    "no_weight_decay": _prefixed_names,
+}
+
+
 class _Forward(functools.partial):
     """``fb.forward`` as an instance attribute: the wrapper's forward, showing the backbone's signature (what
     the Hugging Face ``Trainer`` reads to keep a dataset's columns)."""
@@ -78,8 +140,10 @@ class FrozenBackbone(Freezable, nn.Module):
     Groups come from ``preset`` when given, else from the groups detected for
     known torchvision and timm models (``stem``, ``stage1`` ..., ``head``,
     ``backbone``). Attributes it lacks fall through to the backbone
-    (``fb.num_features``, ``fb.forward_features``). ``state_dict()`` has exactly the
-    backbone's own keys, and ``load_state_dict`` takes the backbone's checkpoints.
+    (``fb.num_features``, ``fb.forward_features``); those that answer in parameter names (timm's
+    ``group_matcher()`` and ``no_weight_decay()``) answer in the wrapper's (``backbone.`` before them),
+    so timm's ``create_optimizer_v2(fb, layer_decay=...)`` groups as on the plain model. ``state_dict()``
+    has exactly the backbone's own keys, and ``load_state_dict`` takes the backbone's checkpoints.
     A fully frozen backbone whose input needs no gradient records no autograd graph: it runs
     under ``torch.inference_mode()`` and returns a clone of its output (a normal tensor).
 
@@ -117,6 +181,11 @@ class FrozenBackbone(Freezable, nn.Module):
         ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'block1')
         >>> fb.train().backbone.bn1.training, fb(torch.randn(2, 3, 32, 32)).shape
         (False, torch.Size([2, 10]))
+        >>> import timm
+        >>> vit = FrozenBackbone(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0))
+        >>> import re
+        >>> bool(re.match(vit.group_matcher()["stem"], "backbone.pos_embed")), sorted(vit.no_weight_decay())[:2]
+        (True, ['backbone.cls_token', 'backbone.dist_token'])
     """
 
     def __init__(
@@ -143,17 +212,7 @@ class FrozenBackbone(Freezable, nn.Module):
             raise FreezableError(
                 f"frozen_dtype={frozen_dtype} needs fast=True: only the fast path stores frozen copies"
             )
-        if norm_eval is not None and not isinstance(norm_eval, bool):
-            raise type_error("norm_eval", norm_eval, "a bool or None", fix="None takes the preset's setting")
-        if isinstance(trainable, (str, bytes)) or not isinstance(trainable, Sequence):
-            trainable = [trainable]
-        if preset is not None:
-            preset = get_preset(preset)
-            groups = resolve_preset(preset, backbone)
-        else:
-            groups = {name: resolve_group(backbone, name, names) for name, names in detect_groups(backbone).items()}
-        kept = [groups[t] if isinstance(t, str) and t in groups else self._trainable_spec(backbone, t, groups)
-                for t in trainable]
+        plan = make_plan(backbone, trainable, preset, norm_eval)
         super().__init__()
         self.__dict__["_fast_options"] = (fast, frozen_dtype)
         self.__dict__["_fast_path"] = None
@@ -163,31 +222,7 @@ class FrozenBackbone(Freezable, nn.Module):
         self._register_state_dict_hook(_strip_prefix)
         self._register_load_state_dict_pre_hook(_add_prefix, with_module=True)
         self.register_load_state_dict_post_hook(_drop_fast_path)
-        if preset is None:
-            _state.store_groups(self, groups)
-            self.freeze()
-            if norm_eval:
-                hold_body_norms(self)
-        else:
-            _state.store_groups(self, {})
-            install_preset(self, preset, groups, norm_eval=norm_eval)
-        if kept:
-            self._unfreeze_resolved(kept)
-
-    @staticmethod
-    def _trainable_spec(backbone: nn.Module, spec: Any, groups: dict[str, Group]) -> Group:
-        try:
-            return resolve_group(backbone, "trainable", spec)
-        except SpecError as e:
-            if isinstance(spec, str) and groups:  # a typo of a group name is likelier than of a module name
-                close = difflib.get_close_matches(spec, list(groups), n=3, cutoff=0.5)
-                if close:
-                    raise SpecError(
-                        f"trainable entry {spec!r} is neither a group nor a submodule or parameter name; did you mean "
-                        f"the group {' or '.join(repr(c) for c in close)}? groups: {list(groups)}"
-                    ) from None
-                raise SpecError(f"{e}; groups: {list(groups)}") from None
-            raise
+        carry_out(self, plan, "FrozenBackbone(...)")
 
     @property
     def fast(self) -> bool:
@@ -269,7 +304,10 @@ class FrozenBackbone(Freezable, nn.Module):
         except AttributeError:
             if name.startswith("__") or "backbone" not in self.__dict__.get("_modules", {}):
                 raise
-            return getattr(self._modules["backbone"], name)
+            value = getattr(self._modules["backbone"], name)
+            if name in _IN_WRAPPER_NAMES and callable(value):
+                return functools.wraps(value)(lambda *args, **kwargs: _IN_WRAPPER_NAMES[name](value(*args, **kwargs)))
+            return value
 
     def __repr__(self) -> str:
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}

@@ -47,10 +47,8 @@ def full_state(model: nn.Module) -> tuple:
     )
 
 
-class Net(fz.Freezable, nn.Module):
+class PlainNet(nn.Module):
     """A small CNN with BatchNorm and dropout in its features."""
-
-    freeze_groups = {"features": "features", "classifier": "classifier"}
 
     def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
@@ -71,10 +69,24 @@ class Net(fz.Freezable, nn.Module):
         return self.classifier(self.features(x))
 
 
-@pytest.fixture
-def net() -> Net:
+class Net(fz.Freezable, PlainNet):
+    """PlainNet with the mixin: its groups declared in the class."""
+
+    freeze_groups = {"features": "features", "classifier": "classifier"}
+
+
+def in_place_net(num_classes: int = 3) -> PlainNet:
+    """PlainNet made Freezable in place (``fz.freezable``), with Net's groups registered."""
+    model = fz.freezable(PlainNet(num_classes))
+    model.register_freeze_group("features", "features")
+    return model.register_freeze_group("classifier", "classifier")
+
+
+@pytest.fixture(params=["mixin", "in_place"])
+def net(request: pytest.FixtureRequest) -> Net:
+    """The behaviour tests of API.md section 1 run over both forms: the mixin class and the in-place model."""
     torch.manual_seed(0)
-    return Net()
+    return Net() if request.param == "mixin" else in_place_net()
 
 
 @pytest.fixture

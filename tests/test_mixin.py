@@ -542,7 +542,7 @@ def test_norm_eval_survives_deepcopy_pickle_and_torch_save():
 def test_norm_eval_freeze_state_round_trip():
     net = Net().freeze("classifier").set_norm_eval(True, "features")
     state = net.freeze_state()
-    assert state["version"] == 2 and state["norm_eval_modules"] == ["features.1", "features.5"]
+    assert state["version"] == 3 and state["norm_eval_modules"] == ["features.1", "features.5"]
     buffer = io.BytesIO()
     torch.save(json.loads(json.dumps(state)), buffer)
     buffer.seek(0)
