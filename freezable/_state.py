@@ -71,6 +71,9 @@ __all__ = [
     "rehold",
     "is_placed",
     "record_places",
+    "has_frozen_place",
+    "swapped_in",
+    "registrations",
     "reconcile",
     "conflicts",
     "note_mode",
@@ -385,6 +388,11 @@ def record_places(model: nn.Module) -> None:
     model.__dict__[_PLACES] = places
 
 
+def has_frozen_place(model: nn.Module) -> bool:
+    """Whether the record of ``model`` (see :func:`record_places`) has any frozen place."""
+    return any((model.__dict__.get(_PLACES) or {}).values())
+
+
 def _place_is_frozen(name: str, old: Mapping[str, bool], new: Mapping[str, bool]) -> bool:
     """Whether the place ``name`` was frozen: as recorded, or (a new name) as its parent place is now."""
     if name in old:
@@ -396,7 +404,7 @@ def _owns_trainable(module: nn.Module) -> bool:
     return any(p is not None and p.requires_grad for p in module._parameters.values())
 
 
-def _swapped_in(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def swapped_in(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """The modules swapped in at a frozen place since the last change and not frozen yet, parents first."""
     old = model.__dict__.get(_PLACES)
     if old is None:
@@ -409,6 +417,25 @@ def _swapped_in(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+_REGISTRATIONS = [0]  # modules registered into a parent anywhere in this process, once counting started
+
+
+def _count_registration(parent: nn.Module, name: str, module: nn.Module | None) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+def registrations() -> int:
+    """How many modules were registered into a parent (``add_module``, ``setattr``) in this process so far.
+
+    A cheap sign that a module may have been swapped: the count starts at the first call, through torch's
+    global module registration hook (which only counts).
+    """
+    if not _REGISTRATIONS[1:]:
+        nn.modules.module.register_module_module_registration_hook(_count_registration)
+        _REGISTRATIONS.append(True)
+    return _REGISTRATIONS[0]
+
+
 def reconcile(model: nn.Module) -> bool:
     """Gives each module swapped in since the last change the freeze state of its place; ``True`` if any changed.
 
@@ -416,7 +443,7 @@ def reconcile(model: nn.Module) -> bool:
     observer, an ``Identity`` left by fusion) is frozen. One with trainable parameters is left as it
     is, a conflict (:func:`conflicts`). :func:`hold_frozen` starts with it.
     """
-    adopted = [module for _, module in _swapped_in(model) if not _owns_trainable(module)]
+    adopted = [module for _, module in swapped_in(model) if not _owns_trainable(module)]
     for module in adopted:
         set_frozen(module, True)
     return bool(adopted)
@@ -424,13 +451,20 @@ def reconcile(model: nn.Module) -> bool:
 
 def conflicts(model: nn.Module) -> list[str]:
     """Modules swapped in at a frozen place with trainable parameters of their own: neither frozen nor meant to train."""
-    return [name for name, module in _swapped_in(model) if _owns_trainable(module)]
+    return [name for name, module in swapped_in(model) if _owns_trainable(module)]
 
 
 def note_built_frozen(model: nn.Module) -> None:
-    """Records, the first time only, the parameters of ``model`` frozen before freezable changed anything."""
-    if _BUILT_FROZEN not in model.__dict__:
-        model.__dict__[_BUILT_FROZEN] = tuple(n for n, p in freeze_root(model).named_parameters() if not p.requires_grad)
+    """Records, the first time only, the parameters of ``model`` frozen before freezable changed anything.
+
+    Parameters frozen by freezable already (a backbone an earlier ``FrozenBackbone`` froze) are not counted.
+    """
+    if _BUILT_FROZEN in model.__dict__:
+        return
+    root = freeze_root(model)
+    ours = {id(p) for module in root.modules() if is_frozen(module) for p in module.parameters(recurse=False)}
+    model.__dict__[_BUILT_FROZEN] = tuple(n for n, p in root.named_parameters()
+                                          if not p.requires_grad and id(p) not in ours)
 
 
 def built_frozen(model: nn.Module) -> tuple[str, ...]:

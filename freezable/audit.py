@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from . import guard
-from ._state import is_held, is_norm_eval
+from ._state import freeze_root, is_held, is_norm_eval, swapped_in
 from .checkpointing import reentrant_after_frozen
 from .distributed import reduced_parameters
 from .errors import FreezableError, shorten, type_error
@@ -53,6 +53,7 @@ _CHECKS = {
     "gradients": "frozen parameters hold no gradient",
     "optimizer": "optimizer holds exactly the trainable parameters",
     "ddp": "DDP synchronises exactly the trainable parameters",
+    "swaps": "modules swapped in at frozen places frozen like those they replaced",
     "drift": "guarded frozen tensors unchanged",
     "shared": "no tensor tied between a frozen and a trainable part",
     "checkpoint": "reentrant checkpointing gets gradients",
@@ -158,6 +159,9 @@ def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, s
     ddps = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.parallel.DistributedDataParallel)]
     if ddps:
         rows.append(("ddp", [p for name, ddp in ddps for p in _ddp(name, ddp)]))
+    swaps = [p for name, m in _freezables(model) for p in _swaps(name, m)]
+    if swaps:
+        rows.append(("swaps", swaps))
     rows.append(("drift", [p for name, m in _freezables(model) for p in guard.verify(m, name)]))
     if sum(1 for _ in model.named_parameters(remove_duplicate=False)) > len(names):  # tied tensors
         rows.append(("shared", _shared(model)))
@@ -169,6 +173,27 @@ def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, s
             f"fz.check found {len(report.problems)} problem(s):\n" + "\n".join(f"- {p}" for p in report.problems)
         )
     return report
+
+
+def _swaps(prefix: str, model: Freezable) -> list[str]:
+    """Modules swapped in at frozen places: a conflict (trainable parameters), or one in training mode before its
+    first ``train()`` or forward since (when it is frozen and held like the one it replaced)."""
+    problems = []
+    root_prefix = ".".join(p for p in (prefix, _root_name(model)) if p)
+    for name, module in swapped_in(model):
+        full = ".".join(p for p in (root_prefix, name) if p)
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            problems.append(f"'{full}' ({type(module).__name__}) was swapped in at a frozen place with trainable "
+                            f"parameters: neither frozen nor meant to train; freeze or unfreeze its group to decide")
+        elif module.training:
+            problems.append(f"'{full}' ({type(module).__name__}) was swapped in at a frozen place and is in training "
+                            f"mode; call model.train() (or run a forward) to freeze and hold it like the one it replaced")
+    return problems
+
+
+def _root_name(model: Freezable) -> str:
+    root = freeze_root(model)
+    return next((name for name, child in model.named_children() if child is root), "")
 
 
 def _shared(model: nn.Module) -> list[str]:

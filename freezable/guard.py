@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._state import freeze_root, is_frozen
+from ._state import freeze_root, is_frozen, swapped_in
 from .groups import Group
 
 __all__ = ["Fingerprint", "fingerprint", "record", "forget", "verify", "guarded_names"]
@@ -115,7 +115,8 @@ def verify(model: nn.Module, prefix: str = "") -> list[str]:
     """One sentence per guarded frozen tensor that changed (or vanished) since it was recorded.
 
     A tensor that is no longer frozen (made trainable since, by ``load_freeze_state`` or by
-    hand) is no longer watched.
+    hand) is no longer watched. A buffer of a module swapped in at a frozen place (a BatchNorm
+    converted to SyncBatchNorm) is watched as the one it replaced, by name.
 
     Args:
         model: a Freezable that may carry a guard.
@@ -129,6 +130,7 @@ def verify(model: nn.Module, prefix: str = "") -> list[str]:
     if root is not model:
         root_prefix = ".".join(p for p in (prefix, _child_name(model, root)) if p)
     owners = {name: module for name, module in root.named_modules(remove_duplicate=False)}
+    swapped = {id(module) for _, module in swapped_in(model)}  # at a frozen place, not yet marked: watched too
     problems = []
     for kind, entries in store.items():
         for name, recorded in entries.items():
@@ -141,7 +143,7 @@ def verify(model: nn.Module, prefix: str = "") -> list[str]:
             if kind == "parameters" and tensor.requires_grad:
                 continue
             owner = owners.get(name.rpartition(".")[0])
-            if kind == "buffers" and (owner is None or not is_frozen(owner)):
+            if kind == "buffers" and (owner is None or not (is_frozen(owner) or id(owner) in swapped)):
                 continue
             if recorded.digest is None:
                 continue

@@ -23,7 +23,7 @@ from torch import nn
 from . import _state
 from .distributed import unwatch_ddp
 from .errors import FreezableTypeError, type_error
-from .mixin import Freezable
+from .mixin import Freezable, watch_swaps
 from .plan import carry_out, make_plan
 from .presets import Preset
 
@@ -167,6 +167,7 @@ def plain(model: M) -> M:
         _state.set_held(module, False, mode)
         _state.clear_entries(module)
     unwatch_ddp(model)
+    watch_swaps(model, False)
     model.__class__ = type(model).__dict__[_BASE]
     return model
 

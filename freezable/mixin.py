@@ -35,7 +35,7 @@ from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
 from .summary import SummaryRow, format_summary
 
-__all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze", "warn_built_frozen"]
+__all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze", "warn_built_frozen", "watch_swaps"]
 
 _WHOLE_MODEL = Group(modules=("",))
 
@@ -439,6 +439,7 @@ class Freezable:
         Every change of freeze state ends here, then :meth:`_on_freeze_change` runs.
         """
         _state.hold_frozen(self)  # type: ignore[arg-type]
+        watch_swaps(self, _state.has_frozen_place(self))  # type: ignore[arg-type]
         watch_ddp(self)  # type: ignore[arg-type]
         self._on_freeze_change()
 
@@ -578,6 +579,33 @@ def tied_across_freeze(model: Freezable) -> list[Shared]:
     """The tensors of ``model`` tied between a frozen and a trainable part (see :mod:`freezable.shared`)."""
     return shared_parameters(_state.freeze_root(model), {n: model.freeze_group(n) for n in model.freeze_group_names},
                              is_frozen)
+
+
+_REGISTRATIONS_SEEN = "_freezable_registrations_seen"  # on a Freezable: the module registration count last synced
+
+
+def watch_swaps(model: Freezable, watch: bool) -> None:
+    """Adds :func:`sync_before_forward` to ``model``'s forward pre-hooks (once) or removes it."""
+    hooks = model._forward_pre_hooks  # type: ignore[attr-defined]
+    keys = [key for key, hook in hooks.items() if hook is sync_before_forward]
+    if watch and not keys:
+        model.register_forward_pre_hook(sync_before_forward, prepend=True)  # type: ignore[attr-defined]
+    if not watch:
+        for key in keys:
+            del hooks[key]
+    model.__dict__[_REGISTRATIONS_SEEN] = _state.registrations()
+
+
+def sync_before_forward(model: Freezable, args: Any) -> None:
+    """Forward pre-hook of every Freezable: modules swapped in since the last change get their place's state.
+
+    Costs one integer comparison unless a module was registered somewhere since (see
+    :func:`freezable._state.registrations`).
+    """
+    seen = _state.registrations()
+    if model.__dict__.get(_REGISTRATIONS_SEEN) != seen:
+        model.__dict__[_REGISTRATIONS_SEEN] = seen
+        model._sync()
 
 
 def warn_built_frozen(call: str, names: list[str], fix: str) -> None:
