@@ -142,10 +142,17 @@ def run_order(model: nn.Module, groups: Groups, names: list[str], run: Callable[
     first: dict[str, int] = {}
     modules = dict(model.named_modules())
     handles = []
+    seen: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        seen[id(module)] = seen.get(id(module), 0) + 1
     for group in names:
         for member in groups[group]:
-            # every module inside: a traced graph calls its leaves, never the containers that hold them
-            for module in modules[member].modules() if member in modules else ():
+            # and every module inside: a traced graph calls its leaves, never the containers that hold them;
+            # not those shared with other places (ultralytics' one SiLU in every Conv runs first in layer 0)
+            if member not in modules:
+                continue
+            inside = [m for m in list(modules[member].modules())[1:] if seen[id(m)] == 1]
+            for module in [modules[member], *inside]:
                 def hook(module: nn.Module, args: object, group: str = group) -> None:
                     first.setdefault(group, len(first))
                 handles.append(module.register_forward_pre_hook(hook))
@@ -811,7 +818,11 @@ def _ssdlite_detector() -> LibrarySample:
         problems = [f"{g} differs from the extractor's alone" for g, members in alone.items() if groups.get(g) != members]
         return problems + stage_problems(model, groups) + forward_order_problems(model, groups, 64)
 
-    return LibrarySample(_seeded(make), check, lambda m: m([_image(64)[0]]), trainable=("neck", "head"))
+    def call(model: nn.Module) -> object:  # targets: a detector in training returns its losses
+        target = {"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1])}
+        return model(list(_image(64)), [target, target])
+
+    return LibrarySample(_seeded(make), check, call, trainable=("neck", "head"))
 
 
 LIBRARY_SAMPLES: dict[str, LibrarySample] = {

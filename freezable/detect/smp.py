@@ -59,7 +59,7 @@ def smp_groups(model: nn.Module) -> Groups | None:
         >>> list(groups)[:6], groups["stem"], groups["stage1"]
         (['stem', 'stage1', 'stage2', 'stage3', 'stage4', 'block1'], ('encoder.conv1', 'encoder.bn1', 'encoder.relu'), ('encoder.maxpool', 'encoder.layer1'))
         >>> [g for g in groups if not g[-1].isdigit()]
-        ['encoder', 'decoder', 'segmentation_head', 'backbone']
+        ['stem', 'encoder', 'decoder', 'segmentation_head', 'backbone']
     """
     if is_smp_model(model):
         encoder = model.get_submodule("encoder")

@@ -78,7 +78,7 @@ def _graph_groups(graph: nn.Module) -> Groups | None:
     """A torchvision model traced by ``create_feature_extractor``: its rule, on the modules the graph kept.
 
     The graph's class is named after the traced model's and keeps its modules under their qualified names
-    (the containers it traced through become plain ``nn.Module``\ s holding what it calls). A rule that finds
+    (the containers it traced through become plain modules holding what it calls). A rule that finds
     what it reads missing (another library's model of the same class name) gives no groups. Where the
     rule cuts stages by counting layers (ViT), the graph may hold fewer than the model did: no stages then.
     """
