@@ -683,7 +683,7 @@ def _smp(arch: str, encoder: str, **kwargs: object) -> LibrarySample:
                          slow=encoder not in ("resnet18", "mobilenet_v2", "efficientnet-b0", "mit_b0", "tu-resnet18"))
 
 
-def _yolo(task: str, yaml: str) -> LibrarySample:
+def _yolo(task: str, yaml: str, slow: bool = False) -> LibrarySample:
     def make() -> nn.Module:
         from ultralytics.nn import tasks
 
@@ -695,7 +695,7 @@ def _yolo(task: str, yaml: str) -> LibrarySample:
         return ultralytics_problems(model, groups, _image(64)) + ultralytics_freeze_problems(build, ns, _image(64))
 
     build = _seeded(make)
-    return LibrarySample(build, check, lambda m: m(_image(64)), trainable=("task_head",))
+    return LibrarySample(build, check, lambda m: m(_image(64)), trainable=("task_head",), slow=slow)
 
 
 def _diffusers(make: Callable[[], nn.Module], call: Callable[[nn.Module], object], trainable: tuple[str, ...],
@@ -846,6 +846,10 @@ LIBRARY_SAMPLES: dict[str, LibrarySample] = {
     "ultralytics/SegmentationModel-yolov8n-seg": _yolo("SegmentationModel", "yolov8n-seg.yaml"),
     "ultralytics/ClassificationModel-yolov8n-cls": _yolo("ClassificationModel", "yolov8n-cls.yaml"),
     "ultralytics/PoseModel-yolo11n-pose": _yolo("PoseModel", "yolo11n-pose.yaml"),
+    "ultralytics/OBBModel-yolov8n-obb": _yolo("OBBModel", "yolov8n-obb.yaml", slow=True),
+    "ultralytics/DetectionModel-yolo26n": _yolo("DetectionModel", "yolo26n.yaml", slow=True),
+    "ultralytics/WorldModel-yolov8s-worldv2": _yolo("WorldModel", "yolov8s-worldv2.yaml", slow=True),
+    "ultralytics/RTDETRDetectionModel-rtdetr-l": _yolo("RTDETRDetectionModel", "rtdetr-l.yaml", slow=True),
     "diffusers/UNet2DModel": _diffusers(_unet2d, lambda m: m(_image(16), 3), ("up_blocks", "head")),
     "diffusers/UNet2DConditionModel": _diffusers(
         _unet2d_condition, lambda m: m(_image(16, 4), 3, encoder_hidden_states=torch.ones(2, 5, 8)), ("up_blocks", "head")),

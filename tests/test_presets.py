@@ -18,9 +18,10 @@ EXAMPLES = {"torchvision.alexnet.classifier_only": ("torchvision", "alexnet"),
 EXAMPLES.update({f"torchvision.detection.trainable_backbone_layers_{n}":
                  ("torchvision", "fasterrcnn_mobilenet_v3_large_320_fpn") for n in range(7)})
 EXAMPLES["smp.freeze_encoder"] = ("smp", "resnet18")
-# freeze=N leaves the last layer to train: a model with more than N layers (yolov8n 23, yolo11n 24, yolov5n 25)
-EXAMPLES.update({f"ultralytics.freeze_{n}": ("ultralytics", "yolov8n.yaml" if n < 23 else "yolo11n.yaml" if n < 24
-                                             else "yolov5n.yaml") for n in range(25)})
+# freeze=N leaves the last layer to train: a model with more than N layers (yolov8n 23, yolov5n-p6 34, yolov9e 43)
+EXAMPLES.update({f"ultralytics.freeze_{n}": ("ultralytics", "yolov8n.yaml" if n < 23 else "yolov5n-p6.yaml" if n < 34
+                                             else "yolov9e.yaml") for n in range(43)})
+SLOW = {name for name, example in EXAMPLES.items() if example[1] == "yolov9e.yaml"}  # 58M parameters: 3 s each
 
 
 def build(source: str, name: str, **kwargs) -> torch.nn.Module:
@@ -70,7 +71,7 @@ def test_list_presets_filters_with_a_glob():
     assert fz.list_presets("nothing*") == []
 
 
-@pytest.mark.parametrize("name", sorted(_PRESETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in sorted(_PRESETS)])
 def test_every_preset_applies_to_a_model_it_is_meant_for(name):
     preset = fz.get_preset(name)
     source, model_name = example_for(preset)

@@ -20,7 +20,8 @@ from .ultralytics import is_yolo_model
 __all__ = ["freeze_layers", "FROZEN_LAYERS", "MAX_FREEZE"]
 
 FROZEN_LAYERS = "frozen_layers"
-MAX_FREEZE = 24  # presets freeze_0 ... freeze_24: every N that leaves a layer to train in YOLOv5/8/9/10/11/12/26
+MAX_FREEZE = 42  # presets freeze_0 ... freeze_42: every N that leaves a layer to train in a model ultralytics ships
+# a yaml for (the largest, YOLOv9e, has 43 layers)
 
 
 def freeze_layers(n: int) -> Callable[[nn.Module], dict[str, tuple[str, ...]]]:
