@@ -1,4 +1,5 @@
-"""Oracles that detected groups are checked against, shared by ``python -m freezable sweep`` and the tests.
+"""Oracles that detected groups are checked against, shared by ``python -m freezable sweep``,
+``tools/sweep_libraries.py`` and the tests.
 
 Each oracle reads the answer off the model or off the source library itself, never off detection: the
 classifier attribute or timm's ``get_classifier()``, the order in which modules run on a real input,
@@ -8,6 +9,7 @@ Each check returns the problems it found (an empty list: right).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -472,22 +474,24 @@ def _whole(model: nn.Module) -> tuple[str, ...]:
 
 def smp_problems(model: nn.Module, groups: Groups, x: torch.Tensor) -> list[str]:
     """An smp segmentation model: its parts are its attributes (``backbone`` is ``encoder``), the encoder's
-    stages are smp's own split (for a ``tu-`` encoder also timm's own groups of its timm model), no stage or
-    block straddles two parts, and the stages, the blocks and the parts run in that order."""
+    stages are smp's own split (a ``tu-`` encoder's: timm's own groups of its timm model, which may cut
+    elsewhere than smp's feature maps), no stage or block straddles two parts, and the stages, the blocks and
+    the parts run in that order."""
     parts = [p for p in ("encoder", "decoder", "segmentation_head", "classification_head")
              if getattr(model, p, None) is not None]
     problems = attribute_problems(model, groups, {**{p: [p] for p in parts}, "backbone": ["encoder"]})
     inner = {g: tuple(m.removeprefix("encoder.") for m in members) for g, members in groups.items()
              if g == "stem" or g[:5] in ("stage", "block") and g[5:].isdigit()}
-    problems += smp_stage_problems(model.encoder, inner, x)
     timm_model = getattr(model.encoder, "model", None)
-    if type(model.encoder).__name__ == "TimmUniversalEncoder" and timm_model is not None:
+    if type(model.encoder).__name__ == "TimmUniversalEncoder" and timm_model is not None:  # timm's own groups
         import timm
 
         classifier = timm.create_model(timm_model.pretrained_cfg["architecture"], pretrained=False)
         own = {g: tuple(m.removeprefix("model.") for m in members) for g, members in inner.items()}
         problems += [f"timm's own: {p}" for p in features_only_problems(
             timm_model, {**own, "backbone": _whole(timm_model)}, classifier, detect_groups(classifier))]
+    else:
+        problems += smp_stage_problems(model.encoder, inner, x)
     stages = ["stem", *staged(groups, "stage")]
     blocks = staged(groups, "block")
     problems += straddle_problems(model, groups, stages + blocks, {p: attr_ids(model, p) for p in parts})
@@ -660,10 +664,21 @@ def _image(size: int, channels: int = 3) -> torch.Tensor:
     return torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def _seeded(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+_LAST_BUILT: dict[Callable[[], nn.Module], nn.Module] = {}  # the last model built, whose copies the next builds are
+
+
+def _seeded(make: Callable[[], nn.Module], copies: bool = True) -> Callable[[], nn.Module]:
+    """``make`` seeded; with ``copies``, a model built again (the checks build several) is a deep copy of the last
+    one built."""
     def build() -> nn.Module:
-        torch.manual_seed(0)
-        return make()
+        if not copies:
+            torch.manual_seed(0)
+            return make()
+        if make not in _LAST_BUILT:
+            torch.manual_seed(0)
+            _LAST_BUILT.clear()  # one model kept at a time
+            _LAST_BUILT[make] = make()
+        return copy.deepcopy(_LAST_BUILT[make])
     return build
 
 
@@ -755,7 +770,8 @@ def _extractor(pair: Callable[[], tuple[nn.Module, nn.Module]], size: int, train
         return problems + stage_problems(model, groups) + part_order_problems(
             model, groups, {"stages": order, "blocks": staged(groups, "block")}, lambda: call(model.eval()))
 
-    return LibrarySample(_seeded(lambda: pair()[1]), check, call, trainable=trainable)
+    # built afresh each time: a deep copy of a traced graph loses the traced model's class name (torchvision 0.29)
+    return LibrarySample(_seeded(lambda: pair()[1], copies=False), check, call, trainable=trainable)
 
 
 def _layer_getter() -> tuple[nn.Module, nn.Module]:
@@ -831,6 +847,8 @@ LIBRARY_SAMPLES: dict[str, LibrarySample] = {
     "smp/DeepLabV3Plus-efficientnet-b0": _smp("DeepLabV3Plus", "efficientnet-b0"),
     "smp/Unet-mit_b0": _smp("Unet", "mit_b0"),
     "smp/FPN-tu-resnet18": _smp("FPN", "tu-resnet18"),
+    "smp/Unet-tu-efficientnet_b0": _smp("Unet", "tu-efficientnet_b0"),
+    "smp/Unet-tu-convnext_atto": _smp("Unet", "tu-convnext_atto"),
     "smp/Unet-timm-efficientnet-b0": _smp("Unet", "timm-efficientnet-b0"),
     "smp/Unet-timm-skresnet18": _smp("Unet", "timm-skresnet18"),
     "smp/Unet-densenet121": _smp("Unet", "densenet121"),
@@ -852,7 +870,8 @@ LIBRARY_SAMPLES: dict[str, LibrarySample] = {
     "ultralytics/RTDETRDetectionModel-rtdetr-l": _yolo("RTDETRDetectionModel", "rtdetr-l.yaml", slow=True),
     "diffusers/UNet2DModel": _diffusers(_unet2d, lambda m: m(_image(16), 3), ("up_blocks", "head")),
     "diffusers/UNet2DConditionModel": _diffusers(
-        _unet2d_condition, lambda m: m(_image(16, 4), 3, encoder_hidden_states=torch.ones(2, 5, 8)), ("up_blocks", "head")),
+        _unet2d_condition, lambda m: m(_image(16, 4), 3, encoder_hidden_states=torch.ones(2, 5, 8)),
+        ("up_blocks", "head")),
     "diffusers/AutoencoderKL": _diffusers(_autoencoder_kl, lambda m: m(_image(16)), ("decoder",)),
     "diffusers/VQModel": _diffusers(_vq_model, lambda m: m(_image(16)), ("decoder",)),
     "diffusers/Transformer2DModel": _diffusers(_transformer2d, lambda m: m(_image(8, 4)), (),

@@ -71,7 +71,8 @@ def test_list_presets_filters_with_a_glob():
     assert fz.list_presets("nothing*") == []
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in sorted(_PRESETS)])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
+                                  for n in sorted(_PRESETS)])
 def test_every_preset_applies_to_a_model_it_is_meant_for(name):
     preset = fz.get_preset(name)
     source, model_name = example_for(preset)

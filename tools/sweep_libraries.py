@@ -3,6 +3,7 @@ extractors, and prints per library how many are right, absent or wrong.
 
     python tools/sweep_libraries.py                          # every library installed (about a minute on a CPU)
     python tools/sweep_libraries.py --libraries smp diffusers
+    python tools/sweep_libraries.py --models smp/Unet-resnet18
 
 Each model is built with random weights (nothing is downloaded; ultralytics runs offline) and checked against
 its library's own notion of its parts (``freezable._oracles.library_check``: its attributes, its own freeze
@@ -26,9 +27,10 @@ from freezable._oracles import LIBRARIES, LIBRARY_SAMPLES, library_check, librar
 STATUSES = ("right", "absent", "wrong")
 
 
-def sweep(libraries: list[str]) -> list[dict[str, object]]:
-    """A row per sample of the named libraries (see ``library_check``)."""
-    return [library_check(key) for key in LIBRARY_SAMPLES if library_of(key) in libraries]
+def sweep(libraries: list[str], models: list[str] | None = None) -> list[dict[str, object]]:
+    """A row per sample of the named libraries, or per named sample (see ``library_check``)."""
+    return [library_check(key) for key in LIBRARY_SAMPLES
+            if library_of(key) in libraries and (models is None or key in models)]
 
 
 def report(rows: list[dict[str, object]], libraries: list[str]) -> str:
@@ -49,10 +51,13 @@ def report(rows: list[dict[str, object]], libraries: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n\n")[0])
     parser.add_argument("--libraries", nargs="+", choices=list(LIBRARIES), default=list(LIBRARIES))
+    parser.add_argument("--models", nargs="+", choices=list(LIBRARY_SAMPLES), metavar="LIBRARY/MODEL",
+                        help="only these samples")
     args = parser.parse_args(argv)
+    libraries = sorted({library_of(m) for m in args.models}, key=list(LIBRARIES).index) if args.models else args.libraries
     start = time.perf_counter()
-    rows = sweep(args.libraries)
-    print(report(rows, args.libraries))
+    rows = sweep(libraries, args.models)
+    print(report(rows, libraries))
     print(f"{len(rows)} models in {time.perf_counter() - start:.0f} s")
     return 1 if any(r["status"] == "wrong" for r in rows) else 0
 

@@ -56,8 +56,10 @@ def smp_groups(model: nn.Module) -> Groups | None:
         >>> import torch, segmentation_models_pytorch as smp
         >>> with torch.device("meta"):
         ...     groups = smp_groups(smp.Unet("resnet18", encoder_weights=None))
-        >>> list(groups)[:6], groups["stem"], groups["stage1"]
-        (['stem', 'stage1', 'stage2', 'stage3', 'stage4', 'block1'], ('encoder.conv1', 'encoder.bn1', 'encoder.relu'), ('encoder.maxpool', 'encoder.layer1'))
+        >>> list(groups)[:6]
+        ['stem', 'stage1', 'stage2', 'stage3', 'stage4', 'block1']
+        >>> groups["stem"], groups["stage1"]
+        (('encoder.conv1', 'encoder.bn1', 'encoder.relu'), ('encoder.maxpool', 'encoder.layer1'))
         >>> [g for g in groups if not g[-1].isdigit()]
         ['stem', 'encoder', 'decoder', 'segmentation_head', 'backbone']
     """

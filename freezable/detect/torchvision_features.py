@@ -81,6 +81,8 @@ def _graph_groups(graph: nn.Module) -> Groups | None:
     (the containers it traced through become plain modules holding what it calls). A rule that finds
     what it reads missing (another library's model of the same class name) gives no groups. Where the
     rule cuts stages by counting layers (ViT), the graph may hold fewer than the model did: no stages then.
+    A deep copy of the graph is named ``GraphModule`` (torchvision's ``__deepcopy__`` drops the traced model's
+    class name): no groups.
     """
     rule = rule_for(type(graph).__name__)
     if rule is None:

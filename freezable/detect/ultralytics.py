@@ -63,7 +63,7 @@ def ultralytics_groups(model: nn.Module) -> Groups | None:
     if layers[-1][0] == last:
         groups["task_head"] = (layers[-1][1],)
     sections = getattr(model, "yaml", None)
-    if isinstance(sections, dict) and isinstance(sections.get("backbone"), list) and isinstance(sections.get("head"), list):
+    if isinstance(sections, dict) and all(isinstance(sections.get(k), list) for k in ("backbone", "head")):
         cut = len(sections["backbone"])
         if cut + len(sections["head"]) == last + 1:  # the yaml lists every layer: its sections are the model's
             head = tuple(name for i, name in layers if i >= cut)
