@@ -30,10 +30,13 @@ from freezable._oracles import (
     diffusers_problems,
     ids,
     library_check,
+    library_freeze_problems,
     library_of,
     origin_problems,
     smp_stage_problems,
+    ultralytics_freeze_problems,
     ultralytics_problems,
+    yolo_trainer_freeze,
 )
 from freezable.detect import detect_groups
 from freezable.errors import BuiltFrozenWarning
@@ -151,6 +154,30 @@ def test_the_oracles_catch_an_extractor_whose_stages_are_not_its_model_s():
     assert origin_problems(getter, swapped(ours, "stage1", "stem"), model, theirs) == [
         "stem holds 12 parameters, the model's (in the extractor) 3",
         "stage1 holds 3 parameters, the model's (in the extractor) 12"]
+
+
+def test_the_freeze_oracles_catch_a_preset_that_freezes_otherwise():
+    needs("smp/Unet-resnet18")
+    build = LIBRARY_SAMPLES["smp/Unet-resnet18"].build
+    x = torch.randn(2, 3, 64, 64)
+
+    def library(model):
+        model.freeze_encoder()
+        model.train()
+
+    wrong = library_freeze_problems(build, library, lambda m: fz.FrozenBackbone(m, preset="frozen_stages_3",
+                                                                                 norm_eval=False), "x", lambda m: m(x))
+    assert wrong[0].startswith("x: freezes 45 parameters, the library 60 (only ours: [], only the library's: "
+                               "['encoder.layer4.0.bn1.bias'")
+    assert wrong[1].startswith("x: a forward in training leaves 15 norm layers' statistics alone, the library's 20")
+    needs("ultralytics/DetectionModel-yolov8n")
+    build = LIBRARY_SAMPLES["ultralytics/DetectionModel-yolov8n"].build
+    assert ultralytics_freeze_problems(build, [3], x) == []
+    wrong = library_freeze_problems(build, lambda m: yolo_trainer_freeze(m, 4),
+                                    lambda m: fz.FrozenBackbone(m, preset="ultralytics.freeze_3"), "y", lambda m: m(x))
+    assert [p.split(" (")[0] for p in wrong] == [
+        "y: freezes 19 parameters, the library 22",
+        "y: a forward in training leaves 6 norm layers' statistics alone, the library's 7"]
 
 
 # -- what each library's groups are, by name (the prose of docs_pending/issue-20b.md) ------------------------
