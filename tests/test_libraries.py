@@ -248,7 +248,10 @@ def test_ultralytics_makes_no_network_call(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    assert library_check("ultralytics/DetectionModel-yolov8n")["status"] == "right"
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = yolo_trainer_freeze(DetectionModel("yolo11n.yaml", verbose=False), 3)
+    fz.FrozenBackbone(model, preset="ultralytics.freeze_3")(torch.randn(1, 3, 64, 64))
     assert calls == []
 
 
