@@ -85,6 +85,14 @@ def in_place_resnet(s: Subjects) -> None:
     fz.freeze(s.extra["model"], trainable=["head"])
 
 
+def yolo_cls(s: Subjects) -> None:
+    """A YOLOv8n classifier built from its yaml (rows that need ultralytics skip without it)."""
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import ClassificationModel
+
+    s.extra["yolo"] = ClassificationModel("yolov8n-cls.yaml", verbose=False)
+
+
 def hf_bert(s: Subjects) -> None:
     """A tiny BERT and a FrozenBackbone of it (rows that need transformers skip without it)."""
     pytest.importorskip("transformers")
@@ -303,6 +311,15 @@ ROWS: list[Bad] = [
         r"does not fit ResNet: spec 'features' of group 'features' matches no"),
     Bad("wrapper-freeze-unknown-stage", lambda s: s.fb.freeze("stage9"), UnknownGroupError,
         r"unknown freeze group 'stage9'; did you mean 'stage4' or 'stage3' or 'stage2'\?"),
+    Bad("wrapper-smp-preset-on-resnet", lambda s: fz.FrozenBackbone(s.fb.backbone, preset="smp.freeze_encoder"),
+        PresetError, r"preset 'smp.freeze_encoder' freezes \['encoder'\], which ResNet does not have; its detected "
+        r"groups are \['stem', 'stage1'"),
+    Bad("wrapper-ultralytics-preset-on-resnet",
+        lambda s: fz.FrozenBackbone(s.fb.backbone, preset="ultralytics.freeze_3"), PresetError,
+        r"ultralytics.freeze_3 fits ultralytics YOLO models .* not ResNet"),
+    Bad("wrapper-ultralytics-freeze-every-layer",
+        lambda s: fz.FrozenBackbone(s.extra["yolo"], preset="ultralytics.freeze_10"), PresetError,
+        r"freeze=10 leaves nothing of this 10-layer ClassificationModel to train .*; N in 0\.\.9", setup=yolo_cls),
     # -- presets ----------------------------------------------------------------------------------------------------
     Bad("get-preset-typo", lambda s: fz.get_preset("timm.hrnet.backbon"), PresetError,
         r"unknown preset 'timm.hrnet.backbon'; did you mean 'timm.hrnet.backbone'"),
