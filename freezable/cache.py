@@ -31,7 +31,7 @@ from ._cache_store import Entry
 from ._state import is_held
 from .errors import FreezableError, closest, describe, shorten, type_error
 
-__all__ = ["FeatureCache"]
+__all__ = ["FeatureCache", "check_frozen", "check_deterministic"]
 
 _STOCHASTIC_NAMES = ("DropPath", "StochasticDepth", "DropBlock2d")  # timm, torchvision: random in training
 _ON_MISMATCH = ("error", "clear")
@@ -142,7 +142,7 @@ class FeatureCache:
         self.directory = None if directory is None else Path(directory)
         self.on_mismatch = on_mismatch
         self.verify_inputs = verify_inputs
-        self._check_frozen()
+        check_frozen(self.backbone)
         self._weights = WeightsWatch(backbone)
         if self.directory is not None:
             self._open_directory(self.directory)
@@ -194,26 +194,6 @@ class FeatureCache:
         self._check_weights(full=True)
 
     # -- checks -------------------------------------------------------------------------
-
-    def _check_frozen(self) -> None:
-        trainable = [n for n, p in self.backbone.named_parameters() if p.requires_grad]
-        if trainable:
-            raise FreezableError(f"FeatureCache needs a fully frozen backbone, but {len(trainable)} parameters "
-                                 f"train: {shorten(trainable)}; freeze them (fz.FrozenBackbone(model)) or don't cache")
-
-    def _check_deterministic(self) -> None:
-        for name, module in self.backbone.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
-                raise FreezableError(
-                    f"FeatureCache refuses a backbone whose outputs vary: {name!r} ({type(module).__name__}) keeps "
-                    "no running statistics, so a sample's output depends on the rest of its batch"
-                )
-            if module.training and not is_held(module) and _differs_in_training(module):
-                raise FreezableError(
-                    f"FeatureCache refuses a backbone whose outputs vary: {name or 'the backbone'!r} "
-                    f"({type(module).__name__}) is in training mode; freeze it with fz.FrozenBackbone "
-                    "(held in eval) or call .eval()"
-                )
 
     def _check_weights(self, full: bool = False) -> None:
         """Per call: cheap unless a version counter or identity moved; then a full fingerprint."""
@@ -279,8 +259,8 @@ class FeatureCache:
             raise type_error("FeatureCache's input", x, "a batch tensor")
         if x.requires_grad:
             raise FreezableError("FeatureCache input requires grad; cached outputs carry no gradient")
-        self._check_frozen()
-        self._check_deterministic()
+        check_frozen(self.backbone)
+        check_deterministic(self.backbone)
         keys = self._keys(keys, len(x))
         self._check_weights()
         prints = input_prints(x) if self.verify_inputs else None
@@ -369,6 +349,34 @@ class FeatureCache:
         ):
             _, evicted = self._memory.popitem(last=False)  # least recently used
             self.nbytes -= evicted.nbytes
+
+
+def check_frozen(backbone: nn.Module) -> None:
+    """Raises :class:`~freezable.FreezableError` unless every parameter of ``backbone`` is frozen (what a cache needs)."""
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    if trainable:
+        raise FreezableError(f"FeatureCache needs a fully frozen backbone, but {len(trainable)} parameters "
+                             f"train: {shorten(trainable)}; freeze them (fz.FrozenBackbone(model)) or don't cache")
+
+
+def check_deterministic(backbone: nn.Module) -> None:
+    """Raises :class:`~freezable.FreezableError` when a sample's output of ``backbone`` could vary between calls.
+
+    A BatchNorm without running statistics (the output depends on the rest of the batch), or a module
+    whose output differs in training (dropout, drop-path, norms with statistics) left in training mode.
+    """
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+            raise FreezableError(
+                f"FeatureCache refuses a backbone whose outputs vary: {name!r} ({type(module).__name__}) keeps "
+                "no running statistics, so a sample's output depends on the rest of its batch"
+            )
+        if module.training and not is_held(module) and _differs_in_training(module):
+            raise FreezableError(
+                f"FeatureCache refuses a backbone whose outputs vary: {name or 'the backbone'!r} "
+                f"({type(module).__name__}) is in training mode; freeze it with fz.FrozenBackbone "
+                "(held in eval) or call .eval()"
+            )
 
 
 def _describe(backbone: nn.Module) -> str:
