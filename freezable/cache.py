@@ -185,6 +185,62 @@ class FeatureCache:
             store.write_manifest(self.directory, digest, _describe(self.backbone))
         self._weights.rebind(digest, tensors)
 
+    def extended(self, tail: nn.Module, *, batch_size: int = 256) -> FeatureCache:
+        """A cache of ``tail(backbone(x))``, filled by running ``tail`` over this cache's entries (in memory only).
+
+        For a frozen part that grows (progressive freezing freezes the next block): ``tail`` runs once over the
+        cached outputs, in batches, instead of the whole backbone over every input again. The new cache's
+        backbone is ``nn.Sequential(backbone, tail)`` and it is bound to both parts' weights; its entries keep
+        their input fingerprints, and it keeps this cache's caps, ``on_mismatch`` and ``verify_inputs``, with no
+        directory. Entries are computed in other batches than a fresh cache would (outputs agree to float
+        rounding, as between batch sizes).
+
+        Args:
+            tail: a fully frozen, deterministic module taking this cache's output (one tensor per sample).
+            batch_size: entries run through ``tail`` at once.
+
+        Returns:
+            The new cache; this one is left as it was.
+
+        Raises:
+            FreezableError: ``tail`` trains or varies (see the class), the cached outputs are not single tensors, or
+                (``on_mismatch="error"``) this cache's weights changed since it was filled.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from freezable import FeatureCache
+            >>> body, tail = nn.Linear(4, 4).requires_grad_(False), nn.Linear(4, 2).requires_grad_(False)
+            >>> cache = FeatureCache(body)
+            >>> x = torch.randn(3, 4)
+            >>> _ = cache(x, keys=[0, 1, 2])
+            >>> longer = cache.extended(tail)
+            >>> len(longer), torch.allclose(longer(x, keys=[0, 1, 2]), tail(body(x))), longer.hits
+            (3, True, 3)
+        """
+        if not isinstance(tail, nn.Module):
+            raise type_error("FeatureCache.extended's tail", tail, "an nn.Module instance")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise type_error("batch_size", batch_size, "an int >= 1")
+        check_frozen(tail)
+        check_deterministic(tail)
+        kinds = {entry.kind for entry in self._memory.values()}
+        if kinds - {"tensor"}:
+            raise FreezableError(f"FeatureCache.extended needs outputs of one tensor per sample, not {sorted(kinds)}")
+        self._check_weights()
+        longer = FeatureCache(nn.Sequential(self.backbone, tail), max_items=self.max_items, max_bytes=self.max_bytes,
+                              on_mismatch=self.on_mismatch, verify_inputs=self.verify_inputs)
+        items = list(self._memory.items())  # least recently used first, so the new cache keeps that order
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            with torch.inference_mode():
+                out = tail(torch.stack([entry.tensors[0] for _, entry in chunk]))
+            if not isinstance(out, torch.Tensor) or out.dim() == 0 or len(out) != len(chunk):
+                raise type_error("the tail's output", out, "a tensor with the batch as first dimension")
+            for (key, entry), row in zip(chunk, out):
+                longer._remember(key, Entry("tensor", [row.clone()], entry.inputs, entry.input_shape))
+        return longer
+
     def check_weights(self) -> None:
         """Fingerprints the weights now, whatever their version counters say (after writes through ``.data``).
 

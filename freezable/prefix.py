@@ -336,7 +336,8 @@ class _Run:
     next: int = 0  # the chain module expected next
     output: torch.Tensor | None = None  # the chain's output, once computed
     diverged: bool = False  # the forward left the chain before anything was substituted: runs as usual
-    originals: list[Callable[..., Any]] = field(default_factory=list)
+    modules: list[nn.Module] = field(default_factory=list)  # the chain modules whose forward is overridden
+    originals: list[Callable[..., Any]] = field(default_factory=list)  # their own forwards
 
 
 class PrefixRunner:
@@ -363,6 +364,7 @@ class PrefixRunner:
         self.pure = False
         self.note = "no frozen prefix yet"
         self.feature_cache: FeatureCache | None = None
+        self._cached: list[nn.Module] = []  # the modules whose outputs feature_cache holds
         self._signature: _Signature | None = None
         self._needs_probe = False
         self._keys: Sequence[Hashable] | torch.Tensor | None = None
@@ -397,12 +399,18 @@ class PrefixRunner:
         self._drop("closed")
 
     def invalidate(self) -> None:
-        """Forgets the chain: the next training forward probes again (call after every change of freeze state)."""
-        self._drop("waiting for the next training forward")
+        """Forgets the chain: the next training forward probes again (call after every change of freeze state).
+
+        A cache is kept aside: if the chain found next starts with the modules it caches, it is extended
+        (:meth:`FeatureCache.extended <freezable.FeatureCache.extended>`) rather than filled again.
+        """
+        self.modules, self.pure, self._signature = [], False, None
+        self.note = "waiting for the next training forward"
         self._needs_probe = True
 
     def _drop(self, note: str) -> None:
-        self.modules, self.pure, self.feature_cache, self._signature, self.note = [], False, None, None, note
+        self.modules, self.pure, self._signature, self.note = [], False, None, note
+        self.feature_cache, self._cached = None, []
 
     @contextlib.contextmanager
     def keys(self, keys: Sequence[Hashable] | torch.Tensor) -> Iterator[None]:
@@ -424,8 +432,10 @@ class PrefixRunner:
                 or torch.compiler.is_compiling()):
             self._runs.append(None)
             return
-        if self.modules and (not all(_eligible(m) and _own_hooks_only(m) for m in self.modules)
-                             or _signature(x0, self.modules) != self._signature):
+        if self.modules and _signature(x0, self.modules) != self._signature:
+            self._drop("the input or the modes changed")  # the cache holds outputs for other inputs
+            self._needs_probe = True
+        elif self.modules and not all(_eligible(m) and _own_hooks_only(m) for m in self.modules):
             self.invalidate()
         if self._needs_probe:
             self._needs_probe = False
@@ -436,8 +446,8 @@ class PrefixRunner:
         if not self.modules:
             self._runs.append(None)
             return
-        run = _Run(x0=x0)
-        for i, module in enumerate(self.modules):
+        run = _Run(x0=x0, modules=list(self.modules))
+        for i, module in enumerate(run.modules):
             run.originals.append(type(module).forward.__get__(module))
             module.__dict__["forward"] = self._override(i, module, run)
         self._runs.append(run)
@@ -457,14 +467,14 @@ class PrefixRunner:
             else:  # the forward raised: probe the next one
                 self._needs_probe = True
             return
-        for module in self.modules:
+        for module in run.modules:
             module.__dict__.pop("forward", None)
 
     def _adopt(self, probe: _Probe, output: Any) -> None:
         """Takes the chain the probe found, and a cache for it when it can be cached."""
         modules, pure, why = probe.chain(output)
         if not modules:
-            self.note = f"no frozen prefix runs without autograd: {why}"
+            self._drop(f"no frozen prefix runs without autograd: {why}")
             return
         names = {id(m): n for n, m in self.root.named_modules()}
         self.modules, self.pure = modules, pure
@@ -475,6 +485,8 @@ class PrefixRunner:
             self._cache_for(modules, pure, names)
 
     def _cache_for(self, modules: list[nn.Module], pure: bool, names: dict[int, str]) -> None:
+        old, old_modules = self.feature_cache, self._cached
+        self.feature_cache, self._cached = None, []
         chain = _Chain(modules)
         problem = "" if pure else ("it draws random numbers or writes its input, parameters or buffers, so its "
                                    "output for a sample is not always the same")
@@ -491,8 +503,16 @@ class PrefixRunner:
                 warnings.warn(f"the frozen prefix ({', '.join(names.get(id(m), '?') for m in modules)}) runs "
                               f"uncached: {problem}", PrefixWarning, stacklevel=4)
             return
-        self.feature_cache = FeatureCache(chain, max_bytes=self.cache_max_bytes, on_mismatch="clear",
-                                          verify_inputs=self.verify_inputs)
+        grows = old is not None and len(old_modules) < len(modules) and all(
+            a is b for a, b in zip(old_modules, modules))
+        if old is not None and len(old_modules) == len(modules) and all(a is b for a, b in zip(old_modules, modules)):
+            self.feature_cache = old
+        elif grows and len(old):
+            self.feature_cache = old.extended(_Chain(modules[len(old_modules):]))
+        else:
+            self.feature_cache = FeatureCache(chain, max_bytes=self.cache_max_bytes, on_mismatch="clear",
+                                              verify_inputs=self.verify_inputs)
+        self._cached = list(modules)
         self.note += "; cached"
 
     # -- the overrides of the chain modules' forward, for one forward of the root ---------------------------
@@ -511,7 +531,7 @@ class PrefixRunner:
                 return run.output
             if run.next == 0:  # nothing substituted yet: this forward runs as usual, the next one probes again
                 run.diverged = True
-                self._needs_probe = True
+                self.invalidate()
                 return original(*args, **kwargs)
             raise FreezableError(
                 f"the forward called {type(module).__name__} (module {i + 1} of the frozen prefix) otherwise than on "
@@ -528,7 +548,7 @@ class PrefixRunner:
                 return self.feature_cache(run.x0, keys=self._keys)
             with torch.inference_mode():
                 y = run.originals[0](run.x0)
-                for module in self.modules[1:]:
+                for module in run.modules[1:]:
                     y = module(y)
             return clone_outputs(y)
         finally:
