@@ -430,6 +430,9 @@ class PrefixRunner:
         x0 = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if (x0 is None or x0.requires_grad or not torch.is_grad_enabled() or torch.is_inference_mode_enabled()
                 or torch.compiler.is_compiling()):
+            if x0 is None and self._needs_probe and torch.is_grad_enabled():
+                self.note = ("no frozen prefix runs without autograd: the forward takes no tensor as its first positional "
+                             "argument (inputs by keyword, as Hugging Face models take them, are not followed)")
             self._runs.append(None)
             return
         if self.modules and _signature(x0, self.modules) != self._signature:
