@@ -353,7 +353,8 @@ def memory_child(args: argparse.Namespace) -> None:
     if base is None or None in peaks:
         print(json.dumps(None))
         return
-    print(json.dumps({"peak_mem_mb": round(max(peaks) - base, 1), "last_epoch_mem_mb": round(peaks[-1] - base, 1)}))
+    above = [max(0.0, peak - base) for peak in peaks]  # an epoch can end below the start: memory went back
+    print(json.dumps({"peak_mem_mb": round(max(above), 1), "last_epoch_mem_mb": round(above[-1], 1)}))
 
 
 def summarise(args: argparse.Namespace, runs: list[dict[str, Any]], memory: dict[str, Any]

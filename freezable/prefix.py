@@ -304,7 +304,8 @@ class _Probe(TorchFunctionMode):
             why = (f"a tensor made inside {self._name(self.candidates[escape[1]].module)} is read outside the frozen "
                    f"prefix (a skip connection, or the model's own code uses it)")
         if not any(_has_state(c.module) for c in self.candidates[:max(n, 1)]):
-            why = "the forward does not start with a frozen module" + (f" ({why})" if why else "")
+            why = "the forward does not start with a frozen module" + (
+                f" ({why})" if why and why != "nothing else runs" else "")
         return [], False, why
 
     def _structural(self, i: int, cand: _Candidate) -> str:
@@ -345,7 +346,7 @@ class PrefixRunner:
 
     Created by :class:`~freezable.ProgressiveFreezing` (``inference_prefix=True``); see the module
     docstring for what it checks. :meth:`invalidate` after every change of freeze state: the next training
-    forward probes again.
+    forward probes again. A model has one runner: a new one closes the one it had.
 
     Args:
         root: the module whose forward takes the input (a Freezable's freeze root).
@@ -372,9 +373,9 @@ class PrefixRunner:
         self._bypass = False
         self._warned = False
         self._handles = []
-        if root.__dict__.get(_RUNNER) is not None:
-            raise FreezableError(f"{type(root).__name__} already has a frozen-prefix runner (another "
-                                 "ProgressiveFreezing with inference_prefix=True); close() that one first")
+        previous = root.__dict__.get(_RUNNER)
+        if isinstance(previous, PrefixRunner):  # one runner per model: the newest takes over
+            previous.close()
         root.__dict__[_RUNNER] = self
         self._handles = [root.register_forward_pre_hook(_before_forward, with_kwargs=True),
                          root.register_forward_hook(_after_forward, always_call=True)]

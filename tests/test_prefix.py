@@ -232,11 +232,13 @@ def test_a_copy_or_a_pickle_of_the_model_runs_as_usual():
     assert "run without autograd" in freezing.prefix
 
 
-def test_a_second_runner_on_the_same_model_is_refused():
+def test_a_new_progressive_freezing_takes_the_model_s_prefix_runner_over():
     model = resnet("block2")
-    start(model)
-    with pytest.raises(fz.FreezableError, match="already has a frozen-prefix runner"):
-        fz.ProgressiveFreezing(model, "gradient")
+    first = start(model)
+    second = start(model)
+    assert not first.runner.active and second.runner.active and "closed" in first.prefix
+    hooks = [h for h in model._forward_pre_hooks.values() if getattr(h, "__name__", "") == "_before_forward"]
+    assert len(hooks) == 1 and model.__dict__["_freezable_prefix"] is second.runner
 
 
 # -- the cache ---------------------------------------------------------------------------------------------
