@@ -61,9 +61,9 @@ import freezable as fz  # noqa: E402
 MODES = ("full", "schedule", "gradient", "schedule_uncached", "gradient_uncached")
 DEFAULT_MODES = ("full", "schedule", "gradient")
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
-COLUMNS = ["mode", "wall_s", "wall_x_full", "tta_s", "tta_x_full", "acc_pct", "acc_std_pct", "acc_min_pct",
-           "frozen_groups", "opt_state_mb_start", "opt_state_mb_end", "saved_mb_end", "cache_mb_end", "peak_mem_mb",
-           "last_epoch_mem_mb"]
+COLUMNS = ["mode", "wall_s", "wall_x_full", "tta_s", "tta_x_full", "reached_target", "acc_pct", "acc_std_pct",
+           "acc_min_pct", "frozen_groups", "opt_state_mb_start", "opt_state_mb_end", "saved_mb_start", "saved_mb_end",
+           "cache_mb_end", "peak_mem_mb", "last_epoch_mem_mb"]
 QUICK = {"seeds": 1, "epochs": 2, "pretrain_epochs": 1, "train_fraction": 0.15}
 
 
