@@ -19,12 +19,15 @@ Timing: ``time.perf_counter`` around each epoch's training loop (evaluation on t
 epoch is not counted). ``wall_s`` is a run's training time, ``tta_s`` its time to reach the target accuracy:
 full fine-tuning's mean final accuracy less one standard deviation over the seeds (its seed spread),
 judged after each epoch; each is the median over the seeds, and ``*_x_full`` the ratio to full
-fine-tuning's median. Memory: ``opt_state_mb``, the bytes the optimizer holds in ``optimizer.state`` (at
-the first and the last epoch's end, exact); ``saved_mb``, the bytes autograd saves for backward in one
-training step (exact, measured on an epoch's first step); ``cache_mb``, the prefix cache's; ``peak_mem_mb``
-and ``last_epoch_mem_mb``: on CUDA ``torch.cuda.max_memory_allocated`` over the run and over its last
-epoch; on the CPU the peak resident set size above the process's size before the run, in a subprocess per
-mode (seed 0), so it includes the allocator's slack. The machine's load average is recorded: the timings
+fine-tuning's median. Memory, exact, in MB (median over the seeds): ``opt_state_mb``, what the optimizer holds in
+``optimizer.state`` at the end of the first and of the last epoch; ``saved_mb``, what autograd saves for
+backward in a training step (an epoch's first); ``cache_mb``, the prefix cache's entries; ``step_mem_mb``,
+the tensors a training step holds at its fullest (weights, gradients, optimizer state, saved for backward,
+cache) in the first and the last epoch. Measured: ``peak_mem_mb`` and ``last_epoch_mem_mb``, on CUDA
+``torch.cuda.max_memory_allocated`` over the run and over its last epoch; on the CPU the peak resident set
+size above the process's size before the run, in a subprocess per mode (seed 0): it includes what the
+allocator keeps after evaluation forwards and from earlier shapes, so read it as an upper bound. The run's
+peak comes at its start, when every mode trains everything. The machine's load average is recorded: the timings
 of a shared machine are noisy; read the medians.
 
     OMP_NUM_THREADS=1 python benchmarks/progressive.py --results-file benchmarks/results/cpu_progressive_digits.json \\
@@ -62,8 +65,8 @@ MODES = ("full", "schedule", "gradient", "schedule_uncached", "gradient_uncached
 DEFAULT_MODES = ("full", "schedule", "gradient")
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 COLUMNS = ["mode", "wall_s", "wall_x_full", "tta_s", "tta_x_full", "reached_target", "acc_pct", "acc_std_pct",
-           "acc_min_pct", "frozen_groups", "opt_state_mb_start", "opt_state_mb_end", "saved_mb_start", "saved_mb_end",
-           "cache_mb_end", "peak_mem_mb", "last_epoch_mem_mb"]
+           "acc_min_pct", "frozen_groups", "opt_state_mb_start", "opt_state_mb_end", "saved_mb_end", "cache_mb_end",
+           "step_mem_mb_start", "step_mem_mb_end", "peak_mem_mb", "last_epoch_mem_mb"]
 QUICK = {"seeds": 1, "epochs": 2, "pretrain_epochs": 1, "train_fraction": 0.15}
 
 
@@ -235,6 +238,9 @@ def run(mode: str, weights: dict[str, torch.Tensor], data: dict[str, torch.Tenso
             with keys, (saved.hooks() if i == 0 else contextlib.nullcontext()):
                 loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
             loss.backward()
+            if i == 0:
+                grad_bytes = sum(p.grad.nelement() * p.grad.element_size() for p in model.parameters()
+                                 if p.grad is not None)
             optimizer.step()
             scheduler.step()
             if freezing is not None:
@@ -251,6 +257,8 @@ def run(mode: str, weights: dict[str, torch.Tensor], data: dict[str, torch.Tenso
             "acc": acc,
             "opt_state_bytes": state_bytes(optimizer),
             "saved_bytes": saved.nbytes,
+            "grad_bytes": grad_bytes,
+            "param_bytes": sum(p.nelement() * p.element_size() for p in model.parameters()),
             "cache_bytes": cache.nbytes if cache is not None else 0,
             "frozen": list(freezing.frozen_at) if freezing is not None else [],
             "peak_mem_mb": peak,
@@ -377,6 +385,7 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]], memory: dict
         tta = [r["tta_s"] for r in mine]
         reached = [t for t in tta if t is not None]
         mb = lambda key, i: round(statistics.median(r["epochs"][i][key] for r in mine) / 2**20, 3)  # noqa: E731
+        step = lambda i: round(statistics.median(_step_bytes(r["epochs"][i]) for r in mine) / 2**20, 2)  # noqa: E731
         rows.append({
             "mode": mode,
             "wall_s": round(statistics.median(r["wall_s"] for r in mine), 2),
@@ -391,6 +400,8 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]], memory: dict
             "saved_mb_start": mb("saved_bytes", 0),
             "saved_mb_end": mb("saved_bytes", -1),
             "cache_mb_end": mb("cache_bytes", -1),
+            "step_mem_mb_start": step(0),
+            "step_mem_mb_end": step(-1),
             "peak_mem_mb": None,
             "last_epoch_mem_mb": None,
             "seeds": len(mine),
@@ -406,6 +417,12 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]], memory: dict
         row["tta_x_full"] = (round(row["tta_s"] / full["tta_s"], 3)
                              if row["tta_s"] is not None and full["tta_s"] else None)
     return rows, target
+
+
+def _step_bytes(epoch: dict[str, Any]) -> int:
+    """The tensors a training step holds at its fullest (exact): weights, gradients, optimizer state, what autograd
+    saved for backward, and the prefix cache; temporaries and the allocator's slack are not counted."""
+    return sum(epoch[k] for k in ("param_bytes", "grad_bytes", "opt_state_bytes", "saved_bytes", "cache_bytes"))
 
 
 def plot(path: str, meta: dict[str, Any], rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:

@@ -302,6 +302,7 @@ def test_progressive_tiny_run_writes_json_and_plot(progressive: ModuleType, tmp_
     assert rows["schedule"]["frozen_groups"] == 6  # a run of 2 epochs: every group freezes in its second half
     assert rows["schedule"]["opt_state_mb_end"] < rows["schedule"]["opt_state_mb_start"] <= rows["full"]["opt_state_mb_end"]
     assert rows["schedule"]["saved_mb_end"] < rows["full"]["saved_mb_end"]
+    assert rows["schedule"]["step_mem_mb_end"] < rows["schedule"]["step_mem_mb_start"] <= rows["full"]["step_mem_mb_start"]
     assert all(0 <= r["acc_min_pct"] <= r["acc_pct"] <= 100 and r["wall_s"] > 0 for r in rows.values())
     assert {"device", "dtype", "torch", "date", "command", "loadavg_start", "loadavg_end", "target_acc_pct"} <= \
         results["meta"].keys()
