@@ -60,17 +60,13 @@ from torch.overrides import TorchFunctionMode
 
 from ._state import is_held
 from .cache import FeatureCache, check_deterministic, check_frozen
-from .errors import FreezableError
+from .errors import FreezableError, PrefixWarning
 from .fast import clone_outputs
 
 __all__ = ["PrefixRunner", "PrefixWarning"]
 
 _RUNNER = "_freezable_prefix"  # on the root module: its PrefixRunner
 _X0 = -1  # origin of the model's input in the probe's records
-
-
-class PrefixWarning(UserWarning):
-    """A frozen prefix whose outputs cannot be cached (they would not be a sample's own); it runs uncached."""
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
