@@ -156,6 +156,14 @@ def reset_peak_rss() -> float | None:
         return None
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size in MB since the last :func:`reset_peak_rss` (Linux ``VmHWM``), or None."""
+    try:
+        return _status_kb("VmHWM") / 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def peak_memory_cpu(script: str, argv: list[str], case: str) -> float | None:
     """MB: the peak RSS a subprocess adds while it builds and steps ``case`` alone; None if not measurable."""
     cmd = [sys.executable, script, *argv, "--memory-child", case]

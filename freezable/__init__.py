@@ -14,11 +14,13 @@ from .inplace import freezable as freezable
 from .inplace import freeze as freeze
 from .inplace import plain as plain
 from .mixin import Freezable as Freezable
+from .optim import release_optimizer_state as release_optimizer_state
 from .presets import Preset as Preset
 from .presets import apply_preset as apply_preset
 from .presets import get_preset as get_preset
 from .presets import list_presets as list_presets
 from .presets import register_preset as register_preset
+from .progressive import ProgressiveFreezing as ProgressiveFreezing
 from .schedule import UnfreezeSchedule as UnfreezeSchedule
 from .wrapper import FrozenBackbone as FrozenBackbone
 
@@ -33,6 +35,7 @@ __all__ = [
     "FrozenBackbone",
     "Group",
     "Preset",
+    "ProgressiveFreezing",
     "UnfreezeSchedule",
     "apply_preset",
     "check",
@@ -42,5 +45,6 @@ __all__ = [
     "list_presets",
     "plain",
     "register_preset",
+    "release_optimizer_state",
     "rewrap_ddp",
 ]

@@ -304,8 +304,8 @@ def _optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, names: dict[i
     if with_state:
         problems.append(
             f"{len(with_state)} frozen parameter(s) have optimizer state ({', '.join(state_keys)}) that moves them "
-            f"as soon as they get a gradient, and that a later unfreeze resumes from: {_quote(with_state)}; leave "
-            f"them out of the optimizer or clear optimizer.state for them"
+            f"as soon as they get a gradient, and that a later unfreeze resumes from: {_quote(with_state)}; "
+            f"release it: fz.release_optimizer_state(optimizer)"
         )
     if isinstance(optimizer, torch.optim.LBFGS):
         moved = _lbfgs_moves_frozen(optimizer)

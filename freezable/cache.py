@@ -31,7 +31,7 @@ from ._cache_store import Entry
 from ._state import is_held
 from .errors import FreezableError, closest, describe, shorten, type_error
 
-__all__ = ["FeatureCache"]
+__all__ = ["FeatureCache", "check_frozen", "check_deterministic"]
 
 _STOCHASTIC_NAMES = ("DropPath", "StochasticDepth", "DropBlock2d")  # timm, torchvision: random in training
 _ON_MISMATCH = ("error", "clear")
@@ -142,7 +142,7 @@ class FeatureCache:
         self.directory = None if directory is None else Path(directory)
         self.on_mismatch = on_mismatch
         self.verify_inputs = verify_inputs
-        self._check_frozen()
+        check_frozen(self.backbone)
         self._weights = WeightsWatch(backbone)
         if self.directory is not None:
             self._open_directory(self.directory)
@@ -185,6 +185,62 @@ class FeatureCache:
             store.write_manifest(self.directory, digest, _describe(self.backbone))
         self._weights.rebind(digest, tensors)
 
+    def extended(self, tail: nn.Module, *, batch_size: int = 256) -> FeatureCache:
+        """A cache of ``tail(backbone(x))``, filled by running ``tail`` over this cache's entries (in memory only).
+
+        For a frozen part that grows (progressive freezing freezes the next block): ``tail`` runs once over the
+        cached outputs, in batches, instead of the whole backbone over every input again. The new cache's
+        backbone is ``nn.Sequential(backbone, tail)`` and it is bound to both parts' weights; its entries keep
+        their input fingerprints, and it keeps this cache's caps, ``on_mismatch`` and ``verify_inputs``, with no
+        directory. Entries are computed in other batches than a fresh cache would (outputs agree to float
+        rounding, as between batch sizes).
+
+        Args:
+            tail: a fully frozen, deterministic module taking this cache's output (one tensor per sample).
+            batch_size: entries run through ``tail`` at once.
+
+        Returns:
+            The new cache; this one is left as it was.
+
+        Raises:
+            FreezableError: ``tail`` trains or varies (see the class), the cached outputs are not single tensors, or
+                (``on_mismatch="error"``) this cache's weights changed since it was filled.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from freezable import FeatureCache
+            >>> body, tail = nn.Linear(4, 4).requires_grad_(False), nn.Linear(4, 2).requires_grad_(False)
+            >>> cache = FeatureCache(body)
+            >>> x = torch.randn(3, 4)
+            >>> _ = cache(x, keys=[0, 1, 2])
+            >>> longer = cache.extended(tail)
+            >>> len(longer), torch.allclose(longer(x, keys=[0, 1, 2]), tail(body(x))), longer.hits
+            (3, True, 3)
+        """
+        if not isinstance(tail, nn.Module):
+            raise type_error("FeatureCache.extended's tail", tail, "an nn.Module instance")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise type_error("batch_size", batch_size, "an int >= 1")
+        check_frozen(tail)
+        check_deterministic(tail)
+        kinds = {entry.kind for entry in self._memory.values()}
+        if kinds - {"tensor"}:
+            raise FreezableError(f"FeatureCache.extended needs outputs of one tensor per sample, not {sorted(kinds)}")
+        self._check_weights()
+        longer = FeatureCache(nn.Sequential(self.backbone, tail), max_items=self.max_items, max_bytes=self.max_bytes,
+                              on_mismatch=self.on_mismatch, verify_inputs=self.verify_inputs)
+        items = list(self._memory.items())  # least recently used first, so the new cache keeps that order
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            with torch.inference_mode():
+                out = tail(torch.stack([entry.tensors[0] for _, entry in chunk]))
+            if not isinstance(out, torch.Tensor) or out.dim() == 0 or len(out) != len(chunk):
+                raise type_error("the tail's output", out, "a tensor with the batch as first dimension")
+            for (key, entry), row in zip(chunk, out):
+                longer._remember(key, Entry("tensor", [row.clone()], entry.inputs, entry.input_shape))
+        return longer
+
     def check_weights(self) -> None:
         """Fingerprints the weights now, whatever their version counters say (after writes through ``.data``).
 
@@ -194,26 +250,6 @@ class FeatureCache:
         self._check_weights(full=True)
 
     # -- checks -------------------------------------------------------------------------
-
-    def _check_frozen(self) -> None:
-        trainable = [n for n, p in self.backbone.named_parameters() if p.requires_grad]
-        if trainable:
-            raise FreezableError(f"FeatureCache needs a fully frozen backbone, but {len(trainable)} parameters "
-                                 f"train: {shorten(trainable)}; freeze them (fz.FrozenBackbone(model)) or don't cache")
-
-    def _check_deterministic(self) -> None:
-        for name, module in self.backbone.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
-                raise FreezableError(
-                    f"FeatureCache refuses a backbone whose outputs vary: {name!r} ({type(module).__name__}) keeps "
-                    "no running statistics, so a sample's output depends on the rest of its batch"
-                )
-            if module.training and not is_held(module) and _differs_in_training(module):
-                raise FreezableError(
-                    f"FeatureCache refuses a backbone whose outputs vary: {name or 'the backbone'!r} "
-                    f"({type(module).__name__}) is in training mode; freeze it with fz.FrozenBackbone "
-                    "(held in eval) or call .eval()"
-                )
 
     def _check_weights(self, full: bool = False) -> None:
         """Per call: cheap unless a version counter or identity moved; then a full fingerprint."""
@@ -279,8 +315,8 @@ class FeatureCache:
             raise type_error("FeatureCache's input", x, "a batch tensor")
         if x.requires_grad:
             raise FreezableError("FeatureCache input requires grad; cached outputs carry no gradient")
-        self._check_frozen()
-        self._check_deterministic()
+        check_frozen(self.backbone)
+        check_deterministic(self.backbone)
         keys = self._keys(keys, len(x))
         self._check_weights()
         prints = input_prints(x) if self.verify_inputs else None
@@ -369,6 +405,34 @@ class FeatureCache:
         ):
             _, evicted = self._memory.popitem(last=False)  # least recently used
             self.nbytes -= evicted.nbytes
+
+
+def check_frozen(backbone: nn.Module) -> None:
+    """Raises :class:`~freezable.FreezableError` unless every parameter of ``backbone`` is frozen (what a cache needs)."""
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    if trainable:
+        raise FreezableError(f"FeatureCache needs a fully frozen backbone, but {len(trainable)} parameters "
+                             f"train: {shorten(trainable)}; freeze them (fz.FrozenBackbone(model)) or don't cache")
+
+
+def check_deterministic(backbone: nn.Module) -> None:
+    """Raises :class:`~freezable.FreezableError` when a sample's output of ``backbone`` could vary between calls.
+
+    A BatchNorm without running statistics (the output depends on the rest of the batch), or a module
+    whose output differs in training (dropout, drop-path, norms with statistics) left in training mode.
+    """
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+            raise FreezableError(
+                f"FeatureCache refuses a backbone whose outputs vary: {name!r} ({type(module).__name__}) keeps "
+                "no running statistics, so a sample's output depends on the rest of its batch"
+            )
+        if module.training and not is_held(module) and _differs_in_training(module):
+            raise FreezableError(
+                f"FeatureCache refuses a backbone whose outputs vary: {name or 'the backbone'!r} "
+                f"({type(module).__name__}) is in training mode; freeze it with fz.FrozenBackbone "
+                "(held in eval) or call .eval()"
+            )
 
 
 def _describe(backbone: nn.Module) -> str:

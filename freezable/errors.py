@@ -19,6 +19,7 @@ __all__ = [
     "PresetError",
     "DDPFreezeStateError",
     "BuiltFrozenWarning",
+    "PrefixWarning",
     "closest",
     "describe",
     "shorten",
@@ -57,6 +58,10 @@ class DDPFreezeStateError(FreezableError):
 
 class BuiltFrozenWarning(UserWarning):
     """A call named parameters the model was built with frozen; they stay frozen (not an error: nothing failed)."""
+
+
+class PrefixWarning(UserWarning):
+    """A frozen prefix whose outputs cannot be cached (not always a sample's own); it runs uncached, without autograd."""
 
 
 def shorten(names: Iterable[object], limit: int = 8) -> str:

@@ -9,6 +9,10 @@ Two ways to keep an optimizer in step with a model whose freeze state changes:
   keep working;
 * or build it from ``trainable_parameters()`` and let
   ``unfreeze(*groups, optimizer=opt)`` add what it lacks (:func:`add_missing`).
+
+And one way to keep it lean when groups freeze during training: :func:`release_optimizer_state`
+drops what the optimizer keeps for frozen parameters (momentum, Adam's moments), which torch
+never frees by itself.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "param_groups",
     "layer_scales",
     "add_missing",
+    "release_optimizer_state",
     "check_optimizer",
     "check_nonnegative",
     "check_layer_decay",
@@ -303,3 +308,64 @@ def add_missing(
     group.update(params=missing, name=name)
     optimizer.add_param_group(group)
     return optimizer.param_groups[-1]
+
+
+def release_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module | None = None) -> int:
+    """Drops the optimizer state of every frozen parameter (momentum, Adam's moments, step); returns the bytes freed.
+
+    A ``torch.optim`` optimizer keeps ``optimizer.state[p]`` for every parameter it ever stepped, and
+    keeps it when ``p`` is frozen: the memory stays taken, and an unfreeze later resumes from momentum
+    that is stale by then. This drops the entry of each parameter the optimizer holds whose
+    ``requires_grad`` is ``False`` (with ``model``: of those that are ``model``'s parameters too), so
+    the tensors are freed; the parameters stay in their param groups, so LR schedulers and
+    ``optimizer.state_dict()`` keep working. A parameter unfrozen later starts its state afresh, as in
+    a new optimizer (SGD's momentum from its next gradient, Adam's step count from 1).
+    :func:`freezable.check` reports frozen parameters that still hold state.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` (a wrapper such as accelerate's, whose ``state`` is
+            its inner optimizer's, too); not ``LBFGS``, whose one history spans all its parameters.
+        model: only release the state of this module's parameters (an optimizer that trains several
+            models); ``None``: every frozen parameter the optimizer holds.
+
+    Returns:
+        The bytes of the tensors dropped from ``optimizer.state`` (each tensor counted once).
+
+    Raises:
+        FreezableTypeError: ``optimizer`` is not an optimizer, or ``model`` not a module.
+        FreezableError: ``optimizer`` is an ``LBFGS``: build a new one after freezing instead.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        >>> net(torch.randn(3, 4)).sum().backward(); opt.step()
+        >>> net[0].requires_grad_(False)  # frozen by hand here; Freezable.freeze does the same
+        Linear(...)
+        >>> release_optimizer_state(opt, net)  # 4x4 weight and bias: exp_avg, exp_avg_sq (float32) and step each
+        168
+        >>> len(opt.state)  # the second layer's two parameters keep theirs
+        2
+    """
+    check_optimizer(optimizer)
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+    if isinstance(optimizer, torch.optim.LBFGS) or isinstance(inner, torch.optim.LBFGS):
+        raise FreezableError(
+            "release_optimizer_state cannot release part of an LBFGS: it keeps one curvature history over all its "
+            "parameters; build a new LBFGS over the trainable parameters after freezing"
+        )
+    if model is not None and not isinstance(model, nn.Module):
+        raise type_error("release_optimizer_state's model", model, "an nn.Module instance or None")
+    scope = None if model is None else {id(p) for p in model.parameters()}
+    state = optimizer.state
+    seen: set[int] = set()
+    freed = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad or (scope is not None and id(p) not in scope) or p not in state:
+                continue
+            for value in state.pop(p).values():
+                if isinstance(value, torch.Tensor) and id(value) not in seen:
+                    seen.add(id(value))
+                    freed += value.nelement() * value.element_size()
+    return freed

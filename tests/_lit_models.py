@@ -41,3 +41,25 @@ def loader() -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
     return torch.utils.data.DataLoader(data, batch_size=8)
+
+
+class LitFull(L.LightningModule):
+    """Full fine-tuning of a Body: every parameter trains, AdamW over all of them; records what each step sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = Body()
+        self.seen: list[tuple[int, tuple[str, ...], bool, dict[str, torch.Tensor]]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        stem = {k: v.detach().clone() for k, v in self.net.stem.state_dict().items()}
+        self.seen.append((self.global_step, self.net.frozen_groups, self.net.stem[1].training, stem))
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=0.05, weight_decay=0.1)

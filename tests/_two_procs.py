@@ -27,7 +27,8 @@ import freezable as fz
 
 WORLD = 2
 SCENARIOS = ("audit_scenarios", "ddp_scenarios", "ddp_scenarios_in_place", "fsdp_scenarios", "fsdp_scenarios_in_place",
-             "accelerate_scenario", "lightning_scenario", "lightning_scenario_in_place")  # Lightning's last
+             "accelerate_scenario", "progressive_scenario", "lightning_scenario",
+             "lightning_scenario_in_place")  # Lightning's last
 
 
 class PlainBody(nn.Module):
@@ -291,6 +292,36 @@ def accelerate_scenario(rank: int) -> dict:
     for step in range(3, 5):
         _train_step(model, opt, rank, step)
     out["unfrozen"] = _params(net)
+    return out
+
+
+def progressive_scenario(rank: int) -> dict:
+    """Full fine-tuning under DDP with ProgressiveFreezing's gradient rule, each rank on its own data.
+
+    The rule reads gradients after DDP averaged them, so every rank takes the same decision; the step that
+    freezes is followed by one forward through the old wrapper (refused), then ``fz.rewrap_ddp``.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    net = _body().train()
+    opt = torch.optim.AdamW(net.parameters(), lr=0.05, weight_decay=0.1)
+    freezing = fz.ProgressiveFreezing(net, "gradient", optimizer=opt, window=2, threshold=0.5)
+    ddp = DDP(net, find_unused_parameters=False)
+    out: dict = {"refused": None, "means": [], "frozen_steps": []}
+    for step in range(8):
+        _train_step(ddp, opt, rank, step)
+        frozen = freezing.step()
+        out["means"].append(dict(freezing.state_dict()["gradient"]["previous"]))
+        if frozen:
+            out["frozen_steps"].append((freezing.steps, frozen))
+            if out["refused"] is None:
+                out["refused"] = _error_of_step(ddp, opt, rank, 100)
+            ddp = fz.rewrap_ddp(ddp)
+    out["frozen_at"] = freezing.frozen_at
+    out["params"] = _params(net)
+    out["state_of_frozen"] = [n for n, p in net.named_parameters() if not p.requires_grad and p in opt.state]
+    out["problems"] = fz.check(ddp, opt).problems
+    out["prefix"] = freezing.prefix
     return out
 
 

@@ -155,7 +155,7 @@ def test_adam_state_is_reported_by_key(net, images):
     problems = fz.check(net, opt).problems
     assert problems == ["2 frozen parameter(s) have optimizer state (exp_avg, exp_avg_sq) that moves them as soon as "
                         "they get a gradient, and that a later unfreeze resumes from: 'classifier.1.weight', "
-                        "'classifier.1.bias'; leave them out of the optimizer or clear optimizer.state for them"]
+                        "'classifier.1.bias'; release it: fz.release_optimizer_state(optimizer)"]
 
 
 def test_trainable_parameters_missing_from_the_optimizer(net):

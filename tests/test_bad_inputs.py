@@ -134,6 +134,26 @@ def tiny_frozen() -> fz.FrozenBackbone:
     return fz.FrozenBackbone(Tiny())
 
 
+def progressive(s: Subjects) -> None:
+    """A Freezable to freeze progressively (everything trainable) and its ProgressiveFreezing, in ``s.extra``."""
+    torch.manual_seed(0)
+    model = Net()
+    s.extra["chain"] = model
+    s.extra["pf"] = fz.ProgressiveFreezing(model, "gradient", optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def lightning_callback(*args: Any, **kwargs: Any) -> Any:
+    return pytest.importorskip("freezable.integrations.lightning").ProgressiveFreezingCallback(*args, **kwargs)
+
+
+def hf_progressive_callback(*args: Any, **kwargs: Any) -> Any:
+    return pytest.importorskip("freezable.integrations.transformers").ProgressiveFreezingCallback(*args, **kwargs)
+
+
+def schedule(s: Subjects, **kwargs: Any) -> fz.ProgressiveFreezing:
+    return fz.ProgressiveFreezing(s.net, "schedule", **{"total_steps": 10, **kwargs})
+
+
 CONFLICT = fz.Preset("test.conflict", "redefines 'features'", {"features": "classifier"}, frozen=("features",))
 
 ROWS: list[Bad] = [
@@ -479,6 +499,82 @@ ROWS: list[Bad] = [
         r"FeatureCache's input must be a batch tensor, not list: \[\[0.0\]\]"),
     Bad("rewrap_ddp-not-ddp", lambda s: fz.rewrap_ddp(s.net), FreezableTypeError,
         r"rewrap_ddp's argument must be a DistributedDataParallel, not Net"),
+    # -- progressive freezing, optimizer state ----------------------------------------------------------------------
+    Bad("progressive-not-a-freezable", lambda s: fz.ProgressiveFreezing(nn.Linear(2, 2), total_steps=5),
+        FreezableTypeError, r"ProgressiveFreezing's model must be a Freezable model, not Linear: .*fz.freezable\(model\)"),
+    Bad("progressive-rule-typo", lambda s: fz.ProgressiveFreezing(s.net, "schedul", total_steps=5), FreezableError,
+        r"rule must be one of 'schedule', 'gradient', not str: 'schedul'; did you mean 'schedule'"),
+    Bad("progressive-rule-none", lambda s: fz.ProgressiveFreezing(s.net, None), FreezableError,
+        r"rule must be one of 'schedule', 'gradient', not NoneType: None"),
+    Bad("progressive-schedule-without-total_steps", lambda s: fz.ProgressiveFreezing(s.net, "schedule"), FreezableError,
+        r"rule='schedule' needs total_steps: the number of optimizer steps the run takes"),
+    Bad("progressive-setting-of-the-other-rule", lambda s: fz.ProgressiveFreezing(s.net, "gradient", total_steps=5),
+        FreezableError, r"total_steps is a setting of rule='schedule', not of rule='gradient' \(whose settings are "
+        r"window, threshold\)"),
+    Bad("progressive-window-with-schedule", lambda s: schedule(s, window=5), FreezableError,
+        r"window is a setting of rule='gradient', not of rule='schedule'"),
+    Bad("progressive-total_steps-zero", lambda s: schedule(s, total_steps=0), FreezableError,
+        r"total_steps must be an int >= 1, got 0"),
+    Bad("progressive-total_steps-a-float", lambda s: schedule(s, total_steps=10.0), FreezableTypeError,
+        r"total_steps must be an int >= 1, not float: 10.0"),
+    Bad("progressive-start-above-one", lambda s: schedule(s, start=1.5), FreezableError,
+        r"start must be in \(0, 1\] \(a fraction of the run\), got 1.5"),
+    Bad("progressive-start-zero", lambda s: schedule(s, start=0), FreezableError, r"start must be in \(0, 1\]"),
+    Bad("progressive-spacing-typo", lambda s: schedule(s, spacing="cubik"), FreezableError,
+        r"spacing must be one of 'linear', 'cubic', not str: 'cubik'; did you mean 'cubic'"),
+    Bad("progressive-window-zero", lambda s: fz.ProgressiveFreezing(s.net, "gradient", window=0), FreezableError,
+        r"window must be an int >= 1, got 0"),
+    Bad("progressive-threshold-negative", lambda s: fz.ProgressiveFreezing(s.net, "gradient", threshold=-0.1),
+        FreezableError, r"threshold must be a finite number > 0 \(a relative change of the gradient norm.*got -0.1"),
+    Bad("progressive-threshold-nan", lambda s: fz.ProgressiveFreezing(s.net, "gradient", threshold=float("nan")),
+        FreezableError, r"threshold must be a finite number > 0.*got nan"),
+    Bad("progressive-threshold-a-str", lambda s: fz.ProgressiveFreezing(s.net, "gradient", threshold="0.1"),
+        FreezableTypeError, r"threshold must be a number > 0, not str: '0.1'"),
+    Bad("progressive-until-unknown", lambda s: schedule(s, until="clasifier"), UnknownGroupError,
+        r"unknown freeze group 'clasifier'; did you mean 'classifier'"),
+    Bad("progressive-until-the-last-group", lambda s: fz.ProgressiveFreezing(Net(), total_steps=5, until="classifier"),
+        FreezableError, r"until='classifier' would freeze every staged group, the last \('classifier'\) too.*such as "
+        r"'features'"),
+    Bad("progressive-model-without-two-staged-groups", lambda s: schedule(Subjects(s.extra["model"], s.fb)),
+        FreezableError, r"at least two staged groups .* Plain has none",
+        setup=lambda s: s.extra.update(model=plain_freezable())),
+    Bad("progressive-cache-without-inference-prefix", lambda s: schedule(s, cache=True, inference_prefix=False),
+        FreezableError, r"cache=True caches the frozen prefix that inference_prefix=True runs"),
+    Bad("progressive-cache_max_bytes-zero", lambda s: schedule(s, cache=True, cache_max_bytes=0), FreezableError,
+        r"cache_max_bytes must be a positive int or None, not 0"),
+    Bad("progressive-guard-a-str", lambda s: schedule(s, guard="yes"), FreezableTypeError,
+        r"guard must be a bool, not str: 'yes'"),
+    Bad("progressive-optimizer-a-str", lambda s: schedule(s, optimizer="adam"), FreezableTypeError,
+        r"optimizer must be a torch.optim.Optimizer, not str: 'adam'"),
+    Bad("progressive-lbfgs", lambda s: schedule(s, optimizer=torch.optim.LBFGS(s.net.parameters())), FreezableError,
+        r"ProgressiveFreezing cannot release part of an LBFGS's state"),
+    Bad("progressive-step-optimizer-a-list", lambda s: s.extra["pf"].step(optimizer=[]), FreezableTypeError,
+        r"optimizer must be a torch.optim.Optimizer, not list", setup=progressive),
+    Bad("progressive-load-malformed-state", lambda s: s.extra["pf"].load_state_dict({"x": 1}), FreezeStateError,
+        r"not a ProgressiveFreezing state of version 1: \{'x': 1\}", setup=progressive),
+    Bad("progressive-load-state-of-another-model",
+        lambda s: s.extra["pf"].load_state_dict({**s.extra["pf"].state_dict(), "groups": ["stem", "head"]}),
+        FreezeStateError, r"bad ProgressiveFreezing state: it walks the groups \['stem', 'head'\], the model "
+        r"\['features'\]", setup=progressive),
+    Bad("progressive-cache-keys-without-cache", lambda s: s.extra["pf"].cache_keys([0]).__enter__(), FreezableError,
+        r"cache_keys needs ProgressiveFreezing\(..., cache=True\)", setup=progressive),
+    Bad("release-state-not-an-optimizer", lambda s: fz.release_optimizer_state("adam"), FreezableTypeError,
+        r"optimizer must be a torch.optim.Optimizer, not str: 'adam'"),
+    Bad("release-state-model-a-str",
+        lambda s: fz.release_optimizer_state(torch.optim.SGD(s.net.parameters(), lr=0.1), "net"), FreezableTypeError,
+        r"release_optimizer_state's model must be an nn.Module instance or None, not str: 'net'"),
+    Bad("release-state-of-lbfgs", lambda s: fz.release_optimizer_state(torch.optim.LBFGS(s.net.parameters())),
+        FreezableError, r"cannot release part of an LBFGS: it keeps one curvature history over all its parameters"),
+    Bad("cache-extended-by-a-trainable-tail", lambda s: fz.FeatureCache(tiny_frozen()).extended(nn.Linear(4, 2)),
+        FreezableError, r"FeatureCache needs a fully frozen backbone, but 2 parameters train"),
+    Bad("cache-extended-by-a-str", lambda s: fz.FeatureCache(tiny_frozen()).extended("head"), FreezableTypeError,
+        r"FeatureCache.extended's tail must be an nn.Module instance, not str: 'head'"),
+    Bad("lightning-progressive-unknown-argument", lambda s: lightning_callback("gradient", windw=3), FreezableError,
+        r"unknown argument 'windw' of ProgressiveFreezing; did you mean 'window'"),
+    Bad("lightning-progressive-rule-typo", lambda s: lightning_callback("gradiant"), FreezableError,
+        r"rule must be one of 'schedule', 'gradient', not str: 'gradiant'; did you mean 'gradient'"),
+    Bad("hf-progressive-setting-of-the-other-rule", lambda s: hf_progressive_callback("gradient", start=0.5),
+        FreezableError, r"start is a setting of rule='schedule', not of rule='gradient'"),
     # -- in place: fz.freeze, fz.freezable, fz.plain, built-frozen parameters ------------------------------------
     Bad("in-place-freeze-not-a-module", lambda s: fz.freeze("resnet18"), FreezableTypeError,
         r"fz.freeze's model must be an nn.Module instance, not str: 'resnet18'"),
@@ -548,10 +644,11 @@ def subjects(backbone_wrapper) -> Subjects:
 
 
 def everything(s: Subjects) -> tuple:
-    models = [s.net, s.fb, *s.extra.values()]
+    models = [s.net, s.fb, *(m for m in s.extra.values() if isinstance(m, nn.Module))]
     return (
         [type(m) for m in models],  # a failed in-place call leaves the class as it was
         [full_state(m) for m in models],
+        [pf.state_dict() for pf in s.extra.values() if isinstance(pf, fz.ProgressiveFreezing)],
         [m.freeze_group_names if "_freezable_groups" in m.__dict__ else None for m in models],
         [guarded_names(m) for m in models],
         {name: fz.get_preset(name) for name in fz.list_presets()},

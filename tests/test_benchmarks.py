@@ -259,3 +259,58 @@ def test_the_readmes_accuracy_and_cache_check_figures_are_those_of_the_results_f
     for row in checks["rows"]:
         ms = f"{row['batch_ms']:,.0f}" if row["batch_ms"] >= 100 else f"{row['batch_ms']:.2f}"
         assert f"| {row['case']} | {ms} | {row['pct_of_forward']:.3g} |" in readme, row["case"]
+
+
+@pytest.fixture(scope="module")
+def progressive() -> ModuleType:
+    pytest.importorskip("sklearn")
+    return load("progressive")
+
+
+def test_progressive_defaults_and_quick_mode(progressive: ModuleType) -> None:
+    args = progressive.parse_args([])
+    assert (args.modes, args.seeds, args.epochs, args.device) == (["full", "schedule", "gradient"], 5, 15, "cpu")
+    quick = progressive.parse_args(["--quick", "--modes", "full,gradient"])
+    assert (quick.seeds, quick.epochs, quick.modes) == (1, 2, ["full", "gradient"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--modes", "full", "freezeout"], "unknown mode 'freezeout'"),
+        (["--modes", "schedule"], "--modes must include full"),
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--train-fraction", "1.5"], "--train-fraction must be in (0, 1)"),
+        (["--results-file", "out.txt"], "use a .json or .csv name"),
+    ],
+)
+def test_progressive_refuses_bad_arguments(progressive: ModuleType, argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        progressive.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_progressive_tiny_run_writes_json_and_plot(progressive: ModuleType, tmp_path: Path, capsys) -> None:
+    out, png = tmp_path / "p.json", tmp_path / "p.png"
+    progressive.main(["--quick", "--modes", "full", "schedule", "gradient_uncached", "--no-memory", "--no-progress",
+                      "--results-file", str(out), "--plot", str(png)])
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in results["rows"]}
+    assert list(rows) == ["full", "schedule", "gradient_uncached"]
+    assert rows["full"]["wall_x_full"] == 1.0 and rows["full"]["frozen_groups"] == 0
+    assert rows["schedule"]["frozen_groups"] == 6  # a run of 2 epochs: every group freezes in its second half
+    assert rows["schedule"]["opt_state_mb_end"] < rows["schedule"]["opt_state_mb_start"] <= rows["full"]["opt_state_mb_end"]
+    assert rows["schedule"]["saved_mb_end"] < rows["full"]["saved_mb_end"]
+    assert rows["schedule"]["step_mem_mb_end"] < rows["schedule"]["step_mem_mb_start"] <= rows["full"]["step_mem_mb_start"]
+    assert all(0 <= r["acc_min_pct"] <= r["acc_pct"] <= 100 and r["wall_s"] > 0 for r in rows.values())
+    assert {"device", "dtype", "torch", "date", "command", "loadavg_start", "loadavg_end", "target_acc_pct"} <= \
+        results["meta"].keys()
+    assert len(results["runs"]) == 3 and len(results["runs"][0]["epochs"]) == 2
+    assert "wall_x_full" in printed and "opt_state_mb_end" in printed and png.stat().st_size > 0
+
+
+def test_progressive_measures_peak_memory_in_a_child(progressive: ModuleType, capsys) -> None:
+    progressive.main(["--quick", "--memory-child", "schedule"])
+    measured = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert measured is None or measured["peak_mem_mb"] >= measured["last_epoch_mem_mb"] >= 0

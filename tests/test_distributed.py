@@ -92,3 +92,13 @@ def test_rewrap_ddp_refuses_settings_it_cannot_carry_over():
     ddp.__dict__["_delay_all_reduce_params"] = [nn.Parameter(torch.ones(1))]
     with pytest.raises(fz.FreezableError, match="cannot carry over delay_all_reduce_named_params"):
         fz.rewrap_ddp(ddp)
+
+
+def test_progressive_freezing_under_ddp_takes_the_same_decisions_on_every_rank():
+    a, b = outcome("progressive_scenario")
+    assert a["means"] == b["means"]  # the gradient norms of averaged gradients: the same on every rank
+    assert a["frozen_steps"] and a["frozen_steps"] == b["frozen_steps"] and a["frozen_at"] == b["frozen_at"]
+    for r in (a, b):
+        assert "changed after it was wrapped in DistributedDataParallel (frozen: 'stem.0.weight'" in r["refused"]
+        assert r["state_of_frozen"] == [] and r["problems"] == []
+    assert all(torch.equal(a["params"][n], b["params"][n]) for n in a["params"])  # the replicas agree

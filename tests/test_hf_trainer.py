@@ -11,7 +11,7 @@ import _hf_models  # noqa: E402
 
 import freezable as fz  # noqa: E402
 from freezable.errors import UnknownGroupError  # noqa: E402
-from freezable.integrations.transformers import GradualUnfreezing  # noqa: E402
+from freezable.integrations.transformers import GradualUnfreezing, ProgressiveFreezingCallback  # noqa: E402
 
 
 def dataset(n: int = 16) -> list[dict]:
@@ -107,3 +107,38 @@ def test_a_milestone_naming_no_group_fails_before_training():
     with pytest.raises(UnknownGroupError, match="'blok4'.*did you mean 'block4'"):
         callback.on_train_begin(None, None, None, model=fb)
     assert fb.freeze_state() == before
+
+
+class Steps(transformers.TrainerCallback):
+    """Records, at each step's end, the frozen groups, block1's weights and the stem's dropout mode."""
+
+    def __init__(self, bert, fb):
+        self.bert, self.fb, self.seen = bert, fb, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        block1 = self.bert.bert.encoder.layer[0].output.dense.weight.detach().clone()
+        self.seen.append((state.global_step, self.fb.frozen_groups, block1, self.bert.bert.embeddings.dropout.training))
+
+
+def test_progressive_freezing_in_the_trainer(tmp_path):
+    bert = _hf_models.bert()
+    model = fz.freezable(bert)  # in place: the Trainer sees a BertForSequenceClassification
+    steps = Steps(bert, model)
+    callback = ProgressiveFreezingCallback("schedule", start=0.5)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=4,
+                                          learning_rate=1e-2, save_strategy="no", report_to=[], logging_strategy="no",
+                                          use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset(), callbacks=[callback, steps])
+    trainer.train()
+
+    freezing = callback.freezing
+    assert freezing.settings["total_steps"] == 12 and freezing.groups == ("stem", "block1", "block2", "block3", "block4")
+    assert freezing.frozen_at == {"stem": 6, "block1": 7, "block2": 8, "block3": 10, "block4": 11}
+    block1 = {step: weights for step, _, weights, _ in steps.seen}
+    assert all(torch.equal(block1[7], block1[s]) for s in range(8, 13))  # bit-identical from its freeze on
+    assert not torch.equal(block1[6], block1[7])  # it trained until then
+    assert [dropout for *_, dropout in steps.seen] == [True] * 5 + [False] * 7  # the frozen stem's dropout is held off
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and not any(p in trainer.optimizer.state for p in frozen)  # its state released
+    assert all(p in trainer.optimizer.state for p in model.classifier.parameters())
+    assert "the forward takes no tensor as its first positional argument" in freezing.prefix  # input_ids=...

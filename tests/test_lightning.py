@@ -12,11 +12,15 @@ L = pytest.importorskip("lightning")
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Found .* module.*in eval mode", "ignore:You defined a .validation_step.", "ignore:.*LeafSpec.*is deprecated"
 )
-from _lit_models import Lit, loader  # noqa: E402
+from _lit_models import Lit, LitFull, loader  # noqa: E402
 from _two_procs import Body, outcome  # noqa: E402
 
 from freezable.errors import FreezeStateError  # noqa: E402
-from freezable.integrations.lightning import GradualUnfreezing, restore_groups  # noqa: E402
+from freezable.integrations.lightning import (  # noqa: E402
+    GradualUnfreezing,
+    ProgressiveFreezingCallback,
+    restore_groups,
+)
 
 
 def _trainer(callback, epochs: int = 3) -> L.Trainer:
@@ -146,3 +150,57 @@ def test_restoring_optimizer_groups_checks_the_record_first():
     assert [list(g["params"]) for g in opt.param_groups] == before
     with pytest.raises(FreezeStateError, match="not a GradualUnfreezing record"):
         GradualUnfreezing({}).load_state_dict({"optimizer_groups": [{"params": "head.weight"}]})
+
+
+# -- ProgressiveFreezingCallback ------------------------------------------------------------------------------
+
+
+def _progressive_trainer(callback, epochs: int = 3, **kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=2, limit_val_batches=0,
+                     callbacks=[callback], enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                     enable_model_summary=False, **kwargs)
+
+
+def test_progressive_freezing_in_a_lightning_run():
+    lit = LitFull()
+    callback = ProgressiveFreezingCallback("schedule", start=0.5)
+    trainer = _progressive_trainer(callback)
+    trainer.fit(lit, loader())
+    freezing = callback.freezing
+    # total_steps from the Trainer: 3 epochs of 2 batches; the stem freezes after step 3, stage1 after step round(4.5)
+    assert freezing.settings["total_steps"] == 6 and freezing.frozen_at == {"stem": 3, "stage1": 4}
+    assert [(step, groups) for step, groups, *_ in lit.seen] == [
+        (0, ()), (1, ()), (2, ()), (3, ("stem",)), (4, ("stem", "stage1")), (5, ("stem", "stage1"))]
+    assert [bn_training for *_, bn_training, _ in lit.seen] == [True, True, True, False, False, False]  # held
+    stems = [stem for *_, stem in lit.seen]
+    assert all(torch.equal(stems[3][k], v) for stem in stems[4:] + [lit.net.stem.state_dict()] for k, v in stem.items())
+    assert not all(torch.equal(stems[2][k], v) for k, v in stems[3].items())  # it trained until then
+    opt = trainer.optimizers[0]
+    assert not any(p in opt.state for p in [*lit.net.stem.parameters(), *lit.net.stage1.parameters()])
+    assert all(p in opt.state for p in lit.net.head.parameters())
+    assert fz.check(lit, opt).ok
+
+
+def test_progressive_freezing_counts_optimizer_steps_under_gradient_accumulation():
+    lit = LitFull()
+    callback = ProgressiveFreezingCallback("gradient", window=1, threshold=10.0)  # freezes at the second window
+    _progressive_trainer(callback, epochs=2, accumulate_grad_batches=2).fit(lit, loader())
+    assert callback.freezing.steps == 2 and callback.freezing.frozen_at == {"stem": 2, "stage1": 2}
+
+
+def test_a_lightning_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one(tmp_path):
+    straight = LitFull()
+    _progressive_trainer(ProgressiveFreezingCallback("schedule", total_steps=6, start=0.3)).fit(straight, loader())
+
+    first = LitFull()
+    trainer = _progressive_trainer(ProgressiveFreezingCallback("schedule", total_steps=6, start=0.3), epochs=1)
+    trainer.fit(first, loader())
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    assert first.net.frozen_groups == ("stem",)
+
+    resumed = LitFull()  # fresh: nothing frozen
+    callback = ProgressiveFreezingCallback("schedule", total_steps=6, start=0.3)
+    _progressive_trainer(callback).fit(resumed, loader(), ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.seen[0][:2] == (2, ("stem",))  # the freeze state was back before the first resumed step
+    assert callback.freezing.frozen_at == {"stem": 2, "stage1": 4}
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(straight).values(), snapshot(resumed).values()))

@@ -15,8 +15,10 @@ leave every frozen parameter and buffer bit-identical and move the head.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
+import weakref
 from typing import Any
 
 import pytest
@@ -490,3 +492,67 @@ def test_blocks_unfrozen_later_train_at_their_layer_rate():
         else:
             assert torch.allclose(p, before[name] - 0.1 * 0.5 ** (top - 1) * p.grad), name
     assert any(p.grad is not None for p in fb.parameters())
+
+
+# -- release_optimizer_state: a frozen parameter keeps no optimizer state ---------------------------------------
+
+
+RELEASABLE = [cls for cls in all_optimizers() if cls is not torch.optim.LBFGS]
+
+
+def _state_tensors(opt: torch.optim.Optimizer, params) -> list[torch.Tensor]:
+    return [t for p in params for t in opt.state.get(p, {}).values() if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("cls", RELEASABLE, ids=lambda cls: cls.__name__)
+def test_releasing_drops_the_frozen_parameters_state_and_unfreezing_starts_it_afresh(cls):
+    model = make_model(cls)
+    kwargs = {**SETTINGS.get(cls.__name__, {"lr": 0.05}), **({"momentum": 0.9} if "momentum" in _parameters(cls) else {})}
+    opt = cls(model.parameters(), **kwargs)
+    train(model, opt, 2, set_to_none=True)
+    model.freeze("features")
+    features, head = list(model.features.parameters()), list(model.head.parameters())
+    dropped = _state_tensors(opt, features)
+    assert dropped and any("optimizer state" in p for p in fz.check(model, opt).problems)
+    head_state = {id(t) for t in _state_tensors(opt, head)}
+    freed = fz.release_optimizer_state(opt, model)
+    assert freed == sum(t.nbytes for t in {id(t): t for t in dropped}.values())
+    assert not any(p in opt.state for p in features) and {id(t) for t in _state_tensors(opt, head)} == head_state
+    assert fz.check(model, opt).ok
+    opt.load_state_dict(opt.state_dict())  # still a valid optimizer for checkpoints
+    train(model, opt, 1, set_to_none=True)  # frozen: no state comes back
+    assert not any(p in opt.state for p in features)
+
+    model.unfreeze("features")
+    fresh = copy.deepcopy(model)  # the oracle: a new optimizer that never saw the features
+    fresh_opt = cls(fresh.features.parameters(), **kwargs)
+    for net, optimizer in ((model, opt), (fresh, fresh_opt)):
+        torch.manual_seed(5)  # the same dropout draws
+        train(net, optimizer, 1, set_to_none=True)
+    assert not changed(snapshot(fresh.features), model.features)
+
+
+def test_releasing_is_limited_to_the_model_given():
+    a, b = Tiny(), Tiny()
+    opt = torch.optim.AdamW([*a.parameters(), *b.parameters()], lr=0.1)
+    for net in (a, b):
+        train(net, opt, 1, set_to_none=True)
+    a.freeze("features")
+    b.freeze("features")
+    fz.release_optimizer_state(opt, a)
+    assert not any(p in opt.state for p in a.features.parameters())
+    assert all(p in opt.state for p in b.features.parameters())  # another model's: left alone
+    fz.release_optimizer_state(opt)  # no model: every frozen parameter the optimizer holds
+    assert not any(p in opt.state for p in b.features.parameters())
+    assert all(p in opt.state for p in [*a.head.parameters(), *b.head.parameters()])
+    assert fz.release_optimizer_state(opt) == 0
+
+
+def test_releasing_frees_the_memory():
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    train(model, opt, 1, set_to_none=True)
+    model.freeze("features")
+    ref = weakref.ref(opt.state[model.features[0].weight]["exp_avg"])
+    fz.release_optimizer_state(opt, model)
+    assert ref() is None  # nothing else holds it: the memory is back

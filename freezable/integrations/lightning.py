@@ -1,4 +1,4 @@
-"""A PyTorch Lightning callback for gradual unfreezing: :class:`GradualUnfreezing`.
+"""PyTorch Lightning callbacks: :class:`GradualUnfreezing` and :class:`ProgressiveFreezingCallback`.
 
 Importing this module imports Lightning (``lightning.pytorch``, or the older
 ``pytorch_lightning``); nothing else in freezable does.
@@ -9,6 +9,8 @@ Example:
     >>> callback = GradualUnfreezing({1: ["stage4"], 2: ["stage3"]})
     >>> trainer = L.Trainer(callbacks=[callback], max_epochs=3, logger=False,
     ...                     enable_checkpointing=False, enable_progress_bar=False)
+    >>> from freezable.integrations.lightning import ProgressiveFreezingCallback
+    >>> freezing = ProgressiveFreezingCallback("gradient", window=20, threshold=0.1)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .._state import freeze_root, rehold
 from ..distributed import rewrap_ddp
 from ..errors import FreezableError, FreezeStateError, closest, type_error
 from ..mixin import Freezable
+from ..progressive import ProgressiveFreezing, check_options
 from ..schedule import UnfreezeSchedule
 
 try:
@@ -30,12 +33,12 @@ try:
 except ImportError:  # pragma: no cover - the older package name
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
-__all__ = ["GradualUnfreezing"]
+__all__ = ["GradualUnfreezing", "ProgressiveFreezingCallback"]
 
 _GROUPS_KEY = "optimizer_groups"  # the callback's own entry beside the schedule's state
 
 
-def find_freezable(module: nn.Module) -> Freezable:
+def find_freezable(module: nn.Module, what: str = "GradualUnfreezing") -> Freezable:
     """``module`` itself if it is a Freezable, else its one outermost Freezable submodule."""
     if isinstance(module, Freezable):
         return module
@@ -44,10 +47,12 @@ def find_freezable(module: nn.Module) -> Freezable:
         if isinstance(sub, Freezable) and not any(name.startswith(f + ".") for f, _ in found):
             found.append((name, sub))
     if len(found) != 1:
-        what = "no Freezable submodule" if not found else f"several Freezable submodules: {[n for n, _ in found]}"
+        found_what = ("no Freezable submodule" if not found
+                      else f"several Freezable submodules: {[n for n, _ in found]}")
         raise FreezableError(
-            f"GradualUnfreezing needs one Freezable model in {type(module).__name__}, which has {what}; "
-            f"pass an UnfreezeSchedule built on the model you mean"
+            f"{what} needs one Freezable model in {type(module).__name__}, which has {found_what}; "
+            f"pass {'an UnfreezeSchedule' if what == 'GradualUnfreezing' else 'a ProgressiveFreezing'} built on the "
+            f"model you mean"
         )
     return found[0][1]
 
@@ -150,9 +155,7 @@ class GradualUnfreezing(pl.Callback):
 
     @staticmethod
     def _rewrap_ddp(trainer: pl.Trainer) -> None:
-        wrapped = trainer.strategy.model
-        if isinstance(wrapped, nn.parallel.DistributedDataParallel):
-            trainer.strategy.model = rewrap_ddp(wrapped)
+        rewrap_strategy_ddp(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         if self.schedule is None:
@@ -174,6 +177,89 @@ class GradualUnfreezing(pl.Callback):
         else:
             self.schedule.load_state_dict(state)
         self._optimizer_groups, self._restoring = record, record is not None
+
+
+def rewrap_strategy_ddp(trainer: pl.Trainer) -> None:
+    """Rebuilds the DDP wrapper of ``trainer``'s strategy, if it has one, for the model's current freeze state."""
+    wrapped = trainer.strategy.model
+    if isinstance(wrapped, nn.parallel.DistributedDataParallel):
+        trainer.strategy.model = rewrap_ddp(wrapped)
+
+
+class ProgressiveFreezingCallback(pl.Callback):
+    """Drives a :class:`~freezable.ProgressiveFreezing` after every optimizer step of a Lightning run.
+
+    The object is built when fitting starts, on the LightningModule's Freezable model (the module itself if it
+    is one, else its one outermost Freezable submodule), with the first optimizer, whose state for each frozen
+    group is released; for ``"schedule"`` without ``total_steps``, the run's ``trainer.estimated_stepping_batches``.
+    Or pass one built already. It steps once per optimizer step (at ``on_train_batch_end`` after
+    ``trainer.global_step`` moved, so gradient accumulation counts right; the gradients are still there for
+    the gradient rule), rebuilds a DDP wrapper when something froze, re-holds frozen modules before each batch
+    (Lightning restores modes by hand), and keeps its state in Lightning checkpoints: a run resumed with
+    ``trainer.fit(..., ckpt_path=...)`` gets the freeze state and the rule's state back before training
+    goes on. The frozen prefix runs without autograd through the model's own forward; to cache it, run
+    the forward of ``training_step`` inside ``callback.freezing.cache_keys(sample_keys)``.
+
+    Args:
+        freezing: a :class:`~freezable.ProgressiveFreezing`, or the rule (``"schedule"`` or ``"gradient"``).
+        **settings: the ProgressiveFreezing's keyword arguments (``window=20``, ``until="stage3"``, ...), when
+            ``freezing`` is a rule.
+
+    Raises:
+        FreezableError: an unknown rule or a bad setting (at once), or (when fitting starts) no single Freezable
+            model is found.
+    """
+
+    def __init__(self, freezing: ProgressiveFreezing | str = "schedule", **settings: Any) -> None:
+        if isinstance(freezing, ProgressiveFreezing):
+            if settings:
+                raise FreezableError(f"settings {sorted(settings)} apply to a rule, not to a ProgressiveFreezing "
+                                     f"built already")
+            self.freezing: ProgressiveFreezing | None = freezing
+        else:
+            check_options(freezing, settings)
+            self.freezing = None
+        self._rule = freezing if isinstance(freezing, str) else None
+        self._settings = settings
+        self._pending_state: dict[str, Any] | None = None
+        self._seen_step: int | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        if self.freezing is None:
+            settings = dict(self._settings)
+            if self._rule == "schedule" and settings.get("total_steps") is None:
+                settings["total_steps"] = max(1, int(trainer.estimated_stepping_batches))
+            settings.setdefault("optimizer", optimizer)
+            self.freezing = ProgressiveFreezing(find_freezable(pl_module, "ProgressiveFreezingCallback"),
+                                                self._rule, **settings)
+        elif self.freezing.optimizer is None:
+            self.freezing.optimizer = optimizer
+        if self._pending_state is not None:
+            self.freezing.load_state_dict(self._pending_state)
+            self._pending_state = None
+            rewrap_strategy_ddp(trainer)
+        self._seen_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.freezing is not None:
+            rehold(freeze_root(self.freezing.model))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.freezing is None or trainer.global_step == self._seen_step:  # accumulating: no optimizer step yet
+            return
+        self._seen_step = trainer.global_step
+        if self.freezing.step():
+            rewrap_strategy_ddp(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.freezing is None else self.freezing.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._pending_state = dict(state_dict)
 
 
 def record_groups(optimizer: torch.optim.Optimizer, module: nn.Module) -> list[dict[str, Any]] | None:

@@ -1,4 +1,4 @@
-"""A Hugging Face ``Trainer`` callback for gradual unfreezing: :class:`GradualUnfreezing`.
+"""Hugging Face ``Trainer`` callbacks: :class:`GradualUnfreezing` and :class:`ProgressiveFreezingCallback`.
 
 Importing this module imports transformers; nothing else in freezable does.
 
@@ -6,6 +6,8 @@ Example:
     >>> from freezable.integrations.transformers import GradualUnfreezing
     >>> callback = GradualUnfreezing({1: ["block4"], 2: ["block3"]})
     >>> # transformers.Trainer(model=fz.FrozenBackbone(bert, trainable=["head"]), callbacks=[callback], ...)
+    >>> from freezable.integrations.transformers import ProgressiveFreezingCallback
+    >>> freezing = ProgressiveFreezingCallback("schedule", start=0.5)  # total_steps: the Trainer's max_steps
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ from transformers import TrainerCallback
 
 from ..errors import FreezableError, FreezableTypeError
 from ..mixin import Freezable
+from ..progressive import ProgressiveFreezing, check_options
 from ..schedule import UnfreezeSchedule
 
-__all__ = ["GradualUnfreezing"]
+__all__ = ["GradualUnfreezing", "ProgressiveFreezingCallback"]
 
 
-def _find_freezable(module: nn.Module) -> Freezable:
+def _find_freezable(module: nn.Module, what: str = "GradualUnfreezing") -> Freezable:
     found = [(n, m) for n, m in module.named_modules() if isinstance(m, Freezable)]
     outermost = [(n, m) for n, m in found if not any(n.startswith(o + ".") or (not o and n) for o, _ in found)]
     if len(outermost) != 1:
-        what = "no Freezable" if not found else f"several Freezables: {[n for n, _ in outermost]}"
-        raise FreezableError(f"GradualUnfreezing needs one Freezable model in {type(module).__name__}, which has "
-                             f"{what}; pass model= the one you mean")
+        has = "no Freezable" if not found else f"several Freezables: {[n for n, _ in outermost]}"
+        raise FreezableError(f"{what} needs one Freezable model in {type(module).__name__}, which has "
+                             f"{has}; pass model= the one you mean")
     return outermost[0][1]
 
 
@@ -96,6 +99,67 @@ class GradualUnfreezing(TrainerCallback):
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.schedule is None else self.schedule.state_dict()
+
+
+class ProgressiveFreezingCallback(TrainerCallback):
+    """Drives a :class:`~freezable.ProgressiveFreezing` after every optimizer step of a ``Trainer`` run.
+
+    Built at ``on_train_begin`` on the Trainer's model (or ``model=``; the model itself if it is a Freezable,
+    else its one outermost Freezable submodule), with the Trainer's optimizer, whose state for each frozen
+    group is released; for ``"schedule"`` without ``total_steps``, the Trainer's ``max_steps``. Or pass one built
+    already. It steps at ``on_optimizer_step``, after the optimizer step and before the gradients are zeroed
+    (the gradient rule reads them). Frozen dropout and norm layers stay at inference through the Trainer's
+    ``model.train()`` calls. The frozen prefix runs without autograd when the model takes its input as its
+    first positional argument; Hugging Face models take keywords (``input_ids=``), so for them only the
+    frozen groups' backward, gradients and optimizer state are saved. Under DDP the Trainer's wrapper is not
+    rebuilt: the next forward after a freeze raises :class:`~freezable.DDPFreezeStateError`.
+
+    Args:
+        freezing: a :class:`~freezable.ProgressiveFreezing`, or the rule (``"schedule"`` or ``"gradient"``).
+        model: the Freezable to freeze; default: found in the Trainer's model when training begins.
+        **settings: the ProgressiveFreezing's keyword arguments, when ``freezing`` is a rule.
+
+    Raises:
+        FreezableError: an unknown rule or a bad setting (at once), or no single Freezable is found.
+    """
+
+    def __init__(self, freezing: ProgressiveFreezing | str = "schedule", *, model: Freezable | None = None,
+                 **settings: Any) -> None:
+        if isinstance(freezing, ProgressiveFreezing):
+            if settings or model is not None:
+                raise FreezableError("model= and settings apply to a rule, not to a ProgressiveFreezing built already")
+        else:
+            check_options(freezing, settings)
+        if model is not None and not isinstance(model, Freezable):
+            raise FreezableTypeError(f"model must be a Freezable, not {type(model).__name__}")
+        self.freezing = freezing if isinstance(freezing, ProgressiveFreezing) else None
+        self._rule = freezing if isinstance(freezing, str) else None
+        self._model = model
+        self._settings = settings
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                       optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
+        if self.freezing is None:
+            target = self._model
+            if target is None:
+                if model is None:
+                    raise FreezableError("ProgressiveFreezingCallback got no model from the Trainer; pass model=")
+                target = _find_freezable(model, "ProgressiveFreezingCallback")
+            settings = dict(self._settings)
+            if self._rule == "schedule" and settings.get("total_steps") is None:
+                settings["total_steps"] = max(1, int(state.max_steps))
+            settings.setdefault("optimizer", optimizer)
+            self.freezing = ProgressiveFreezing(target, self._rule, **settings)
+        elif self.freezing.optimizer is None:
+            self.freezing.optimizer = optimizer
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: torch.optim.Optimizer | None = None,
+                          **kwargs: Any) -> None:
+        if self.freezing is not None:
+            self.freezing.step(optimizer=optimizer if self.freezing.optimizer is None else None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.freezing is None else self.freezing.state_dict()
 
 
 class _Probe(Freezable, nn.Module):
