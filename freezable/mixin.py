@@ -29,7 +29,7 @@ from .errors import (
     type_error,
     unknown_group,
 )
-from .groups import Group, Spec, is_block, resolve_group, staged_names, units_within, walk_units
+from .groups import Group, Spec, enclosing_part, is_block, resolve_group, staged_names, units_within, walk_units
 from .norms import is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
@@ -305,6 +305,11 @@ class Freezable:
         then after its last staged group. Parts of an umbrella outside every staged group (a final
         norm) go with the umbrella's last staged group (:func:`freezable.groups.walk_units`).
 
+        In a model of several parts, a part's group (``vision_model.block3``: a name after a registered
+        group ``vision_model`` that holds it) walks that part alone: the part's groups up to it are
+        frozen, the part's groups after it unfrozen, the other parts left as they are (two towers run
+        side by side: neither comes "before" the other). Freeze a whole part with ``freeze("vision_model")``.
+
         Args:
             group: a registered group: a staged one (``block8``) or an umbrella over staged ones (``stage2``).
             train_bn: keep the frozen groups' norm layers trainable.
@@ -323,6 +328,13 @@ class Freezable:
             ('stem', 'stage1', 'stage2', 'block1', 'block2')
             >>> "stage3" in fb.freeze_to("block4").frozen_groups, "block4" in fb.frozen_groups
             (False, True)
+            >>> class Towers(Freezable, nn.Module):
+            ...     freeze_groups = {"a.stem": "a.0", "a.block1": "a.1", "a": "a", "b.block1": "b.0", "b": "b"}
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.a, self.b = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2))
+            >>> Towers().freeze("b").freeze_to("a.stem").frozen_groups  # the walk stays in part a; b stays frozen
+            ('a.stem', 'b.block1', 'b')
         """
         self._selected((group,), check_members=False)
         if not isinstance(train_bn, bool):
@@ -333,9 +345,13 @@ class Freezable:
         if not inside:
             raise UnknownGroupError(f"freeze_to({group!r}): the group holds no staged group; "
                                     f"{closest(group, [name for name, _ in units])}")
-        cut = inside[-1] + 1
-        self._unfreeze_resolved([g for _, groups in units[cut:] for g in groups])
-        self._freeze_resolved([g for _, groups in units[:cut] for g in groups], train_bn=train_bn)
+        part = enclosing_part(group, self._groups)
+        scope = range(len(units)) if part is None else units_within(root, self._groups, part, units)
+        if not set(inside) <= set(scope):
+            scope = range(len(units))
+        cut = inside[-1]
+        self._unfreeze_resolved([g for i in scope if i > cut for g in units[i][1]])
+        self._freeze_resolved([g for i in scope if i <= cut for g in units[i][1]], train_bn=train_bn)
         return self
 
     def param_groups(

@@ -10,7 +10,6 @@ callable ``groups`` computes them from the model (torchvision's detection rule).
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -22,7 +21,7 @@ from ._state import freeze_root, norm_eval_members, store_groups
 from .detect import detect_groups
 from .detect.trainable_layers import FROZEN, trainable_backbone_layers
 from .errors import PresetError, SpecError, closest, type_error
-from .groups import Group, as_spec_list, resolve_group
+from .groups import Group, as_spec_list, part_of, resolve_group
 from .mixin import Freezable
 from .norms import has_running_stats
 
@@ -227,13 +226,16 @@ def install_preset(
 
 
 def body_groups(names: Iterable[str]) -> tuple[str, ...]:
-    """The stem and stage groups among ``names``: the body, which norm_eval holds (mmdetection's backbone).
+    """The stem and stage groups among ``names`` (a part's too: ``backbone.stage2``): the body, which norm_eval
+    holds (mmdetection's backbone).
 
     Example:
         >>> body_groups(["stem", "stage1", "stage2", "head", "backbone", "block1"])
         ('stem', 'stage1', 'stage2')
+        >>> body_groups(["backbone.stem", "backbone.stage1", "encoder.block1", "backbone"])
+        ('backbone.stem', 'backbone.stage1')
     """
-    return tuple(name for name in names if name == "stem" or re.fullmatch(r"stage[0-9]+", name))
+    return tuple(name for name in names if part_of(name)[1] in ("stem", "stage"))
 
 
 def hold_body_norms(model: Freezable) -> Freezable:
