@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from torch import nn
@@ -507,7 +507,7 @@ class Freezable:
         """
         self._sync()
         root = self._freeze_root()
-        by_freezable = _frozen_by_freezable(root)
+        by_freezable = _frozen_by_freezable(root, self._groups.values())
         rows = [
             _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)), by_freezable)
             for name, group in self._groups.items() if blocks or not is_block(name)
@@ -528,7 +528,7 @@ class Freezable:
     def _elsewhere_notes(self, root: nn.Module) -> list[str]:
         """The summary's lines on what freezable did not freeze: built frozen, frozen by hand, conflicts."""
         built = set(_state.built_frozen(self))  # type: ignore[arg-type]
-        by_freezable = _frozen_by_freezable(root)
+        by_freezable = _frozen_by_freezable(root, self._groups.values())
         frozen = [n for n, p in root.named_parameters() if not p.requires_grad]
         lines = []
         if built & set(frozen):
@@ -630,10 +630,14 @@ def warn_built_frozen(call: str, names: list[str], fix: str) -> None:
                   f"({shorten(names)}); to train them as well: {fix}", BuiltFrozenWarning, stacklevel=3)
 
 
-def _frozen_by_freezable(root: nn.Module) -> set[int]:
-    """The frozen parameters whose module carries the frozen mark (what freezable froze), by id."""
-    return {id(p) for m in root.modules() if is_frozen(m) for p in m._parameters.values()
-            if p is not None and not p.requires_grad}
+def _frozen_by_freezable(root: nn.Module, groups: Iterable[Group] = ()) -> set[int]:
+    """The frozen parameters whose module carries the frozen mark, and the frozen parameters a group names on their
+    own (a ViT's ``cls_token``, whose module the group does not hold): what freezable froze, by id."""
+    marked = {id(p) for m in root.modules() if is_frozen(m) for p in m._parameters.values()
+              if p is not None and not p.requires_grad}
+    loose = {id(p) for group in groups for name in group.parameters
+             for p in (root.get_parameter(name),) if not p.requires_grad}
+    return marked | loose
 
 
 def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], modules: Iterator[nn.Module],

@@ -19,6 +19,7 @@ from torch import nn
 
 from ._state import freeze_root, norm_eval_members, store_groups
 from .detect import detect_groups
+from .detect.open_clip_lock import LOCKED_IMAGE, LOCKED_TEXT, lock_image_tower, lock_text_tower
 from .detect.trainable_layers import FROZEN, trainable_backbone_layers
 from .errors import PresetError, SpecError, closest, type_error
 from .groups import Group, as_spec_list, part_of, resolve_group
@@ -189,7 +190,7 @@ def apply_preset(model: Freezable, name: str | Preset) -> Freezable:
         >>> import freezable as fz, torchvision
         >>> class AlexNet(fz.Freezable, torchvision.models.AlexNet): ...
         >>> fz.apply_preset(AlexNet(num_classes=10), "torchvision.alexnet.classifier_only").frozen_groups
-        ('features',)
+        ('features', 'backbone')
     """
     if not isinstance(model, Freezable):
         raise type_error("apply_preset's model", model, "a Freezable model",
@@ -297,7 +298,8 @@ for _preset in (
     Preset(
         name="torchvision.alexnet.classifier_only",
         description="AlexNet's convolutional features frozen; the classifier trains",
-        groups={"features": "features", "avgpool": "avgpool", "classifier": "classifier"},
+        groups={"features": "features", "avgpool": "avgpool", "classifier": "classifier",
+                "head": "classifier", "backbone": ["features", "avgpool"]},
         frozen=("features",),
     ),
     Preset(
@@ -319,6 +321,18 @@ for _preset in (
                norm_eval=p.norm_eval)
         for source in ("timm", "torchvision")
         for p in (_LINEAR_PROBE, *_FROZEN_STAGES)
+    ),
+    *(
+        Preset(
+            name=f"open_clip.lock_{tower}_tower_{n}",
+            description=f"what open_clip's lock_{tower}_tower({'unlocked_groups' if tower == 'image' else 'unlocked_layers'}"
+            f"={n}) freezes: the {tower} tower {f'but its last {n} group(s)' if n else 'whole'} (open_clip's "
+            f"order; BatchNorm of the frozen part held in eval); the rest trains",
+            groups=rule(n),
+            frozen=(locked,),
+        )
+        for tower, rule, locked in (("image", lock_image_tower, LOCKED_IMAGE), ("text", lock_text_tower, LOCKED_TEXT))
+        for n in range(0, 7)
     ),
     *(
         Preset(

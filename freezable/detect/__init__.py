@@ -22,6 +22,7 @@ from torch import nn
 
 from ._parts import Groups, holds_params
 from .nested import nested_groups
+from .open_clip import open_clip_groups
 from .timm import is_timm_features, timm_groups
 from .torchvision import torchvision_groups
 from .transformers import hf_groups
@@ -38,6 +39,7 @@ def _hf_groups(model: nn.Module) -> Groups | None:
 DETECTORS: list[Callable[[nn.Module], "dict[str, tuple[str, ...]] | None"]] = [
     torchvision_groups,
     timm_groups,
+    open_clip_groups,
     _hf_groups,
 ]
 
