@@ -97,7 +97,8 @@ def _trainable_spec(root: nn.Module, spec: Any, groups: dict[str, Group]) -> Gro
                 f"{removed[0]!r}; groups: {list(groups)}"
             ) from None
         if isinstance(spec, str) and groups:  # a typo of a group name is likelier than of a module name
-            close = difflib.get_close_matches(spec, list(groups), n=3, cutoff=0.5)
+            close = [g for g in groups if g.endswith(f".{spec}")]  # a plain name on a model of several parts
+            close = close or difflib.get_close_matches(spec, list(groups), n=3, cutoff=0.5)
             if close:
                 raise SpecError(
                     f"trainable entry {spec!r} is neither a group nor a submodule or parameter name; did you mean "

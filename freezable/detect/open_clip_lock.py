@@ -49,7 +49,7 @@ def lock_image_tower(n: int) -> Callable[[nn.Module], Groups]:
         if open_clip_class(visual, "transformer", "VisionTransformer"):
             resblocks = [f"transformer.resblocks.{i}" for i in range(len(visual.transformer.resblocks))]
             unlocked = [["conv1", "class_embedding", "positional_embedding", "ln_pre"], *[[b] for b in resblocks[:-1]],
-                        [resblocks[-1], "ln_post"], ["proj"]][len(resblocks) + 2 - n:] if n else []
+                        [resblocks[-1], "ln_post"], ["proj"]][max(0, len(resblocks) + 2 - n):] if n else []
             locked = [p for p, _ in visual.named_parameters() if not within(p, [m for g in unlocked for m in g])]
         elif open_clip_class(visual, "timm_model", "TimmModel"):
             locked = [f"trunk.{p}" for p in _timm_locked(visual.trunk, n)]

@@ -33,7 +33,10 @@ freezes as a unit (Wav2Vec2's ``feature_extractor``, what ``freeze_feature_encod
 part too, its conv layers its blocks. The base model's other children with parameters (projections,
 ``logit_scale``, a multimodal projector, DETR's ``input_projection``) are groups of their own, named
 after their attribute, unless the parts' groups hold their parameters already (tied input embeddings);
-they are never inside a part's stem, stage or block. A part called ``backbone`` is the ``backbone``
+they are never inside a part's stem, stage or block. What a part registers after its layers goes with its
+last block when it is a norm (or holds no parameter); anything else there (SigLIP's pooling ``head``, Conditional
+DETR's ``ref_point_head``, which runs before the first layer) may run before or after them, so it is in the
+part's group alone, no block or stage. A part called ``backbone`` is the ``backbone``
 group (DETR's, which ``freeze_backbone()`` freezes); otherwise ``backbone`` is everything but the head.
 Plain ``stem``, ``stageN`` and ``blockN`` belong to models with one stack.
 
@@ -56,6 +59,7 @@ from collections.abc import Callable, Iterator
 
 from torch import nn
 
+from ..norms import is_norm
 from ._parts import Groups, has_params, holds_params, part_groups, within
 
 __all__ = ["hf_groups", "is_hf_model"]
@@ -354,7 +358,8 @@ def _several(model: nn.Module, base: nn.Module, base_name: str, labels: dict[str
         name = _relative(full, base_name)
         if kind == "layers":
             inside = {_relative(u, full): label if label == "stem" else _relative(label, full)
-                      for u, label in labels.items() if within(u, (full,)) and label != "head"}
+                      for u, label in labels.items() if within(u, (full,)) and label != "head"
+                      and (label in ("stem", u) or _final(model, u))}
             own = [_relative(x, full) for x in layers if within(x, (full,))]
             groups.update(part_groups(full, _staged(inside, own), name))
         elif kind == "known":
@@ -378,6 +383,18 @@ def _several(model: nn.Module, base: nn.Module, base_name: str, labels: dict[str
     if "backbone" not in ordered and has_head:
         ordered["backbone"] = tuple(_complement(base, base_name, [h for h in head if within(h, (base_name,))]))
     return {g: names for g, names in ordered.items() if names}
+
+
+def _final(model: nn.Module, unit: str) -> bool:
+    """Whether ``unit``, registered after a part's layers, surely runs after them: a norm, or nothing to freeze.
+
+    Other modules there may serve every layer from before the first (Conditional DETR's ``query_scale`` and
+    ``ref_point_head``): in a part, they stay in the part's group alone, in no block or stage."""
+    try:
+        module = model.get_submodule(unit)
+    except AttributeError:
+        return False  # a loose parameter
+    return is_norm(module) or "norm" in type(module).__name__.lower() or not has_params(module)
 
 
 def _parameters(model: nn.Module, members: tuple[str, ...] | list[str]) -> Iterator[nn.Parameter]:
