@@ -35,8 +35,9 @@ part too, its conv layers its blocks. The base model's other children with param
 after their attribute, unless the parts' groups hold their parameters already (tied input embeddings);
 they are never inside a part's stem, stage or block. What a part registers after its layers goes with its
 last block when it is a norm (or holds no parameter); anything else there (SigLIP's pooling ``head``, Conditional
-DETR's ``ref_point_head``, which runs before the first layer) may run before or after them, so it is in the
-part's group alone, no block or stage. A part called ``backbone`` is the ``backbone``
+DETR's ``ref_point_head``, which runs before the first layer) may run before or after them, so it is a group of
+its own in the part (``vision_model.head``, ``decoder.ref_point_head``), in no block or stage. A part called
+``backbone`` is the ``backbone``
 group (DETR's, which ``freeze_backbone()`` freezes); otherwise ``backbone`` is everything but the head.
 Plain ``stem``, ``stageN`` and ``blockN`` belong to models with one stack.
 
@@ -357,11 +358,13 @@ def _several(model: nn.Module, base: nn.Module, base_name: str, labels: dict[str
     for full, kind, known in parts:
         name = _relative(full, base_name)
         if kind == "layers":
+            mine = {u: label for u, label in labels.items() if within(u, (full,)) and label != "head"}
             inside = {_relative(u, full): label if label == "stem" else _relative(label, full)
-                      for u, label in labels.items() if within(u, (full,)) and label != "head"
-                      and (label in ("stem", u) or _final(model, u))}
+                      for u, label in mine.items() if label in ("stem", u) or _final(model, u)}
             own = [_relative(x, full) for x in layers if within(x, (full,))]
-            groups.update(part_groups(full, _staged(inside, own), name))
+            single = _staged(inside, own)
+            single.update((_relative(u, full), (_relative(u, full),)) for u in mine if _relative(u, full) not in inside)
+            groups.update(part_groups(full, single, name))
         elif kind == "known":
             groups.update(part_groups(full, known, name))
     held = {id(p) for members in groups.values() for p in _parameters(model, members)}
@@ -389,7 +392,7 @@ def _final(model: nn.Module, unit: str) -> bool:
     """Whether ``unit``, registered after a part's layers, surely runs after them: a norm, or nothing to freeze.
 
     Other modules there may serve every layer from before the first (Conditional DETR's ``query_scale`` and
-    ``ref_point_head``): in a part, they stay in the part's group alone, in no block or stage."""
+    ``ref_point_head``): in a part, each is a group of its own (``decoder.ref_point_head``), in no block or stage."""
     try:
         module = model.get_submodule(unit)
     except AttributeError:
