@@ -87,7 +87,7 @@ def freezable(model: M) -> M:
         >>> fz.freezable(net) is net
         True
     """
-    _check_model(model, "freezable")
+    _check_model(model, "fz.freezable")
     if isinstance(model, Freezable):
         return model
     plan = make_plan(model)
@@ -133,7 +133,7 @@ def freeze(
         >>> [name for name, _ in net.named_trainable_parameters()]
         ['fc.weight', 'fc.bias']
     """
-    _check_model(model, "freeze")
+    _check_model(model, "fz.freeze")
     plan = make_plan(model, trainable, preset, norm_eval)
     if not isinstance(model, Freezable):
         _attach(model)
