@@ -2,9 +2,9 @@
 
 Every architecture of transformers' sequence- and image-classification auto mappings is built from its
 default config with at most 4 layers (the layer counts are what the groups depend on), on the meta device
-(no memory, no weights), and checked: it has a ``stem``, blocks and a ``head`` (a model of several parts: a part's ``stem``
-and blocks, ``encoder.stem``), and the groups that are no umbrella (``backbone``, a part's own group)
-cover every parameter. ``benchmarks/hf_coverage.py`` prints the figure.
+(no memory, no weights), and checked: it has a ``stem``, blocks and a ``head`` (a model of several parts:
+a part's stem and blocks, ``encoder.stem``), and the groups that are no umbrella (``backbone``, a part's
+own group) cover every parameter. ``benchmarks/hf_coverage.py`` prints the figure.
 """
 
 from __future__ import annotations

@@ -81,8 +81,9 @@ def closest(value: object, choices: Iterable[str], n: int = 3) -> str:
         "did you mean 'classifier'?"
         >>> closest("x", [])
         'there are none'
-        >>> closest("stage2", ["text_model.stage2", "vision_model.stage2", "logit_scale"])
-        "did you mean 'text_model.stage2' or 'vision_model.stage2'? (a model of several parts names its groups after the part)"
+        >>> print(closest("stage2", ["text_model.stage2", "vision_model.stage2", "logit_scale"]))
+        did you mean 'text_model.stage2' or 'vision_model.stage2'? (a model of several parts names its groups
+        after the part)
     """
     choices = sorted(set(choices))
     if not choices:

@@ -325,8 +325,8 @@ for _preset in (
     *(
         Preset(
             name=f"open_clip.lock_{tower}_tower_{n}",
-            description=f"what open_clip's lock_{tower}_tower({'unlocked_groups' if tower == 'image' else 'unlocked_layers'}"
-            f"={n}) freezes: the {tower} tower {f'but its last {n} group(s)' if n else 'whole'} (open_clip's "
+            description=f"what open_clip's lock_{tower}_tower("
+            f"{'unlocked_groups' if tower == 'image' else 'unlocked_layers'}={n}) freezes: the {tower} tower {f'but its last {n} group(s)' if n else 'whole'} (open_clip's "
             f"order; BatchNorm of the frozen part held in eval); the rest trains",
             groups=rule(n),
             frozen=(locked,),

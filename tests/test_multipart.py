@@ -80,7 +80,8 @@ def test_freeze_everything_but_x_trains_x_alone(family):
     model = family.build()
     fz.freeze(model, trainable=list(family.trainable)).train()
     name_of = {id(p): n for n, p in model.named_parameters()}  # a tied parameter by its first name
-    trained = {name_of[id(p)] for group in family.trainable for _, p in model.freeze_group(group).named_parameters(model)}
+    trained = {name_of[id(p)] for group in family.trainable
+               for _, p in model.freeze_group(group).named_parameters(model)}
     assert trained and {n for n, p in model.named_parameters() if p.requires_grad} == trained
     norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     frozen_stats = {n for n, m in norms.items() if not any(p.requires_grad for p in m.parameters())}

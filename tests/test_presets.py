@@ -25,7 +25,8 @@ def build(source: str, name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     if source == "open_clip":  # open_clip's own ViT and text tower, tiny
         open_clip = pytest.importorskip("open_clip")
-        return open_clip.CLIP(embed_dim=8, vision_cfg=dict(layers=3, width=16, head_width=8, patch_size=8, image_size=16),
+        vision = dict(layers=3, width=16, head_width=8, patch_size=8, image_size=16)
+        return open_clip.CLIP(embed_dim=8, vision_cfg=vision,
                               text_cfg=dict(context_length=4, vocab_size=50, width=8, heads=2, layers=3))
     if source == "timm":
         return timm.create_model(name, pretrained=False, **kwargs)

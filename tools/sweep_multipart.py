@@ -1,8 +1,8 @@
 """Groups of models of several parts, checked against each library's own notion: one tiny model per family.
 
-Hugging Face multi-part families (two towers, vision-language, BLIP, DETR and relatives, SAM, encoder-decoder,
-Wav2Vec2 in both layouts) and open_clip (its own ViT and ModifiedResNet, a timm tower, CustomTextCLIP), each
-built tiny with random weights on the CPU, are checked against:
+Hugging Face multi-part families (two towers, vision-language, BLIP and BLIP-2, DETR and relatives, SAM,
+encoder-decoder, Wav2Vec2 in both layouts) and open_clip (its own ViT and ModifiedResNet, a timm tower,
+CustomTextCLIP), each built tiny with random weights on the CPU, are checked against:
 
 * the library's attributes: each named group holds exactly the parameters of the attribute it stands for
   (``vision_model``, DETR's ``model.backbone``, SAM's ``mask_decoder`` as ``head``); a model inside a part
@@ -115,6 +115,19 @@ def blip() -> nn.Module:
                                                     projection_dim=16))
 
 
+def blip2() -> nn.Module:
+    t = _t()
+    qformer = dict(_SIZES, vocab_size=100, encoder_hidden_size=32, cross_attention_frequency=1)
+    opt = dict(model_type="opt", hidden_size=32, num_attention_heads=2, ffn_dim=64, num_hidden_layers=2, vocab_size=100,
+               word_embed_proj_dim=32, max_position_embeddings=64)
+    return t.Blip2ForConditionalGeneration(t.Blip2Config(vision_config=_VISION, qformer_config=qformer, text_config=opt,
+                                                         num_query_tokens=4, image_token_index=99))
+
+
+def _blip2_inputs() -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.cat([torch.full((2, 4), 99), _ids(5)], dim=1), "pixel_values": _pixels()}
+
+
 _DETR = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
              encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, use_pretrained_backbone=False, num_labels=3)
 
@@ -126,7 +139,8 @@ def detr_timm() -> nn.Module:
 
 def detr_hf_resnet() -> nn.Module:
     t = _t()
-    backbone = t.ResNetConfig(depths=[2, 1, 1, 1], hidden_sizes=[8, 8, 16, 16], embedding_size=8, out_features=["stage4"])
+    backbone = t.ResNetConfig(depths=[2, 1, 1, 1], hidden_sizes=[8, 8, 16, 16], embedding_size=8,
+                              out_features=["stage4"])
     return t.DetrForObjectDetection(t.DetrConfig(use_timm_backbone=False, backbone_config=backbone, **_DETR))
 
 
@@ -159,7 +173,8 @@ def sam() -> nn.Module:
 
 
 def _sam_inputs() -> dict[str, torch.Tensor]:
-    return {"pixel_values": _pixels(64), "input_points": torch.rand(2, 1, 1, 2, generator=torch.Generator().manual_seed(2)) * 64}
+    points = torch.rand(2, 1, 1, 2, generator=torch.Generator().manual_seed(2)) * 64
+    return {"pixel_values": _pixels(64), "input_points": points}
 
 
 def t5() -> nn.Module:
@@ -234,8 +249,8 @@ _OC_TEXT = dict(context_length=8, vocab_size=100, width=16, heads=2, layers=3)
 
 
 def oc_vit() -> nn.Module:
-    return _open_clip().CLIP(embed_dim=16, vision_cfg=dict(layers=3, width=16, head_width=8, patch_size=8, image_size=32),
-                             text_cfg=_OC_TEXT)
+    vision = dict(layers=3, width=16, head_width=8, patch_size=8, image_size=32)
+    return _open_clip().CLIP(embed_dim=16, vision_cfg=vision, text_cfg=_OC_TEXT)
 
 
 def oc_resnet() -> nn.Module:
@@ -268,6 +283,9 @@ def _locks(image: Sequence[int], text: Sequence[int]) -> tuple[tuple[str, Callab
     return tuple(found)
 
 
+_WAV2VEC2 = {"feature_extractor": ("wav2vec2.feature_extractor",),
+             "feature_projection": ("wav2vec2.feature_projection",), "encoder": ("wav2vec2.encoder",),
+             "head": ("lm_head",), "backbone": ("wav2vec2",)}
 _CLIP_TEXT = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
 
 
@@ -280,8 +298,9 @@ def _named_open_clip(name: str) -> Callable[[], nn.Module]:
 
 FAMILIES: list[Family] = [
     Family("transformers", "CLIPModel", _seeded(clip), _text_image(),
-           {"text_model": ("text_model",), "vision_model": ("vision_model",), "visual_projection": ("visual_projection",),
-            "text_projection": ("text_projection",), "logit_scale": ("logit_scale",)},
+           {"text_model": ("text_model",), "vision_model": ("vision_model",),
+            "visual_projection": ("visual_projection",), "text_projection": ("text_projection",),
+            "logit_scale": ("logit_scale",)},
            trainable=("visual_projection", "text_projection"), loss=lambda out: out.logits_per_image.mean()),
     Family("transformers", "SiglipModel", _seeded(siglip), _text_image(),
            {"text_model": ("text_model",), "vision_model": ("vision_model",), "logit_scale": ("logit_scale",),
@@ -295,6 +314,11 @@ FAMILIES: list[Family] = [
            {"vision_model": ("vision_model",), "text_encoder": ("text_encoder",), "vision_proj": ("vision_proj",),
             "text_proj": ("text_proj",), "itm_head": ("itm_head",)},
            trainable=("itm_head",), loss=lambda out: out.itm_score.mean()),
+    Family("transformers", "Blip2ForConditionalGeneration", _seeded(blip2), _call(_blip2_inputs),
+           {"vision_model": ("vision_model",), "qformer": ("qformer",), "language_projection": ("language_projection",),
+            "language_model": ("language_model",), "query_tokens": ("query_tokens",),
+            "head": ("language_model.lm_head",)},
+           trainable=("qformer", "language_projection", "query_tokens"), loss=lambda out: out.logits.mean()),
     Family("transformers", "DetrForObjectDetection (timm backbone)", _seeded(detr_timm), _call(_detr_inputs),
            {"backbone": ("model.backbone",), "encoder": ("model.encoder",), "decoder": ("model.decoder",),
             "head": ("class_labels_classifier", "bbox_predictor"), "input_projection": ("model.input_projection",),
@@ -328,13 +352,11 @@ FAMILIES: list[Family] = [
             "backbone": ("model",)},
            loss=lambda out: out.logits.mean()),
     Family("transformers", "Wav2Vec2ForCTC (group norm)", _seeded(wav2vec2(False)), _call(_audio),
-           {"feature_extractor": ("wav2vec2.feature_extractor",), "feature_projection": ("wav2vec2.feature_projection",),
-            "encoder": ("wav2vec2.encoder",), "head": ("lm_head",), "backbone": ("wav2vec2",)},
+           _WAV2VEC2,
            own=(("freeze_feature_encoder()", lambda m: m.freeze_feature_encoder(), "feature_extractor"),),
            trainable=("encoder", "head"), loss=lambda out: out.logits.mean()),
     Family("transformers", "Wav2Vec2ForCTC (stable layer norm)", _seeded(wav2vec2(True)), _call(_audio),
-           {"feature_extractor": ("wav2vec2.feature_extractor",), "feature_projection": ("wav2vec2.feature_projection",),
-            "encoder": ("wav2vec2.encoder",), "head": ("lm_head",), "backbone": ("wav2vec2",)},
+           _WAV2VEC2,
            own=(("freeze_feature_encoder()", lambda m: m.freeze_feature_encoder(), "feature_extractor"),),
            trainable=("encoder", "head"), loss=lambda out: out.logits.mean()),
     Family("open_clip", "CLIP (VisionTransformer)", _seeded(oc_vit), _oc_run(32),
@@ -346,14 +368,15 @@ FAMILIES: list[Family] = [
             "visual.head": ("visual.attnpool",)},
            own=_locks([0], range(0, 3)), trainable=("visual.head", "text"), loss=_sum),
     Family("open_clip", "CLIP (timm tower)", _seeded(oc_timm), _oc_run(32),
-           {"visual": ("visual",), "text": _CLIP_TEXT, "logit_scale": ("logit_scale",), "visual.head": ("visual.head",)},
+           {"visual": ("visual",), "text": _CLIP_TEXT, "logit_scale": ("logit_scale",),
+            "visual.head": ("visual.head",)},
            inner={"visual": "visual.trunk"}, own=_locks(range(0, 7), [0, 2]), trainable=("visual.head", "text.head"),
            loss=_sum),
     Family("open_clip", "CustomTextCLIP (timm tower)", _seeded(oc_custom_text), _oc_run(32),
            {"visual": ("visual",), "text": ("text",), "logit_scale": ("logit_scale",), "logit_bias": ("logit_bias",),
             "text.head": ("text.text_projection",)},
-           inner={"visual": "visual.trunk"}, own=_locks(range(0, 5), range(0, 6)), trainable=("text.head", "logit_bias"),
-           loss=_sum),
+           inner={"visual": "visual.trunk"}, own=_locks(range(0, 5), range(0, 6)),
+           trainable=("text.head", "logit_bias"), loss=_sum),
     *(Family("open_clip", f"{name} (meta, lock oracles only)", _named_open_clip(name), lambda model: None,
              {"visual": ("visual",), "logit_scale": ("logit_scale",)}, own=_locks(image, text))
       for name, image, text in (("RN50", [0], [0, 1, 5]), ("ViT-B-32", [0, 1, 2, 6], [0, 1, 3, 6]),
@@ -406,14 +429,16 @@ def check_family(family: Family) -> list[Check]:
     for part, attribute in family.inner.items():
         theirs = detect_groups(model.get_submodule(attribute))
         staged = {g: m for g, m in theirs.items() if g not in ("head", "backbone")}
-        ours = {g[len(part) + 1:]: m for g, m in groups.items() if g.startswith(part + ".") and g[len(part) + 1:] in staged}
+        ours = {g[len(part) + 1:]: m for g, m in groups.items()
+                if g.startswith(part + ".") and g[len(part) + 1:] in staged}
         prefix = attribute + "."
         same = bool(staged) and ours == {g: tuple(prefix + x for x in m) for g, m in staged.items()}
         checks.append(verdict(f"{part}.* == the groups of {type(model.get_submodule(attribute)).__name__} alone",
                               [] if same else [f"ours {sorted(ours)}, its own {sorted(staged)}"]))
     if family.loss is not None:
         try:
-            checks.append(verdict("forward order of each part", _oracles.part_forward_problems(model, groups, family.run)))
+            problems = _oracles.part_forward_problems(model, groups, family.run)
+            checks.append(verdict("forward order of each part", problems))
         except Exception as e:  # noqa: BLE001
             checks.append(Check(family.library, family.name, "forward order of each part", "wrong",
                                 f"the forward failed: {type(e).__name__}: {e}"))
@@ -423,7 +448,8 @@ def check_family(family: Family) -> list[Check]:
         if not present:
             checks.append(Check(family.library, family.name, f"{label} == {ours}", "absent"))
         else:
-            checks.append(verdict(f"{label} == {ours}", _oracles.same_frozen_problems(family.build, theirs, ours, label)))
+            problems = _oracles.same_frozen_problems(family.build, theirs, ours, label)
+            checks.append(verdict(f"{label} == {ours}", problems))
     return checks
 
 

@@ -120,7 +120,8 @@ def _timm_tower(visual: nn.Module) -> Groups:
     head = [f"trunk.{m}" for m in trunk.get("head", ())] + (["head"] if has_params(visual.head) else [])
     if head:
         groups["head"] = tuple(head)
-        groups["backbone"] = tuple(f"trunk.{m}" for m in trunk.get("backbone", ("",))) if "head" in trunk else ("trunk",)
+        backbone = tuple(f"trunk.{m}" for m in trunk.get("backbone", ("",)))
+        groups["backbone"] = backbone if "head" in trunk else ("trunk",)
     return groups
 
 

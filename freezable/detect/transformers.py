@@ -11,7 +11,7 @@
   module outside any list, as a ResNet bottleneck holds its shortcut, is the layer; every layer of its
   class is then one); a final norm after the layers (GPT-2's ``ln_f``, Llama's ``norm``, ViT's
   ``layernorm``; the encoder's ``layer_norm`` where the config says ``do_stable_layer_norm``) goes with
-  the last block before it;
+  the last block before it, as does one registered before them but named ``final_*`` (OPT's ``final_layer_norm``);
 * ``stage1`` ... ``stage4``: the blocks in four even stages (as many stages as blocks when there are
   fewer than four); where the config declares the stages' depths (``depths`` summing to the blocks, with
   ``stage_names``: HF's ResNet), the stages follow them;
@@ -316,14 +316,14 @@ def _groups(model: nn.Module, inner: Inner | None) -> Groups:
 
 
 def _final_norms_after_layers(model: nn.Module, labels: dict[str, str], layers: list[str]) -> None:
-    """Where the config says ``do_stable_layer_norm`` (Wav2Vec2 and its kin, pre-norm layout), the ``layer_norm``
-    registered beside the layers runs after them: it goes with the last layer it holds."""
-    if getattr(getattr(model, "config", None), "do_stable_layer_norm", False) is not True:
-        return
+    """Final norms registered before the layers they follow go with the last layer of their holder: one named
+    ``final_*`` (OPT's ``final_layer_norm``), and, where the config says ``do_stable_layer_norm`` (Wav2Vec2 and its
+    kin, pre-norm layout), the ``layer_norm`` beside the layers."""
+    stable = getattr(getattr(model, "config", None), "do_stable_layer_norm", False) is True
     for unit, label in labels.items():
         holder, _, leaf = unit.rpartition(".")
         inside = [layer for layer in layers if holder and within(layer, (holder,))]
-        if leaf == "layer_norm" and label == "stem" and inside:
+        if label == "stem" and inside and (leaf.startswith("final") or stable and leaf == "layer_norm"):
             labels[unit] = inside[-1]
 
 
