@@ -18,7 +18,7 @@ from torch import nn
 from . import _sweep
 from ._models import SOURCES, build_model, sources_of
 from .errors import FreezableError, closest
-from .groups import is_block
+from .groups import is_block, part_of
 from .presets import get_preset, list_presets
 from .wrapper import FrozenBackbone
 
@@ -41,8 +41,12 @@ def _model_name(model: str, preset: str | None) -> str:
     return model
 
 
+_PREFIXED = ("transformers", "open_clip")  # sources named only with their prefix: transformers/CLIPModel
+
+
 def _source(model: nn.Module) -> str:
-    return next((s for s in SOURCES if type(model).__module__.startswith(s + ".")), type(model).__module__)
+    return next((s for s in SOURCES + _PREFIXED if type(model).__module__.startswith(s + ".")),
+                type(model).__module__)
 
 
 def _built_from(name: str, source: str) -> str:
@@ -65,12 +69,16 @@ def _show(args: argparse.Namespace) -> None:
     print(_built_from(name, _source(backbone)))
     print(fb)
     print()
-    blocks = [name for name in fb.freeze_group_names if is_block(name)]
+    blocks: dict[str, list[str]] = {}  # part ("" for plain names) -> its block groups
+    for group in fb.freeze_group_names:
+        if is_block(group):
+            blocks.setdefault(part_of(group)[0], []).append(group)
     for name in fb.freeze_group_names:
-        if name in blocks[1:]:
+        own = blocks.get(part_of(name)[0], []) if is_block(name) else []
+        if name in own[1:]:
             continue
-        if name in blocks:
-            print(f"block1 ... block{len(blocks)}: {len(blocks)} blocks inside the stages")
+        if own:
+            print(f"{own[0]} ... {own[-1]}: {len(own)} blocks inside the stages")
             continue
         group = fb.freeze_group(name)
         members = list(group.modules) + list(group.parameters)
@@ -90,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     presets.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default: all)")
     presets.set_defaults(run=_presets)
     show = commands.add_parser("show", help="a model's groups and freeze summary, built on the meta device")
-    show.add_argument("model", help="torchvision or timm model name (timm/NAME or torchvision/NAME to choose)")
+    show.add_argument("model", help="torchvision or timm model name (timm/NAME or torchvision/NAME to choose), "
+                      "transformers/CLASS (a Hugging Face model class, default config) or open_clip/NAME")
     show.add_argument("--preset", help="apply this preset")
     show.add_argument("--features-only", action="store_true", help="build the timm model with features_only=True")
     show.add_argument("--trainable", nargs="*", default=[], metavar="GROUP", help="groups or specs left trainable")

@@ -2,8 +2,9 @@
 
 Every architecture of transformers' sequence- and image-classification auto mappings is built from its
 default config with at most 4 layers (the layer counts are what the groups depend on), on the meta device
-(no memory, no weights), and checked: it has a ``stem``, blocks and a ``head``, and the stem, blocks and
-head cover every parameter. ``benchmarks/hf_coverage.py`` prints the figure.
+(no memory, no weights), and checked: it has a ``stem``, blocks and a ``head`` (a model of several parts:
+a part's stem and blocks, ``encoder.stem``), and the groups that are no umbrella (``backbone``, a part's
+own group) cover every parameter. ``benchmarks/hf_coverage.py`` prints the figure.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .groups import resolve_group
+from .groups import part_of, resolve_group
 from .detect import detect_groups
 
 __all__ = ["Result", "architectures", "check_architecture", "sweep"]
@@ -103,13 +104,14 @@ def check_architecture(task: str, model_type: str, name: str) -> Result:
             resolve_group(model, group, list(names))
     except Exception as e:  # noqa: BLE001
         return Result(task, model_type, name, reason=f"detection failed: {type(e).__name__}: {e}")
-    missing = [g for g in ("stem", "head") if g not in groups]
-    if not any(g.startswith("block") or "_block" in g for g in groups):
+    kinds = {part_of(g)[1] for g in groups}
+    missing = [g for g in ("stem", "head") if g not in groups and g not in kinds]
+    if "block" not in kinds:
         missing.append("blocks")
     reason = f"no {', '.join(missing)}" if missing else ""
-    if not reason:
-        covered = {id(p) for g, names in groups.items() if g != "backbone" and not g.startswith(("encoder", "decoder"))
-                   for p in _parameters(model, names)}
+    if not reason:  # every parameter in a group that is no umbrella (backbone, a part: vision_model)
+        umbrellas = {"backbone"} | {part_of(g)[0] for g in groups}
+        covered = {id(p) for g, names in groups.items() if g not in umbrellas for p in _parameters(model, names)}
         left = [n for n, p in model.named_parameters() if id(p) not in covered]
         if left:
             reason = f"{len(left)} parameter(s) in no stem, block or head group: {left[:3]}"

@@ -1,8 +1,13 @@
-"""Builds torchvision and timm models by name without memory or weights (the meta device)."""
+"""Builds torchvision, timm, Hugging Face and open_clip models by name without memory or weights (the meta device).
+
+transformers and open_clip are imported only here, and only when a name asks for them
+(``transformers/CLIPModel``, ``open_clip/ViT-B-32``): the command line's ``show``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import warnings
 from collections.abc import Callable, Iterator
@@ -61,6 +66,8 @@ def build_model(name: str, features_only: bool = False) -> nn.Module:
     A ``timm/`` or ``torchvision/`` prefix picks the source; a bare name that both libraries have is
     torchvision's (one rule, :data:`SOURCES` order). torchvision's detection and segmentation models are built
     with ``weights_backbone=None`` too; ``features_only`` builds a timm model as a feature backbone.
+    ``transformers/CLASS`` builds a Hugging Face model class from its default config (``transformers/CLIPModel``);
+    ``open_clip/NAME`` one of ``open_clip.list_models()``, without pretrained weights.
 
     Raises:
         FreezableError: no such model in the source, or ``features_only`` for a torchvision model (the
@@ -70,10 +77,14 @@ def build_model(name: str, features_only: bool = False) -> nn.Module:
         >>> build_model("torchvision/regnet_y_400mf").fc.weight.is_meta
         True
     """
+    source, _, bare = name.rpartition("/")
+    if source == "transformers":
+        return _transformers_model(bare)
+    if source == "open_clip":
+        return _open_clip_model(bare)
     import timm
     import torchvision
 
-    source, _, bare = name.rpartition("/")
     have = sources_of(bare)
     if source not in ("", *SOURCES) or (source and source not in have) or not have:
         names = torchvision.models.list_models() if source == "torchvision" else timm.list_models()
@@ -95,6 +106,28 @@ def build_model(name: str, features_only: bool = False) -> nn.Module:
     if getattr(model, "num_classes", None) == 0:  # a feature model by default: give it timm's usual classifier
         model = _on_meta(lambda: timm.create_model(bare, pretrained=False, num_classes=1000))
     return model
+
+
+def _transformers_model(name: str) -> nn.Module:
+    """The Hugging Face model class ``name`` built from its default config."""
+    transformers = importlib.import_module("transformers")
+    cls = getattr(transformers, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+        classes = [n for n in dir(transformers) if n[:1].isupper() and n.endswith(("Model", "ForImageClassification",
+                                                                                      "ForSequenceClassification"))]
+        raise FreezableError(f"unknown transformers model class {name!r}; {closest(name, classes)}")
+    transformers.logging.set_verbosity_error()
+    return _on_meta(lambda: cls(cls.config_class()))
+
+
+def _open_clip_model(name: str) -> nn.Module:
+    """The open_clip model ``name``, without pretrained weights."""
+    open_clip = importlib.import_module("open_clip")
+    if name not in open_clip.list_models():
+        raise FreezableError(f"unknown open_clip model {name!r}; {closest(name, open_clip.list_models())}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return open_clip.create_model(name, pretrained=None, device="meta")
 
 
 def _on_meta(make: Callable[[], nn.Module]) -> nn.Module:

@@ -3,7 +3,9 @@
 
 Each oracle reads the answer off the model or off the source library itself, never off detection: the
 classifier attribute or timm's ``get_classifier()``, the order in which modules run on a real input,
-the same architecture built as a classifier, torchvision's own ``trainable_backbone_layers`` rule.
+the same architecture built as a classifier, torchvision's own ``trainable_backbone_layers`` rule; for models
+of several parts, each part's groups in the order a real forward runs them, no stage or block across two parts,
+and a library's own freeze or lock function (DETR's ``freeze_backbone()``, open_clip's ``lock_image_tower``).
 Each check returns the problems it found (an empty list: right).
 """
 
@@ -12,14 +14,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .detect import detect_groups
 from .detect._parts import compact
-from .groups import resolve_group
+from .groups import part_of, resolve_group
+from .inplace import freezable
+from .inplace import freeze as freeze_in_place
 from .norms import has_running_stats
+from .presets import list_presets
 from .wrapper import FrozenBackbone
 
 __all__ = [
@@ -41,7 +47,7 @@ __all__ = [
     "trainable_layers_problems",
     "group_parameter_names",
     "part_order_problems",
-    "straddle_problems",
+    "library_straddle_problems",
     "attribute_problems",
     "cover_problems",
     "frozen_parameters",
@@ -62,6 +68,11 @@ __all__ = [
     "LIBRARY_SAMPLES",
     "library_of",
     "library_check",
+    "parts",
+    "part_forward_problems",
+    "straddle_problems",
+    "frozen_after",
+    "same_frozen_problems",
 ]
 
 Groups = dict[str, tuple[str, ...]]
@@ -149,9 +160,10 @@ def run_order(model: nn.Module, groups: Groups, names: list[str], run: Callable[
         seen[id(module)] = seen.get(id(module), 0) + 1
     for group in names:
         for member in groups[group]:
-            # and every module inside: a traced graph calls its leaves, never the containers that hold them;
-            # not those shared with other places (ultralytics' one SiLU in every Conv runs first in layer 0)
-            if member not in modules:
+            # a member that holds parameters, and every module inside it: a traced graph calls its leaves, never
+            # the containers that hold them; not those shared with other places (ultralytics' one SiLU in every
+            # Conv runs first in layer 0)
+            if member not in modules or not any(True for _ in modules[member].parameters()):
                 continue
             inside = [m for m in list(modules[member].modules())[1:] if seen[id(m)] == 1]
             for module in [modules[member], *inside]:
@@ -346,7 +358,8 @@ def part_order_problems(model: nn.Module, groups: Groups, parts: dict[str, list[
     return problems
 
 
-def straddle_problems(model: nn.Module, groups: Groups, names: list[str], parts: dict[str, set[int]]) -> list[str]:
+def library_straddle_problems(model: nn.Module, groups: Groups, names: list[str],
+                              parts: dict[str, set[int]]) -> list[str]:
     """Each named group (a stage, a block, a layer) lies inside one part (part name -> its parameters, by
     identity): none straddles two, none lies outside them all."""
     problems = []
@@ -494,7 +507,7 @@ def smp_problems(model: nn.Module, groups: Groups, x: torch.Tensor) -> list[str]
         problems += smp_stage_problems(model.encoder, inner, x)
     stages = ["stem", *staged(groups, "stage")]
     blocks = staged(groups, "block")
-    problems += straddle_problems(model, groups, stages + blocks, {p: attr_ids(model, p) for p in parts})
+    problems += library_straddle_problems(model, groups, stages + blocks, {p: attr_ids(model, p) for p in parts})
     problems += part_order_problems(model, groups, {"encoder stages": stages, "encoder blocks": blocks,
                                                     "parts": parts}, lambda: model.eval()(x))
     return problems
@@ -584,7 +597,7 @@ def ultralytics_problems(model: nn.Module, groups: Groups, x: torch.Tensor) -> l
     problems = attribute_problems(model, groups, expected)
     layer_groups = [f"layer{i}" for i in range(len(layers)) if f"layer{i}" in groups]
     sections = {"backbone": attr_ids(model, *expected["backbone"]), "head": attr_ids(model, *expected["head"])}
-    problems += straddle_problems(model, groups, layer_groups, sections)
+    problems += library_straddle_problems(model, groups, layer_groups, sections)
     problems += part_order_problems(model, groups, {"layers": layer_groups, "sections": ["backbone", "head"]},
                                     lambda: model.eval()(x))
     return problems
@@ -912,3 +925,115 @@ def library_check(key: str) -> dict[str, object]:
     except Exception as e:  # a model that fails to build, detect or check is wrong, not fatal
         problems = [f"{type(e).__name__}: {e}"]
     return {**row, "status": "wrong" if problems else "right", "problems": problems}
+
+
+# -- models of several parts -------------------------------------------------------------------------
+
+
+def parts(groups: Groups) -> list[str]:
+    """The parts named in ``groups`` (``vision_model`` of ``vision_model.block3``), in group order."""
+    return list(dict.fromkeys(part_of(g)[0] for g in groups if part_of(g)[0]))
+
+
+def _run_order(model: nn.Module, groups: Groups, names: list[str], run: Callable[[nn.Module], Any]) -> list[str]:
+    """The named groups in the order their first module with parameters runs when ``run(model)`` calls a forward
+    (pre-hooks, no grad): where a group's weights are used. Parameters alone (a ViT's ``class_embedding``) have no
+    hook; a group of them only is not seen."""
+    first: dict[str, int] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for group in names:
+        for member in groups[group]:
+            if member in modules and any(True for _ in modules[member].parameters()):
+                def hook(module: nn.Module, args: object, group: str = group) -> None:
+                    first.setdefault(group, len(first))
+                handles.append(modules[member].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            run(model.eval())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted(first, key=first.__getitem__)
+
+
+def part_forward_problems(model: nn.Module, groups: Groups, run: Callable[[nn.Module], Any]) -> list[str]:
+    """Each part's ``stem, stage1 .. stageN`` and its ``block1 .. blockM`` run in that order when ``run(model)``
+    calls a real forward (a single-stack model: the plain names). A group whose members are parameters alone is
+    left out of the order (no hook sees it); every other group must run."""
+    modules = dict(model.named_modules())
+    problems = []
+    for part in parts(groups) or [""]:
+        named = [g for g in groups if part_of(g)[0] == part and part_of(g)[1]]
+        for kinds in (("stem", "stage"), ("block",)):
+            names = [g for g in named if part_of(g)[1] in kinds and any(
+                m in modules and any(True for _ in modules[m].parameters()) for m in groups[g])]
+            order = _run_order(model, groups, names, run)
+            if order != names:
+                problems.append(f"{part or 'the model'}: groups run in the order {order}, not {names}")
+    return problems
+
+
+def straddle_problems(model: nn.Module, groups: Groups) -> list[str]:
+    """No stem, stage or block holds parameters of two parts or of none of its own part, and no group outside
+    the parts (a projection, ``logit_scale``) holds a parameter of a part's stem, stages or blocks. Parameters a
+    model ties between modules (shared embeddings) are left out."""
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    shared = {pid for pid, n in counts.items() if n > 1}
+    names = parts(groups)
+    own = {part: ids(model, groups, part) - shared for part in names}
+    staged = set()
+    problems = []
+    for group in groups:
+        part, kind, _ = part_of(group)
+        if not kind:
+            continue
+        mine = ids(model, groups, group) - shared
+        staged |= mine
+        touched = [p for p in names if mine & own[p]]
+        if part and (part not in own or not mine <= own[part]):
+            problems.append(f"{group} holds parameters outside the part {part!r}")
+        elif not part and len(touched) > 1:
+            problems.append(f"{group} holds parameters of the parts {touched}")
+    for group in groups:
+        inside_a_part = any(group == p or group.startswith(p + ".") or p.startswith(group + ".") for p in names)
+        if part_of(group)[1] or inside_a_part:  # a part's own groups (visual.head), the part, an umbrella over parts
+            continue
+        inside = ids(model, groups, group) - shared
+        if inside & staged and not any(inside >= own[p] for p in names):  # an umbrella over parts is no piece
+            problems.append(f"{group}, outside the parts, holds parameters of a part's stem, stages or blocks")
+    return problems
+
+
+def frozen_after(build: Callable[[], nn.Module], act: Callable[[nn.Module], Any]) -> set[str]:
+    """The names of the parameters that are frozen after ``act`` on a freshly built model (built frozen included)."""
+    model = build()
+    act(model)
+    return {name for name, p in model.named_parameters() if not p.requires_grad}
+
+
+def same_frozen_problems(build: Callable[[], nn.Module], theirs: Callable[[nn.Module], Any], ours: str,
+                         label: str) -> list[str]:
+    """The library's own ``theirs(model)`` (``model.model.freeze_backbone()``, ``model.lock_image_tower(2)``) and
+    freezable's ``ours`` freeze exactly the same parameters on two fresh models.
+
+    ``ours`` is a preset name (``open_clip.lock_image_tower_2``: ``fz.freeze(model, preset=ours)``) or a group name
+    (``backbone``: ``fz.freezable(model).freeze(ours)``).
+    """
+    def apply(model: nn.Module) -> None:
+        if ours in list_presets():
+            freeze_in_place(model, preset=ours)
+        else:
+            freezable(model).freeze(ours)
+
+    expected = frozen_after(build, theirs)
+    try:
+        got = frozen_after(build, apply)
+    except Exception as e:  # noqa: BLE001 - a preset or group that does not fit is the finding
+        return [f"{label}: {type(e).__name__}: {e}"]
+    if got != expected:
+        return [f"{label}: freezes {len(got)} parameters, the library's own {len(expected)} "
+                f"(only ours: {sorted(got - expected)[:3]}, only theirs: {sorted(expected - got)[:3]})"]
+    return []

@@ -86,10 +86,17 @@ def closest(value: object, choices: Iterable[str], n: int = 3) -> str:
         "did you mean 'classifier'?"
         >>> closest("x", [])
         'there are none'
+        >>> print(closest("stage2", ["text_model.stage2", "vision_model.stage2", "logit_scale"]))
+        did you mean 'text_model.stage2' or 'vision_model.stage2'? (a model of several parts names its groups
+        after the part)
     """
     choices = sorted(set(choices))
     if not choices:
         return "there are none"
+    of_parts = [c for c in choices if c.endswith(f".{value}")]  # a plain name asked of a model of several parts
+    if of_parts:
+        return (f"did you mean {' or '.join(repr(m) for m in of_parts)}? (a model of several parts names its groups "
+                f"after the part)")
     matches = difflib.get_close_matches(str(value), choices, n=n, cutoff=0.5)
     if matches:
         return "did you mean " + " or ".join(repr(m) for m in matches) + "?"

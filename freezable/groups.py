@@ -28,7 +28,8 @@ from torch import nn
 
 from .errors import FreezableError, SpecError, closest, type_error
 
-__all__ = ["Spec", "Group", "resolve_group", "as_spec_list", "staged_names", "is_block", "is_within"]
+__all__ = ["Spec", "Group", "resolve_group", "as_spec_list", "staged_names", "is_block", "is_within", "part_of",
+           "enclosing_part"]
 
 Spec = Union[str, "re.Pattern[str]", Callable[[str, Union[nn.Module, nn.Parameter]], bool]]
 
@@ -184,13 +185,34 @@ def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
 
 
 def is_block(name: str) -> bool:
-    """Whether ``name`` is one of the fine groups ``block1`` ... ``blockN``, which summaries fold away.
+    """Whether ``name`` is one of the fine groups ``block1`` ... ``blockN`` (plain, or of a part:
+    ``vision_model.block3``), which summaries fold away.
 
     Example:
-        >>> is_block("block12"), is_block("stage2"), is_block("encoder_block1")
-        (True, False, False)
+        >>> is_block("block12"), is_block("text_model.block1"), is_block("stage2"), is_block("encoder_block1")
+        (True, True, False, False)
     """
-    return re.fullmatch(r"block[0-9]+", name) is not None
+    return part_of(name)[1] == "block"
+
+_STAGED = re.compile(r"(?:(?P<part>.+)\.)?(?P<kind>stem|stage|block)(?P<index>[1-9][0-9]*)?")
+
+
+def part_of(group: str) -> tuple[str, str, int]:
+    """``(part, kind, index)`` of a staged group name: ``stem``, ``stageN``, ``blockN``, plain or after a part.
+
+    ``kind`` is ``""`` for any other name (``head``, ``backbone``, a part's umbrella); ``part`` is ``""`` for
+    plain names; ``index`` is 0 for the stem and for other names.
+
+    Example:
+        >>> part_of("vision_model.block3"), part_of("stage2"), part_of("stem"), part_of("head")
+        (('vision_model', 'block', 3), ('', 'stage', 2), ('', 'stem', 0), ('', '', 0))
+        >>> part_of("model.backbone.stem"), part_of("stage"), part_of("block0")
+        (('model.backbone', 'stem', 0), ('', '', 0), ('', '', 0))
+    """
+    match = _STAGED.fullmatch(group)
+    if match is None or (match["kind"] == "stem") == bool(match["index"]):
+        return "", "", 0
+    return match["part"] or "", match["kind"], int(match["index"] or 0)
 
 
 def group_members(root: nn.Module, group: Group) -> frozenset[str]:
@@ -279,3 +301,17 @@ def units_within(root: nn.Module, groups: Mapping[str, Group], name: str,
 
 def _top_most(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n for n in names if not any(n.startswith(other + ".") for other in names if other != n))
+
+
+def enclosing_part(name: str, groups: Mapping[str, object]) -> str | None:
+    """The registered group whose name ``name`` continues after a dot (``vision_model`` of
+    ``vision_model.block3``; the longest such), or None: the part a part's group belongs to.
+
+    Example:
+        >>> enclosing_part("vision_model.block3", {"vision_model": 1, "vision_model.block3": 2})
+        'vision_model'
+        >>> enclosing_part("block3", {"block3": 1}) is None
+        True
+    """
+    found = [other for other in groups if name.startswith(other + ".")]
+    return max(found, key=len) if found else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from torch import nn
@@ -29,7 +29,7 @@ from .errors import (
     type_error,
     unknown_group,
 )
-from .groups import Group, Spec, is_block, resolve_group, staged_names, units_within, walk_units
+from .groups import Group, Spec, enclosing_part, is_block, resolve_group, staged_names, units_within, walk_units
 from .norms import is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
@@ -305,6 +305,11 @@ class Freezable:
         then after its last staged group. Parts of an umbrella outside every staged group (a final
         norm) go with the umbrella's last staged group (:func:`freezable.groups.walk_units`).
 
+        In a model of several parts, a part's group (``vision_model.block3``: a name after a registered
+        group ``vision_model`` that holds it) walks that part alone: the part's groups up to it are
+        frozen, the part's groups after it unfrozen, the other parts left as they are (two towers run
+        side by side: neither comes "before" the other). Freeze a whole part with ``freeze("vision_model")``.
+
         Args:
             group: a registered group: a staged one (``block8``) or an umbrella over staged ones (``stage2``).
             train_bn: keep the frozen groups' norm layers trainable.
@@ -323,6 +328,13 @@ class Freezable:
             ('stem', 'stage1', 'stage2', 'block1', 'block2')
             >>> "stage3" in fb.freeze_to("block4").frozen_groups, "block4" in fb.frozen_groups
             (False, True)
+            >>> class Towers(Freezable, nn.Module):
+            ...     freeze_groups = {"a.stem": "a.0", "a.block1": "a.1", "a": "a", "b.block1": "b.0", "b": "b"}
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.a, self.b = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2))
+            >>> Towers().freeze("b").freeze_to("a.stem").frozen_groups  # the walk stays in part a; b stays frozen
+            ('a.stem', 'b.block1', 'b')
         """
         self._selected((group,), check_members=False)
         if not isinstance(train_bn, bool):
@@ -333,9 +345,13 @@ class Freezable:
         if not inside:
             raise UnknownGroupError(f"freeze_to({group!r}): the group holds no staged group; "
                                     f"{closest(group, [name for name, _ in units])}")
-        cut = inside[-1] + 1
-        self._unfreeze_resolved([g for _, groups in units[cut:] for g in groups])
-        self._freeze_resolved([g for _, groups in units[:cut] for g in groups], train_bn=train_bn)
+        part = enclosing_part(group, self._groups)
+        scope = range(len(units)) if part is None else units_within(root, self._groups, part, units)
+        if not set(inside) <= set(scope):
+            scope = range(len(units))
+        cut = inside[-1]
+        self._unfreeze_resolved([g for i in scope if i > cut for g in units[i][1]])
+        self._freeze_resolved([g for i in scope if i <= cut for g in units[i][1]], train_bn=train_bn)
         return self
 
     def param_groups(
@@ -491,7 +507,7 @@ class Freezable:
         """
         self._sync()
         root = self._freeze_root()
-        by_freezable = _frozen_by_freezable(root)
+        by_freezable = _frozen_by_freezable(root, self._groups.values())
         rows = [
             _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)), by_freezable)
             for name, group in self._groups.items() if blocks or not is_block(name)
@@ -512,7 +528,7 @@ class Freezable:
     def _elsewhere_notes(self, root: nn.Module) -> list[str]:
         """The summary's lines on what freezable did not freeze: built frozen, frozen by hand, conflicts."""
         built = set(_state.built_frozen(self))  # type: ignore[arg-type]
-        by_freezable = _frozen_by_freezable(root)
+        by_freezable = _frozen_by_freezable(root, self._groups.values())
         frozen = [n for n, p in root.named_parameters() if not p.requires_grad]
         lines = []
         if built & set(frozen):
@@ -616,10 +632,14 @@ def warn_built_frozen(call: str, names: list[str], fix: str) -> None:
                   f"({shorten(names)}); to train them as well: {fix}", BuiltFrozenWarning, stacklevel=3)
 
 
-def _frozen_by_freezable(root: nn.Module) -> set[int]:
-    """The frozen parameters whose module carries the frozen mark (what freezable froze), by id."""
-    return {id(p) for m in root.modules() if is_frozen(m) for p in m._parameters.values()
-            if p is not None and not p.requires_grad}
+def _frozen_by_freezable(root: nn.Module, groups: Iterable[Group] = ()) -> set[int]:
+    """The frozen parameters whose module carries the frozen mark, and the frozen parameters a group names on their
+    own (a ViT's ``cls_token``, whose module the group does not hold): what freezable froze, by id."""
+    marked = {id(p) for m in root.modules() if is_frozen(m) for p in m._parameters.values()
+              if p is not None and not p.requires_grad}
+    loose = {id(p) for group in groups for name in group.parameters
+             for p in (root.get_parameter(name),) if not p.requires_grad}
+    return marked | loose
 
 
 def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], modules: Iterator[nn.Module],

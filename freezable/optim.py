@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ from torch import nn
 
 from ._state import freeze_root
 from .errors import FreezableError, UnknownGroupError, closest, type_error
-from .groups import staged_names
+from .groups import part_of, staged_names
 
 if TYPE_CHECKING:
     from .mixin import Freezable
@@ -182,28 +181,42 @@ def check_layer_decay(layer_decay: object) -> float | None:
 def layer_scales(names: Sequence[str], layer_decay: float) -> dict[str, float]:
     """Multiplier of each group's learning rate under layer-wise decay (timm's layer ids, see :func:`param_groups`).
 
+    A model of several parts (``vision_model.block3``, ``text_model.stem``) ranks each part's stem and blocks
+    on their own, as two-tower recipes decay each tower from its top; a group of no part's ranking
+    (``head``, a projection) is the top.
+
     Example:
         >>> layer_scales(["stem", "stage1", "stage2", "head", "ungrouped"], 0.5)
         {'stem': 0.125, 'stage1': 0.25, 'stage2': 0.5, 'head': 1.0, 'ungrouped': 1.0}
         >>> layer_scales(["stem", "block2", "block1"], 0.5)  # no head: the last block is the top layer
         {'stem': 0.25, 'block2': 1.0, 'block1': 0.5}
+        >>> layer_scales(["a.stem", "a.block1", "b.block1", "b.block2", "proj"], 0.5)
+        {'a.stem': 0.25, 'a.block1': 0.5, 'b.block1': 0.25, 'b.block2': 0.5, 'proj': 1.0}
     """
-    blocks = _numbered(names, "block") or _numbered(names, "stage")
-    if not blocks:
+    parts = list(dict.fromkeys(part_of(name)[0] for name in names if part_of(name)[1]))
+    layer_id: dict[str, tuple[str, int]] = {}  # group -> (part, its layer id in the part)
+    for part in parts:
+        blocks = _numbered(names, part, "block") or _numbered(names, part, "stage")
+        stem = f"{part}.stem" if part else "stem"
+        ranked = ([stem] if stem in names else []) + blocks
+        if blocks:
+            layer_id.update((name, (part, i)) for i, name in enumerate(ranked))
+    if not layer_id:
         raise FreezableError(
             f"layer_decay needs block groups ('block1', ...) or stage groups ('stage1', ...) to rank the layers; "
             f"the model's groups are {list(names)}: register them, e.g. "
             f"model.register_freeze_group('block1', 'blocks.0')"
         )
-    layer_id = {name: i for i, name in enumerate((["stem"] if "stem" in names else []) + blocks)}
-    top = len(layer_id) if any(name not in layer_id for name in names) else len(layer_id) - 1
-    return {name: layer_decay ** (top - layer_id.get(name, top)) for name in names}
+    outside = any(name not in layer_id for name in names)
+    top = {part: max(i for p, i in layer_id.values() if p == part) + outside for part in parts}
+    return {name: layer_decay ** (top[layer_id[name][0]] - layer_id[name][1]) if name in layer_id else 1.0
+            for name in names}
 
 
-def _numbered(names: Sequence[str], prefix: str) -> list[str]:
-    """The names ``<prefix><number>``, in number order."""
-    found = [name for name in names if re.fullmatch(prefix + r"[1-9]\d*", name)]
-    return sorted(found, key=lambda name: int(name[len(prefix):]))
+def _numbered(names: Sequence[str], part: str, kind: str) -> list[str]:
+    """The groups ``<kind><number>`` of ``part`` (``""``: plain names) among ``names``, in number order."""
+    found = [name for name in names if part_of(name)[:2] == (part, kind)]
+    return sorted(found, key=lambda name: part_of(name)[2])
 
 
 def _no_weight_decay(model: Freezable) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from . import _state
-from .detect import detect_groups
+from .detect import detect_groups, removed_groups
 from .errors import SpecError, type_error
 from .groups import Group, resolve_group
 from .mixin import Freezable, warn_built_frozen
@@ -86,8 +86,19 @@ def _trainable_spec(root: nn.Module, spec: Any, groups: dict[str, Group]) -> Gro
     try:
         return resolve_group(root, "trainable", spec)
     except SpecError as e:
+        removed = removed_groups(root).get(spec) if isinstance(spec, str) and spec not in groups else None
+        if removed:
+            what = ", ".join(f"{m!r} is {type(root.get_submodule(m)).__name__}" if _is_module(root, m) else repr(m)
+                             for m in removed)
+            raise SpecError(
+                f"trainable entry {spec!r}: {type(root).__name__} has no group {spec!r} any more: its members hold no "
+                f"parameter ({what}), so the classifier was removed and {spec!r} would train nothing; train the new "
+                f"head outside the model (nn.Sequential(FrozenBackbone(model), new_head)) or put it in place of "
+                f"{removed[0]!r}; groups: {list(groups)}"
+            ) from None
         if isinstance(spec, str) and groups:  # a typo of a group name is likelier than of a module name
-            close = difflib.get_close_matches(spec, list(groups), n=3, cutoff=0.5)
+            close = [g for g in groups if g.endswith(f".{spec}")]  # a plain name on a model of several parts
+            close = close or difflib.get_close_matches(spec, list(groups), n=3, cutoff=0.5)
             if close:
                 raise SpecError(
                     f"trainable entry {spec!r} is neither a group nor a submodule or parameter name; did you mean "
@@ -122,3 +133,11 @@ def carry_out(model: Freezable, plan: Plan, call: str) -> Freezable:
             warn_built_frozen(f"{call} with trainable={list(plan.trainable)}", kept,
                               f"then model.unfreeze({', '.join(map(repr, names)) or '...'}, built_frozen=True)")
     return model
+
+
+def _is_module(root: nn.Module, name: str) -> bool:
+    try:
+        root.get_submodule(name)
+    except AttributeError:
+        return False
+    return True

@@ -10,7 +10,6 @@ callable ``groups`` computes them from the model (torchvision's detection rule).
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -20,10 +19,11 @@ from torch import nn
 
 from ._state import freeze_root, norm_eval_members, store_groups
 from .detect import detect_groups
+from .detect.open_clip_lock import LOCKED_IMAGE, LOCKED_TEXT, lock_image_tower, lock_text_tower
 from .detect.trainable_layers import FROZEN, trainable_backbone_layers
 from .detect.yolo_freeze import FROZEN_LAYERS, MAX_FREEZE, freeze_layers
 from .errors import PresetError, SpecError, closest, type_error
-from .groups import Group, as_spec_list, resolve_group
+from .groups import Group, as_spec_list, part_of, resolve_group
 from .mixin import Freezable
 from .norms import has_running_stats
 
@@ -191,7 +191,7 @@ def apply_preset(model: Freezable, name: str | Preset) -> Freezable:
         >>> import freezable as fz, torchvision
         >>> class AlexNet(fz.Freezable, torchvision.models.AlexNet): ...
         >>> fz.apply_preset(AlexNet(num_classes=10), "torchvision.alexnet.classifier_only").frozen_groups
-        ('features',)
+        ('features', 'backbone')
     """
     if not isinstance(model, Freezable):
         raise type_error("apply_preset's model", model, "a Freezable model",
@@ -228,13 +228,16 @@ def install_preset(
 
 
 def body_groups(names: Iterable[str]) -> tuple[str, ...]:
-    """The stem and stage groups among ``names``: the body, which norm_eval holds (mmdetection's backbone).
+    """The stem and stage groups among ``names`` (a part's too: ``backbone.stage2``): the body, which norm_eval
+    holds (mmdetection's backbone).
 
     Example:
         >>> body_groups(["stem", "stage1", "stage2", "head", "backbone", "block1"])
         ('stem', 'stage1', 'stage2')
+        >>> body_groups(["backbone.stem", "backbone.stage1", "encoder.block1", "backbone"])
+        ('backbone.stem', 'backbone.stage1')
     """
-    return tuple(name for name in names if name == "stem" or re.fullmatch(r"stage[0-9]+", name))
+    return tuple(name for name in names if part_of(name)[1] in ("stem", "stage"))
 
 
 def hold_body_norms(model: Freezable) -> Freezable:
@@ -296,7 +299,8 @@ for _preset in (
     Preset(
         name="torchvision.alexnet.classifier_only",
         description="AlexNet's convolutional features frozen; the classifier trains",
-        groups={"features": "features", "avgpool": "avgpool", "classifier": "classifier"},
+        groups={"features": "features", "avgpool": "avgpool", "classifier": "classifier",
+                "head": "classifier", "backbone": ["features", "avgpool"]},
         frozen=("features",),
     ),
     Preset(
@@ -318,6 +322,18 @@ for _preset in (
                norm_eval=p.norm_eval)
         for source in ("timm", "torchvision")
         for p in (_LINEAR_PROBE, *_FROZEN_STAGES)
+    ),
+    *(
+        Preset(
+            name=f"open_clip.lock_{tower}_tower_{n}",
+            description=f"what open_clip's lock_{tower}_tower("
+            f"{'unlocked_groups' if tower == 'image' else 'unlocked_layers'}={n}) freezes: the {tower} tower {f'but its last {n} group(s)' if n else 'whole'} (open_clip's "
+            f"order; BatchNorm of the frozen part held in eval); the rest trains",
+            groups=rule(n),
+            frozen=(locked,),
+        )
+        for tower, rule, locked in (("image", lock_image_tower, LOCKED_IMAGE), ("text", lock_text_tower, LOCKED_TEXT))
+        for n in range(0, 7)
     ),
     *(
         Preset(

@@ -74,6 +74,31 @@ def replace_a_member(s: Subjects) -> None:
     s.net.classifier[1] = nn.Identity()
 
 
+def headless_resnet(s: Subjects) -> None:
+    """A ResNet whose classifier was removed (fc = nn.Identity(), to put a new head outside it)."""
+    resnet = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+    resnet.fc = nn.Identity()
+    s.extra["headless"] = resnet
+
+
+def hf_clip(s: Subjects) -> None:
+    """A tiny two-tower CLIP and a FrozenBackbone of it (rows that need transformers skip without it)."""
+    transformers = pytest.importorskip("transformers")
+    sizes = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32, num_hidden_layers=2)
+    config = transformers.CLIPConfig(text_config=dict(sizes, vocab_size=50, max_position_embeddings=8),
+                                     vision_config=dict(sizes, image_size=16, patch_size=8), projection_dim=8)
+    s.extra["clip"] = transformers.CLIPModel(config)
+    s.extra["clip_fb"] = fz.FrozenBackbone(transformers.CLIPModel(config), trainable=["visual_projection"])
+
+
+def open_clip_resnet(s: Subjects) -> None:
+    """A tiny open_clip CLIP with a ModifiedResNet image tower (rows that need open_clip skip without it)."""
+    open_clip = pytest.importorskip("open_clip")
+    s.extra["oc"] = open_clip.CLIP(embed_dim=8, vision_cfg=dict(layers=(1, 1, 1, 1), width=8, head_width=8,
+                                                                image_size=32),
+                                   text_cfg=dict(context_length=4, vocab_size=50, width=8, heads=2, layers=2))
+
+
 def plain_resnet(s: Subjects) -> None:
     """A plain torchvision ResNet: what a failed fz.freeze must leave plain, its class included."""
     torch.manual_seed(0)
@@ -619,6 +644,28 @@ ROWS: list[Bad] = [
     Bad("hf-callback-negative-epoch-with-model", lambda s: hf_callback({-2: ["block4"]}, model=s.extra["fb"]),
         FreezableError, r"got -2", setup=hf_bert),
     Bad("hf-callback-not-a-mapping", lambda s: hf_callback(["block4"]), FreezableTypeError, r"not list"),
+    # -- a removed classifier; models of several parts -----------------------------------------------------------
+    Bad("wrapper-trainable-head-of-a-removed-classifier",
+        lambda s: fz.FrozenBackbone(s.extra["headless"], trainable=["head"]), SpecError,
+        r"trainable entry 'head': ResNet has no group 'head' any more: its members hold no parameter \('fc' is "
+        r"Identity\), so the classifier was removed", setup=headless_resnet),
+    Bad("freeze-trainable-head-of-a-removed-classifier", lambda s: fz.freeze(s.extra["headless"], trainable=["head"]),
+        SpecError, r"no group 'head' any more.*classifier was removed.*put it in place of 'fc'", setup=headless_resnet),
+    Bad("multipart-trainable-plain-block-name", lambda s: fz.FrozenBackbone(s.extra["clip"], trainable=["block1"]),
+        SpecError, r"'block1' is neither a group .*did you mean the group 'text_model.block1' or "
+        r"'vision_model.block1'", setup=hf_clip),
+    Bad("multipart-freeze-to-plain-stage-name", lambda s: s.extra["clip_fb"].freeze_to("stage2"), UnknownGroupError,
+        r"'stage2'; did you mean 'text_model.stage2' or 'vision_model.stage2'\? \(a model of several parts",
+        setup=hf_clip),
+    Bad("multipart-freeze-to-tower-group-typo", lambda s: s.extra["clip_fb"].freeze_to("vision_model.blok2"),
+        UnknownGroupError, r"'vision_model.blok2'; did you mean 'vision_model.block2'", setup=hf_clip),
+    Bad("open-clip-partial-lock-of-a-resnet-tower",
+        lambda s: fz.freeze(s.extra["oc"], preset="open_clip.lock_image_tower_2"), PresetError,
+        r"lock_image_tower_2: open_clip locks a ModifiedResNet image tower with unlocked_groups=0 only",
+        setup=open_clip_resnet),
+    Bad("open-clip-preset-on-a-torchvision-model",
+        lambda s: fz.FrozenBackbone(s.fb.backbone, preset="open_clip.lock_text_tower_1"), PresetError,
+        r"lock_text_tower_1 fits open_clip models \(CLIP, CustomTextCLIP, CoCa\), not ResNet"),
 ]
 
 

@@ -52,11 +52,12 @@ def test_stages_split_the_layers_evenly_and_a_final_norm_goes_with_the_last():
 def test_encoder_decoder_layers_are_named_apart_and_freeze_apart():
     t5 = _hf_models.t5()
     fb = fz.FrozenBackbone(t5, trainable=["decoder", "head"])
-    assert {"encoder_block1", "encoder_block2", "decoder_block1", "decoder_block2", "encoder", "decoder"} <= set(
+    assert {"encoder.block1", "encoder.block2", "decoder.block1", "decoder.block2", "encoder", "decoder"} <= set(
         fb.freeze_group_names)
+    assert not {"stem", "block1", "encoder_block1"} & set(fb.freeze_group_names)  # two stacks: no plain names
     assert not any(p.requires_grad for p in t5.transformer.encoder.block.parameters())
     assert all(p.requires_grad for p in t5.transformer.decoder.block.parameters())
-    fb.unfreeze("encoder_block2")
+    fb.unfreeze("encoder.block2")
     assert all(p.requires_grad for p in t5.transformer.encoder.block[1].parameters())
     assert not any(p.requires_grad for p in t5.transformer.encoder.block[0].parameters())
 

@@ -237,7 +237,7 @@ BUILT_FROZEN = {  # model, the group that holds what it built frozen
     "torchvision-resnet_fpn_backbone": (
         lambda: resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3), None),
     "timm-fixed-pos_embed": (_fixed_pos_embed, "stem"),
-    "hf-whisper": (_whisper, "stem"),
+    "hf-whisper": (_whisper, "encoder.stem"),  # an encoder-decoder: each side's groups are named after it
     "hf-vitmae": (_vitmae, "stem"),
 }
 

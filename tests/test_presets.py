@@ -22,10 +22,17 @@ EXAMPLES["smp.freeze_encoder"] = ("smp", "resnet18")
 EXAMPLES.update({f"ultralytics.freeze_{n}": ("ultralytics", "yolov8n.yaml" if n < 23 else "yolov5n-p6.yaml" if n < 34
                                              else "yolov9e.yaml") for n in range(43)})
 SLOW = {name for name, example in EXAMPLES.items() if example[1] == "yolov9e.yaml"}  # 58M parameters: 3 s each
+EXAMPLES.update({f"open_clip.lock_{tower}_tower_{n}": ("open_clip", "tiny ViT") for tower in ("image", "text")
+                 for n in range(7)})
 
 
 def build(source: str, name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
+    if source == "open_clip":  # open_clip's own ViT and text tower, tiny
+        open_clip = pytest.importorskip("open_clip")
+        vision = dict(layers=3, width=16, head_width=8, patch_size=8, image_size=16)
+        return open_clip.CLIP(embed_dim=8, vision_cfg=vision,
+                              text_cfg=dict(context_length=4, vocab_size=50, width=8, heads=2, layers=3))
     if source == "timm":
         return timm.create_model(name, pretrained=False, **kwargs)
     if source == "smp":
@@ -109,9 +116,21 @@ def test_apply_preset_on_a_freezable_subclass():
         pass
 
     model = fz.apply_preset(AlexNet(num_classes=3), "torchvision.alexnet.classifier_only")
-    assert model.freeze_group_names == ("features", "avgpool", "classifier")
-    assert model.frozen_groups == ("features",)
+    assert model.freeze_group_names == ("features", "avgpool", "classifier", "head", "backbone")
+    assert model.frozen_groups == ("features", "backbone")
     assert all(p.requires_grad for p in model.classifier.parameters())
+
+
+def test_the_alexnet_preset_has_the_backbone_and_head_detection_gives_alexnet():
+    """The vocabulary of every classification preset: backbone and head, equal to the detected ones."""
+    alexnet = torchvision.models.alexnet(num_classes=3)
+    fb = fz.FrozenBackbone(alexnet, preset="torchvision.alexnet.classifier_only")
+    detected = fz.FrozenBackbone(torchvision.models.alexnet(num_classes=3))
+    for group in ("backbone", "head"):
+        ours = [n for n, _ in fb.freeze_group(group).named_parameters(alexnet)]
+        assert ours == [n for n, _ in detected.freeze_group(group).named_parameters(detected.backbone)]
+    assert {n for n, p in alexnet.named_parameters() if p.requires_grad} == {
+        n for n, _ in fb.freeze_group("head").named_parameters(alexnet)}
 
 
 def test_register_and_get_a_custom_preset():

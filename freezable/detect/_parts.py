@@ -6,16 +6,20 @@ for every source: ``stem, stage1 ... stageN, block1 ... blockM``, the task parts
 ``roi_heads``), ``head``, ``aux_head``, then the ``backbone`` umbrella. One rule holds for every source:
 the staged groups cover the backbone, so whatever the backbone holds outside the stem and the stages (a
 final norm) goes with the last stage.
+
+A model of several parts (two towers, an encoder and a decoder) gets each part's groups named after the
+part (:func:`part_groups`): ``vision_model.stem``, ``vision_model.block3``, and the umbrella
+``vision_model``; plain ``stem``, ``stage1``, ``block1`` belong to models with one stack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["Parts", "assemble", "compact", "within", "param_names", "has_params"]
+__all__ = ["Parts", "assemble", "compact", "within", "param_names", "has_params", "holds_params", "part_groups"]
 
 Groups = dict[str, tuple[str, ...]]
 
@@ -127,3 +131,60 @@ def assemble(model: nn.Module, parts: Parts) -> Groups:
 def with_prefix(groups: Groups, prefix: str) -> Groups:
     """``groups`` with every member name prefixed by ``prefix`` (a module's name in its parent, ``"a.b."``)."""
     return {name: tuple(prefix + m for m in members) for name, members in groups.items()}
+
+
+def holds_params(model: nn.Module, members: Iterable[str]) -> bool:
+    """Whether any of ``members`` (module or parameter names of ``model``) holds a parameter; a tied parameter
+    counts under every module that holds it."""
+    for name in members:
+        try:
+            if has_params(model.get_submodule(name)):
+                return True
+        except AttributeError:
+            try:
+                model.get_parameter(name)
+                return True
+            except AttributeError:
+                continue
+    return False
+
+
+def part_groups(path: str, groups: Mapping[str, Sequence[str]], name: str | None = None) -> Groups:
+    """One part's groups, named after the part: ``<name>.<group>``, then the umbrella ``<name>``.
+
+    Any source names the parts of a model of several stacks with it: it reads each part alone (the groups
+    a single-stack model gets: ``stem``, ``stage1 ...``, ``block1 ...``, maybe ``head`` and ``backbone``)
+    and passes them here with the part's place.
+
+    Args:
+        path: where the part sits in the model (``"vision_model"``, ``"model.encoder"``); member names are
+            prefixed with it. ``""`` for a part that is no single module (open_clip's text tower is a set of
+            the model's own attributes): its members are already named from the model.
+        groups: the part's groups, read alone (names relative to the part; relative to the model when
+            ``path`` is ``""``).
+        name: the part's name in group names (default: ``path``), the attribute path seen from where the
+            parts sit (``"encoder"`` for ``model.encoder`` of an encoder-decoder whose base model is ``model``).
+
+    Returns:
+        The groups ``<name>.<group>`` in their order, then ``<name>``: the whole part (``path``, or the union
+        of the members). The part's ``backbone`` is left out unless the part has a ``head`` (it would equal
+        the umbrella).
+
+    Example:
+        >>> part_groups("model.vision_tower", {"stem": ("embeddings",), "block1": ("encoder.layers.0",)},
+        ...             "vision_tower")
+        {'vision_tower.stem': ('model.vision_tower.embeddings',), 'vision_tower.block1': \
+('model.vision_tower.encoder.layers.0',), 'vision_tower': ('model.vision_tower',)}
+    """
+    name = path if name is None else name
+    if not name:
+        raise ValueError("a part needs a name")
+    prefix = path + "." if path else ""
+    named: Groups = {}
+    for group, members in groups.items():
+        if group == "backbone" and "head" not in groups:
+            continue
+        named[f"{name}.{group}"] = tuple(prefix + m if m else path for m in members)
+    named[name] = (path,) if path else tuple(dict.fromkeys(m for members in named.values() for m in members))
+    return named
+
