@@ -136,8 +136,20 @@ def set_frozen(module: nn.Module, frozen: bool) -> None:
 
 
 def set_trainable(param: nn.Parameter, trainable: bool) -> None:
-    """``requires_grad`` as given; a frozen parameter also loses its gradient."""
-    param.requires_grad_(trainable)
+    """``requires_grad`` as given; a frozen parameter also loses its gradient.
+
+    Set as an attribute, not with ``requires_grad_()``: a lazy module's ``UninitializedParameter``
+    refuses every tensor method before its first forward, takes the attribute, and keeps it when it
+    is materialised (the same object becomes a ``Parameter``).
+
+    Example:
+        >>> layer = nn.LazyLinear(2)
+        >>> set_trainable(layer.weight, False)
+        >>> _ = layer(torch.randn(1, 3))
+        >>> type(layer.weight).__name__, layer.weight.requires_grad
+        ('Parameter', False)
+    """
+    param.requires_grad = trainable
     if not trainable:
         param.grad = None
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from . import _state
 from . import guard as _guard
@@ -33,7 +34,7 @@ from .groups import Group, Spec, is_block, resolve_group, staged_names, units_wi
 from .norms import is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
-from .summary import SummaryRow, format_summary
+from .summary import SummaryRow, count_elements, format_summary
 
 __all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze", "warn_built_frozen", "watch_swaps"]
 
@@ -221,6 +222,8 @@ class Freezable:
             raise type_error("train_bn", train_bn, "a bool")
         if not isinstance(guard, bool):
             raise type_error("guard", guard, "a bool")
+        if guard:
+            _guard.check_recordable(self, selected)  # type: ignore[arg-type]
         self._freeze_resolved(selected, train_bn=train_bn)
         if guard:
             _guard.record(self, selected)
@@ -506,6 +509,10 @@ class Freezable:
         note = (f"\nnorm_eval: {len(norm_eval)} norm layer(s) held in eval, statistics fixed ({training} with "
                 f"trainable affine parameters)"
                 if norm_eval else "")
+        lazy = [n for n, p in root.named_parameters() if is_lazy(p)]
+        if lazy:
+            note += (f"\nlazy: {len(lazy)} parameter(s) not materialised yet, counted as 0 ({shorten(lazy)}); they "
+                     f"keep their group's state when the first forward materialises them")
         return (format_summary(rows, total) + note + "".join(f"\n{line}" for line in self._elsewhere_notes(root))
                 + "".join(f"\n{s.describe()}" for s in tied_across_freeze(self)))
 
@@ -625,8 +632,8 @@ def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], mo
     params = [p for _, p in named_params]
     return SummaryRow(
         name=name,
-        params=sum(p.numel() for p in params),
-        trainable=sum(p.numel() for p in params if p.requires_grad),
+        params=count_elements(params),
+        trainable=count_elements(p for p in params if p.requires_grad),
         norms_in_eval=sum(1 for m in {id(m): m for m in modules}.values() if is_norm(m) and is_held(m)),
-        elsewhere=sum(p.numel() for p in params if not p.requires_grad and id(p) not in by_freezable),
+        elsewhere=count_elements(p for p in params if not p.requires_grad and id(p) not in by_freezable),
     )

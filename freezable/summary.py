@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SummaryRow", "format_summary", "format_table", "format_count"]
+import torch
+from torch.nn.parameter import is_lazy
+
+__all__ = ["SummaryRow", "format_summary", "format_table", "format_count", "count_elements"]
 
 _COLUMNS = ("group", "params", "trainable", "frozen", "norms in eval")
 
@@ -24,6 +27,17 @@ class SummaryRow:
     def frozen(self) -> int:
         """Frozen by freezable."""
         return self.params - self.trainable - self.elsewhere
+
+
+def count_elements(tensors: Iterable[torch.Tensor]) -> int:
+    """How many elements the tensors hold; a lazy module's parameters not materialised yet hold none.
+
+    Example:
+        >>> from torch import nn
+        >>> count_elements(nn.Linear(3, 2).parameters()), count_elements(nn.LazyLinear(2).parameters())
+        (8, 0)
+    """
+    return sum(0 if is_lazy(t) else t.numel() for t in tensors)
 
 
 def format_count(n: int) -> str:

@@ -19,7 +19,7 @@ from .groups import is_block
 from .mixin import Freezable
 from .plan import carry_out, make_plan
 from .presets import Preset
-from .summary import format_count
+from .summary import count_elements, format_count
 
 __all__ = ["FrozenBackbone"]
 
@@ -312,8 +312,8 @@ class FrozenBackbone(Freezable, nn.Module):
     def __repr__(self) -> str:
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
         arch = cfg.get("architecture") if isinstance(cfg, dict) else None
-        total = sum(p.numel() for p in self.backbone.parameters())
-        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = count_elements(self.backbone.parameters())
+        trainable = count_elements(self.trainable_parameters())
         return (
             f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={[g for g in self.frozen_groups if not is_block(g)]}, "
             f"trainable={format_count(trainable)}/{format_count(total)}{', fast=True' if self.fast else ''})"

@@ -566,3 +566,59 @@ def test_freeze_summary_counts_norm_eval_layers():
     assert text.endswith("norm_eval: 2 norm layer(s) held in eval, statistics fixed (2 with trainable affine "
                          "parameters)")
     assert "norm_eval" not in Net().freeze_summary()
+
+
+# -- lazy modules (issue 21) -----------------------------------------------------------------------------------------
+
+
+class LazyNet(fz.Freezable, nn.Module):
+    """Every layer lazy: nothing is materialised before the first forward."""
+
+    freeze_groups = {"body": "body", "head": "head"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Dropout(0.5),
+                                  nn.Flatten())
+        self.head = nn.LazyLinear(2)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("form", ["mixin", "wrapper", "in_place"])
+def test_lazy_modules_frozen_before_their_first_forward_are_frozen_once_materialised(form):
+    torch.manual_seed(0)
+    model = {
+        "mixin": lambda: LazyNet().freeze("body"),
+        "wrapper": lambda: fz.FrozenBackbone(LazyNet(), trainable=["head"]),
+        "in_place": lambda: fz.freeze(nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(),
+                                                    nn.Dropout(0.5), nn.Flatten(), nn.LazyLinear(2)),
+                                      trainable=["5"]),
+    }[form]()
+    root = model.backbone if form == "wrapper" else model
+    frozen = root[:5] if form == "in_place" else root.body
+    head = root[5] if form == "in_place" else root.head
+    assert "not materialised" in model.freeze_summary()  # readable before the first forward
+    x = torch.randn(6, 3, 6, 6) * 3 + 1
+    model.train()(x)  # materialises every lazy module, in training mode
+    bn = frozen[1]
+    assert type(bn) is nn.BatchNorm2d and is_held(bn) and not bn.training
+    assert [p.requires_grad for p in frozen.parameters()] == [False] * 4
+    assert all(p.requires_grad for p in head.parameters())
+    # held from the first forward on: the statistics are the initial ones, not the first batch's
+    assert torch.equal(bn.running_mean, torch.zeros(4)) and torch.equal(bn.running_var, torch.ones(4))
+    assert bn.num_batches_tracked == 0
+    before = snapshot(frozen)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    train_steps(model, opt, x)
+    assert not changed(before, frozen)
+    assert torch.equal(model.train()(x), model.eval()(x))
+    assert "not materialised" not in model.freeze_summary()
+
+
+def test_a_guard_on_lazy_parameters_is_refused_before_anything_changes():
+    model = LazyNet()
+    with pytest.raises(fz.FreezableError, match=r"guard=True.*not materialised.*'body.0.weight'.*run one forward first"):
+        model.freeze("body", guard=True)
+    assert model.freeze_state()["frozen_modules"] == [] and not any(is_held(m) for m in model.modules())
