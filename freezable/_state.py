@@ -67,6 +67,7 @@ __all__ = [
     "is_held",
     "set_held",
     "hold_frozen",
+    "holds_outdated",
     "follows_train",
     "rehold",
     "is_placed",
@@ -181,8 +182,12 @@ def norm_eval_members(root: nn.Module, groups: Iterable[Group]) -> dict[str, nn.
 
 
 def _hold_at_inference(module: nn.Module, args: Any) -> None:
-    """Forward pre-hook of held modules: undo a ``train()`` call made on an inner module."""
-    if module.training:
+    """Forward pre-hook of held modules: undo a ``train()`` call made on an inner module.
+
+    A hook that an earlier pre-hook of the same forward released (:func:`sync_before_forward` found a nested
+    Freezable's change) still runs once, from torch's copy of the hooks: it does nothing then.
+    """
+    if module.training and is_held(module):
         module.train(False)
 
 
@@ -314,6 +319,43 @@ def clear_entries(module: nn.Module) -> None:
         del module.__dict__[key]
 
 
+def _holds(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Each module under ``model``'s freeze root, and on the way down to it, with whether it should be held.
+
+    The modules on the way (a FrozenBackbone itself, above its ``backbone``) are held by a Freezable around
+    ``model``; they are judged by the same rule, so that a change here releases (or restores) that hold at once.
+    """
+    root = freeze_root(model)
+    above = _above_root(model)
+    held: dict[int, bool] = {}
+
+    def visit(module: nn.Module) -> bool:
+        if id(module) not in held:
+            frozen = is_frozen(module) and not _owns_trainable(module)
+            children = [visit(child) for child in module._modules.values() if child is not None]
+            held[id(module)] = frozen and all(children)
+        return held[id(module)]
+
+    visit(above[0] if above else root)
+    modules = above + list(root.modules())  # parents come before their children
+    for parent in modules:
+        for child in parent._modules.values():
+            if child is not None and held[id(child)] and not held[id(parent)] and follows_train(child):
+                held[id(child)] = False
+    return [(module, held[id(module)] or is_norm_eval(module)) for module in modules]
+
+
+def _above_root(model: nn.Module) -> list[nn.Module]:
+    """``model`` and the modules between it and its freeze root (none when the root is ``model`` itself)."""
+    name = model.__dict__.get(_ROOT, "")
+    if not name:
+        return []
+    path = [model]
+    for part in name.split(".")[:-1]:
+        path.append(path[-1]._modules[part])
+    return path
+
+
 def hold_frozen(model: nn.Module) -> None:
     """Holds at inference exactly the frozen modules under ``model``'s freeze root whose whole subtree is frozen.
 
@@ -323,31 +365,39 @@ def hold_frozen(model: nn.Module) -> None:
     Except the parts that serve their parent's training forward (:func:`follows_train`)
     whose parent is not held: they follow the model's mode, while what is inside them
     stays held. Released modules return to the model's own mode (the one last asked
-    for, when the model itself was held).
+    for, when the model itself was held). When a hold changes, every other Freezable is
+    told (:func:`holds_outdated`): one around this model may hold it, or need to.
     """
     reconcile(model)
-    root = freeze_root(model)
     mode = asked_mode(model)
     note_mode(model, mode)
-    held: dict[int, bool] = {}
-
-    def visit(module: nn.Module) -> bool:
-        if id(module) not in held:
-            frozen = is_frozen(module) and not any(
-                p is not None and p.requires_grad for p in module._parameters.values()
-            )
-            children = [visit(child) for child in module._modules.values() if child is not None]
-            held[id(module)] = frozen and all(children)
-        return held[id(module)]
-
-    visit(root)
-    for parent in root.modules():  # parents come before their children
-        for child in parent._modules.values():
-            if child is not None and held[id(child)] and not held[id(parent)] and follows_train(child):
-                held[id(child)] = False
-    for module in root.modules():
-        set_held(module, held[id(module)] or is_norm_eval(module), mode)
+    moved = False
+    for module, held in _holds(model):
+        moved |= held != is_held(module)
+        set_held(module, held, mode)
     record_places(model)
+    if moved:
+        _HOLD_CHANGES[0] += 1
+    model.__dict__[_HOLDS_SEEN] = _HOLD_CHANGES[0]
+
+
+_HOLD_CHANGES = [0]  # changes of a hold made by hold_frozen anywhere in this process
+_HOLDS_SEEN = "_freezable_holds_seen"  # on a Freezable: the count of hold changes its holds were last checked at
+
+
+def holds_outdated(model: nn.Module) -> bool:
+    """Whether ``model``'s holds are out of date: a nested Freezable changed what is frozen below it since.
+
+    A Freezable inside ``model`` (a FrozenBackbone, a model frozen in place) that unfreezes or freezes part of
+    itself changes its own holds at once, but cannot reach a hold that ``model`` keeps above it. One integer
+    comparison while no hold changed anywhere; else the holds are recomputed once and compared.
+    """
+    if model.__dict__.get(_HOLDS_SEEN) == _HOLD_CHANGES[0]:
+        return False
+    if any(held != is_held(module) for module, held in _holds(model)):
+        return True
+    model.__dict__[_HOLDS_SEEN] = _HOLD_CHANGES[0]
+    return False
 
 
 # -- bookkeeping on the Freezable -------------------------------------------------------------

@@ -424,10 +424,17 @@ class Freezable:
         self._refresh_held()
         return kept
 
-    def _sync(self) -> None:
-        """Gives modules swapped in since the last change the state of their place, held at once."""
-        if _state.reconcile(self):  # type: ignore[arg-type]
+    def _sync(self) -> bool:
+        """Gives modules swapped in since the last change the state of their place, and brings the holds up to
+        date with what nested Freezables changed since (see :func:`freezable._state.holds_outdated`).
+
+        Returns:
+            Whether anything changed (the frozen parts are then held as the state says).
+        """
+        if _state.reconcile(self) or _state.holds_outdated(self):  # type: ignore[arg-type]
             self._refresh_held()
+            return True
+        return False
 
     def _on_freeze_change(self) -> None:
         """Runs after every change of freeze state, the frozen parts already held; does nothing here.
@@ -454,10 +461,8 @@ class Freezable:
         """
         super().train(mode)  # type: ignore[misc]
         _state.note_mode(self, mode)  # type: ignore[arg-type]
-        if _state.reconcile(self):  # type: ignore[arg-type]
-            self._refresh_held()
-        else:
-            _state.rehold(self._freeze_root())
+        if not self._sync():
+            _state.rehold(self)  # type: ignore[arg-type]
         return self
 
     # -- reading ------------------------------------------------------------------------
@@ -604,15 +609,18 @@ def watch_swaps(model: Freezable, watch: bool) -> None:
 
 
 def sync_before_forward(model: Freezable, args: Any) -> None:
-    """Forward pre-hook of every Freezable: modules swapped in since the last change get their place's state.
+    """Forward pre-hook of every Freezable: modules swapped in since the last change get their place's state, and
+    holds follow what a nested Freezable changed since.
 
-    Costs one integer comparison unless a module was registered somewhere since (see
-    :func:`freezable._state.registrations`).
+    Costs two integer comparisons unless a module was registered somewhere since (see
+    :func:`freezable._state.registrations`) or a hold changed somewhere (:func:`freezable._state.holds_outdated`).
     """
     seen = _state.registrations()
     if model.__dict__.get(_REGISTRATIONS_SEEN) != seen:
         model.__dict__[_REGISTRATIONS_SEEN] = seen
         model._sync()
+    elif _state.holds_outdated(model):  # type: ignore[arg-type]
+        model._refresh_held()
 
 
 def warn_built_frozen(call: str, names: list[str], fix: str) -> None:

@@ -228,3 +228,50 @@ def test_norm_eval_trainable_norms_train_through_the_fast_path(frozen_dtype):
     bn = fb.backbone.layer4[1].bn2
     assert bn.weight.grad is not None and bn.weight.grad.dtype == torch.float32
     assert all(torch.equal(b, dict(fb.backbone.layer4.named_buffers())[n]) for n, b in stats.items())
+
+
+# -- nested Freezables (issue 21) ------------------------------------------------------------------------------------
+
+
+class Encoded(fz.Freezable, nn.Module):
+    """A model whose encoder is a Freezable of its own."""
+
+    freeze_groups = {"encoder": "encoder", "head": "head"}
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+INNER = {
+    "wrapper": lambda: fz.FrozenBackbone(resnet(), trainable=["head"]),
+    "wrapper_fast": lambda: fz.FrozenBackbone(resnet(), trainable=["head"], fast=True),
+    "in_place": lambda: fz.freeze(resnet(), trainable=["head"]),
+}
+
+
+@pytest.mark.parametrize("inner", INNER)
+def test_a_hold_is_released_when_a_nested_freezable_makes_part_of_it_trainable(inner, x):
+    model = Encoded(INNER[inner]()).freeze()  # the outer model frozen whole, the encoder with it
+    encoder = model.encoder
+    body = encoder.backbone if inner.startswith("wrapper") else encoder
+    model(x)  # a fast path is built now, with stage4 frozen
+    encoder.unfreeze("stage4")
+    assert body.layer4[0].bn1.weight.requires_grad
+    for call in (encoder.train, model.train):
+        call()
+        assert fz.check(model).ok, fz.check(model).problems  # no frozen module in training mode
+        stem, stage4 = snapshot(body.bn1), snapshot(body.layer4)
+        model(x)
+        assert body.layer4[0].bn1.training and encoder.training and model.training  # B5: plain PyTorch's modes
+        assert changed(stage4, body.layer4) and not changed(stem, body.bn1)  # stage4's BatchNorms train
+        assert not body.bn1.training
+    encoder.freeze("stage4")  # frozen whole again, through the inner model: the outer one holds it all again
+    model.train()
+    assert not encoder.training and not body.layer4[0].bn1.training
+    stage4 = snapshot(body.layer4)
+    assert torch.equal(model(x), model.eval()(x)) and not changed(stage4, body.layer4)
