@@ -18,12 +18,17 @@ Tensors are shared with the original wherever the copy does not change them, so 
 without BatchNorm (a ViT) costs no extra memory in fp32. The shadow is dropped, to be rebuilt at the
 next forward, on ``freeze``/``unfreeze``, ``load_state_dict``, ``.to()``/``.cuda()``/``.half()``,
 and (outside ``torch.compile``) whenever an original tensor that a copy was derived from changed
-in place.
+in place, or an object the shadow was built from was replaced: a parameter or buffer of a held part
+(``load_state_dict(assign=True)`` on the backbone, ``conv.weight = nn.Parameter(...)``) or any
+submodule of the backbone. That check is one identity comparison per submodule and held tensor, and
+one version comparison per derived tensor, at every forward (a ResNet-50: see
+``benchmarks/fast_path_staleness.py``).
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -38,6 +43,7 @@ from ._state import is_held, set_frozen, set_held
 
 __all__ = ["FastPath", "build_fast_path"]
 
+_VERSION = operator.attrgetter("_version")
 _VALIDATE_RTOL = 1e-2  # a wrong fold is off by O(1); a right one by float rounding (~1e-6, TF32: ~1e-3)
 
 
@@ -53,10 +59,20 @@ class FastPath:
     mixed: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
     # conv-BatchNorm pairs folded, as names in the backbone
     folded: list[tuple[str, str]] = field(default_factory=list)
+    # (dict, key, object) the shadow was built from: every submodule of the backbone in its parent's
+    # _modules, every parameter and buffer of a held part in its module's _parameters or _buffers
+    slots: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # the columns of slots and sources, for is_stale's C-level loops (map, not a Python generator)
+        self._stores, self._keys, self._objects = (tuple(c) for c in zip(*self.slots)) if self.slots else ((),) * 3
+        self._tensors, self._versions = (tuple(c) for c in zip(*self.sources)) if self.sources else ((), ())
 
     def is_stale(self) -> bool:
-        """Whether an original tensor that a copy was derived from changed in place since the build."""
-        return any(t._version != v for t, v in self.sources)
+        """Whether an object the shadow was built from was replaced, or a tensor a copy was derived from
+        changed in place, since the build."""
+        return (any(map(operator.is_not, map(dict.get, self._stores, self._keys), self._objects))
+                or any(map(operator.ne, map(_VERSION, self._tensors), self._versions)))
 
     def sync_modes(self) -> None:
         """Gives the shallow copies of modules above held parts their originals' training mode."""
@@ -320,4 +336,14 @@ def _build(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ..
         return twin
 
     unique = {id(t): t for t in sources}.values()
-    return FastPath(shadow(backbone), [(t, t._version) for t in unique], mixed, folded)
+    return FastPath(shadow(backbone), [(t, t._version) for t in unique], mixed, folded, _slots(backbone, roots))
+
+
+def _slots(backbone: nn.Module, roots: dict[str, nn.Module]) -> list[tuple[dict[str, Any], str, Any]]:
+    """What the shadow holds by reference: each submodule in its parent, each held tensor in its module."""
+    slots = [(parent._modules, name, child) for parent in backbone.modules() for name, child in parent._modules.items()]
+    for root in roots.values():
+        for module in root.modules():
+            slots += [(module._parameters, name, t) for name, t in module._parameters.items()]
+            slots += [(module._buffers, name, t) for name, t in module._buffers.items()]
+    return slots

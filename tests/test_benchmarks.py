@@ -259,3 +259,13 @@ def test_the_readmes_accuracy_and_cache_check_figures_are_those_of_the_results_f
     for row in checks["rows"]:
         ms = f"{row['batch_ms']:,.0f}" if row["batch_ms"] >= 100 else f"{row['batch_ms']:.2f}"
         assert f"| {row['case']} | {ms} | {row['pct_of_forward']:.3g} |" in readme, row["case"]
+
+
+def test_fast_path_staleness_tiny_run(tmp_path: Path) -> None:
+    staleness = load("fast_path_staleness")
+    out = tmp_path / "s.json"
+    meta, rows = staleness.main(["--model", "resnet18", "--batch-size", "1", "--img-size", "32", "--repeats", "1",
+                                 "--device", "cpu", "--results-file", str(out)])
+    assert [r["case"] for r in json.loads(out.read_text())["rows"]] == ["fast forward", "staleness check",
+                                                                       "version part only"]
+    assert meta["identity_comparisons"] > meta["version_comparisons"] > 0

@@ -284,3 +284,53 @@ def test_cuda_fast_path_channels_last_and_bf16(x: torch.Tensor) -> None:
         out = bf(x)
     assert bf._fast_path.folded
     assert relative_error(out.float(), reference(x).detach()) <= 5e-2
+
+
+# -- new tensor objects (issue 21) -------------------------------------------------------------------------------------
+
+
+def _new_weights(fb: fz.FrozenBackbone) -> None:
+    """Every parameter and buffer of the backbone replaced by new objects (other values, same frozen state)."""
+    torch.manual_seed(5)
+    other = randomise_norms(torchvision.models.resnet18(num_classes=10))
+    for p in other.parameters():
+        p.requires_grad_(False)
+    fb.backbone.load_state_dict(other.state_dict(), assign=True)
+
+
+def _new_conv1_weight(fb: fz.FrozenBackbone) -> None:
+    fb.backbone.conv1.weight = nn.Parameter(torch.randn_like(fb.backbone.conv1.weight), requires_grad=False)
+
+
+def _new_running_var(fb: fz.FrozenBackbone) -> None:
+    fb.backbone.layer1[0].bn1.running_var = fb.backbone.layer1[0].bn1.running_var * 4
+
+
+def _new_frozen_conv(fb: fz.FrozenBackbone) -> None:
+    conv = copy.deepcopy(fb.backbone.layer2[0].conv1)
+    with torch.no_grad():
+        conv.weight.mul_(-1)
+    fb.backbone.layer2[0].conv1 = conv
+
+
+def _new_head(fb: fz.FrozenBackbone) -> None:
+    fb.backbone.fc = nn.Linear(512, 10)
+
+
+NEW_OBJECTS = {"load_state_dict_assign": _new_weights, "parameter_assigned": _new_conv1_weight,
+               "buffer_assigned": _new_running_var, "frozen_module_swapped": _new_frozen_conv,
+               "trainable_module_swapped": _new_head}
+
+
+@pytest.mark.parametrize("change", NEW_OBJECTS)
+@pytest.mark.parametrize("trainable", [(), ("head",)], ids=["frozen", "head_trains"])
+def test_new_tensor_objects_in_the_backbone_rebuild_the_fast_path(change: str, trainable: tuple[str, ...],
+                                                                   x: torch.Tensor) -> None:
+    fb = fz.FrozenBackbone(build("resnet18"), trainable=list(trainable), fast=True)
+    before = fb(x)
+    NEW_OBJECTS[change](fb)
+    with torch.no_grad():
+        expected = copy.deepcopy(fb.backbone).eval()(x)
+    out = fb(x)
+    assert not torch.allclose(out, before)
+    assert relative_error(out, expected) <= 1e-4
