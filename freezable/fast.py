@@ -31,11 +31,12 @@ import copy
 import operator
 import warnings
 import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from .fold import can_fold, fold_conv_bn, norm_remainder
@@ -105,20 +106,48 @@ class _Prepared(nn.Module):
         return _map_tensors(out, lambda t: t.to(floats[0].dtype) if t.is_floating_point() else t)
 
 
-def _map_tensors(value: Any, fn: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_map_tensors(v, fn) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(v, fn) for k, v in value.items()}
-    return value
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it, each container rebuilt as its own exact type.
+
+    Containers are those :mod:`torch.utils._pytree` knows (tuples, named tuples, lists, dicts, ordered and
+    default dicts, deques, Hugging Face ``ModelOutput`` classes, whatever a library registered), and, inside
+    or around them, dataclass instances and dict subclasses it does not know (copied, their fields and items
+    mapped). Anything else is passed through as it is.
+    """
+    return pytree.tree_map(lambda leaf: _map_leaf(leaf, fn), value)
+
+
+def _map_leaf(leaf: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(leaf, torch.Tensor):
+        return fn(leaf)
+    if isinstance(leaf, dict):  # a dict subclass pytree does not know: its own __setitem__ keeps it consistent
+        new = copy.copy(leaf)
+        for key, item in leaf.items():
+            new[key] = _map_tensors(item, fn)
+        return new
+    if is_dataclass(leaf) and not isinstance(leaf, type):
+        new = copy.copy(leaf)
+        for f in fields(leaf):
+            if hasattr(leaf, f.name):
+                object.__setattr__(new, f.name, _map_tensors(getattr(leaf, f.name), fn))  # frozen ones too
+        return new
+    return leaf
 
 
 def clone_outputs(value: Any) -> Any:
-    """Clones every tensor in ``value`` (inference tensors become normal ones outside inference mode)."""
+    """Clones every tensor in ``value`` (inference tensors become normal ones outside inference mode).
+
+    Every container keeps its exact type (see :func:`_map_tensors`).
+
+    Example:
+        >>> import collections
+        >>> Out = collections.namedtuple("Out", "features logits")
+        >>> with torch.inference_mode():
+        ...     out = Out(torch.ones(2), {"p": [torch.zeros(1)]})
+        >>> cloned = clone_outputs(out)
+        >>> type(cloned).__name__, cloned.features.is_inference(), cloned.logits["p"][0].is_inference()
+        ('Out', False, False)
+    """
     return _map_tensors(value, torch.Tensor.clone)
 
 
