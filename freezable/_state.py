@@ -44,12 +44,14 @@ This module knows nothing of the mixin: ``guard``, ``fast``, ``cache``, ``schedu
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .errors import FreezeStateError, closest, describe
 from .groups import Group, is_within
@@ -246,20 +248,43 @@ def is_held(module: nn.Module) -> bool:
     return any(hook is _hold_at_inference for hook in module._forward_pre_hooks.values())
 
 
+_RESET = "reset_running_stats"  # on a held norm layer with running statistics: an instance attribute
+
+
+def _keep_statistics(module: nn.Module) -> None:
+    """``reset_running_stats()`` of a held norm layer: the statistics are kept.
+
+    torch's ``swa_utils.update_bn`` resets every BatchNorm and recomputes the statistics in a training
+    forward; a held one computes in eval, so reset statistics (0 and 1) would stay. A lazy layer being
+    materialised (its statistics just allocated, still empty) is reset as usual.
+    """
+    if isinstance(module, LazyModuleMixin):
+        type(module).reset_running_stats(module)
+
+
 def set_held(module: nn.Module, held: bool, mode: bool) -> None:
-    """Holds ``module`` at inference, or releases it into ``mode``."""
+    """Holds ``module`` at inference, or releases it into ``mode``.
+
+    A held norm layer with running statistics also keeps them through ``reset_running_stats()`` (see
+    :func:`_keep_statistics`): an instance attribute, removed on release.
+    """
     if held:
         if not is_held(module):
             module.register_forward_pre_hook(_hold_at_inference, prepend=True)
             if _is_observer(module):
                 module.register_forward_pre_hook(_observe_nothing)
                 module.register_forward_hook(_put_back)
+            if has_running_stats(module):
+                module.__dict__[_RESET] = functools.partial(_keep_statistics, module)
         module.training = False
     elif is_held(module):
         for hooks, fn in _hooks_of(module):
             for key, hook in list(hooks.items()):
                 if hook is fn:
                     del hooks[key]
+        reset = module.__dict__.get(_RESET)
+        if isinstance(reset, functools.partial) and reset.func is _keep_statistics:
+            del module.__dict__[_RESET]
         module.training = mode
 
 

@@ -622,3 +622,31 @@ def test_a_guard_on_lazy_parameters_is_refused_before_anything_changes():
     with pytest.raises(fz.FreezableError, match=r"guard=True.*not materialised.*'body.0.weight'.*run one forward first"):
         model.freeze("body", guard=True)
     assert model.freeze_state()["frozen_modules"] == [] and not any(is_held(m) for m in model.modules())
+
+
+# -- SWA: torch.optim.swa_utils.update_bn (issue 21) ------------------------------------------------------------------
+
+
+def test_update_bn_of_swa_leaves_frozen_statistics_as_they_were(net, images):
+    from torch.optim.swa_utils import AveragedModel, update_bn
+
+    torch.manual_seed(0)
+    with torch.no_grad():  # statistics far from a reset's 0 and 1
+        for bn in (net.features[1], net.features[5]):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.num_batches_tracked.fill_(7)
+    net.freeze("features", guard=True)
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.1)
+    swa = AveragedModel(net)
+    for _ in range(2):
+        train_steps(net, opt, images, steps=1)
+        swa.update_parameters(net)
+    frozen = snapshot(swa.module.features)
+    loader = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    update_bn(loader, swa)
+    assert not changed(frozen, swa.module.features)  # not reset to 0 and 1
+    assert fz.check(swa.module).ok
+    with torch.no_grad():
+        assert torch.equal(swa.module.eval().features(images), net.eval().features(images))
+    swa.module.unfreeze()  # a BatchNorm that is not held is reset and recomputed, as in plain PyTorch
+    update_bn(loader, swa)
+    assert swa.module.features[1].num_batches_tracked == 3 and changed(frozen, swa.module.features)
