@@ -31,7 +31,7 @@ from .errors import (
     unknown_group,
 )
 from .groups import Group, Spec, is_block, resolve_group, staged_names, units_within, walk_units
-from .norms import is_norm
+from .norms import has_running_stats, is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
 from .summary import SummaryRow, count_elements, format_summary
@@ -482,7 +482,9 @@ class Freezable:
         """A table of parameters, trainable, frozen and norm layers held in eval, a row per group.
 
         Block groups (``block1`` ... ``blockN``) get rows with ``blocks=True`` only; parameters outside
-        every group get a row ``(no group)``.
+        every group get a row ``(no group)``. Parameters frozen outside freezable are not counted as
+        ``frozen``: columns ``built frozen`` and ``frozen by hand`` show them where there are any, and
+        ``norms not held`` the norm layers among them whose statistics still update in ``train()``.
 
         Example:
             >>> from torch import nn
@@ -500,15 +502,18 @@ class Freezable:
         self._sync()
         root = self._freeze_root()
         by_freezable = _frozen_by_freezable(root)
+        built_names = set(_state.built_frozen(self))  # type: ignore[arg-type]
+        built = {id(p) for n, p in root.named_parameters() if n in built_names}
         rows = [
-            _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)), by_freezable)
+            _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)), by_freezable,
+                         built)
             for name, group in self._groups.items() if blocks or not is_block(name)
         ]
         grouped = {id(p) for group in self._groups.values() for _, p in group.named_parameters(root)}
         if self._groups and any(id(p) not in grouped for p in root.parameters()):
             outside = ((n, p) for n, p in root.named_parameters() if id(p) not in grouped)
-            rows.append(_summary_row("(no group)", outside, iter(()), by_freezable))
-        total = _summary_row("total", root.named_parameters(), root.modules(), by_freezable)
+            rows.append(_summary_row("(no group)", outside, iter(()), by_freezable, built))
+        total = _summary_row("total", root.named_parameters(), root.modules(), by_freezable, built)
         norm_eval = [m for m in root.modules() if _state.is_norm_eval(m)]
         training = sum(1 for m in norm_eval if any(p.requires_grad for p in m.parameters()))
         note = (f"\nnorm_eval: {len(norm_eval)} norm layer(s) held in eval, statistics fixed ({training} with "
@@ -636,12 +641,22 @@ def _frozen_by_freezable(root: nn.Module) -> set[int]:
 
 
 def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], modules: Iterator[nn.Module],
-                 by_freezable: set[int]) -> SummaryRow:
+                 by_freezable: set[int], built: set[int]) -> SummaryRow:
     params = [p for _, p in named_params]
+    elsewhere = [p for p in params if not p.requires_grad and id(p) not in by_freezable]
+    unique = {id(m): m for m in modules}.values()
     return SummaryRow(
         name=name,
         params=count_elements(params),
         trainable=count_elements(p for p in params if p.requires_grad),
-        norms_in_eval=sum(1 for m in {id(m): m for m in modules}.values() if is_norm(m) and is_held(m)),
-        elsewhere=count_elements(p for p in params if not p.requires_grad and id(p) not in by_freezable),
+        norms_in_eval=sum(1 for m in unique if is_norm(m) and is_held(m)),
+        built_frozen=count_elements(p for p in elsewhere if id(p) in built),
+        by_hand=count_elements(p for p in elsewhere if id(p) not in built),
+        norms_not_held=sum(1 for m in unique if has_running_stats(m) and not is_held(m) and _all_frozen(m)),
     )
+
+
+def _all_frozen(module: nn.Module) -> bool:
+    """Whether ``module`` has parameters of its own and none of them trains."""
+    params = [p for p in module._parameters.values() if p is not None]
+    return bool(params) and not any(p.requires_grad for p in params)

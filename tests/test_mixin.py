@@ -650,3 +650,41 @@ def test_update_bn_of_swa_leaves_frozen_statistics_as_they_were(net, images):
     swa.module.unfreeze()  # a BatchNorm that is not held is reset and recomputed, as in plain PyTorch
     update_bn(loader, swa)
     assert swa.module.features[1].num_batches_tracked == 3 and changed(frozen, swa.module.features)
+
+
+# -- the summary: frozen outside freezable (issue 21) ----------------------------------------------------------------
+
+
+def _row(summary: str, name: str) -> dict[str, str]:
+    """A summary row by column, read from the table's header (columns are separated by two spaces or more)."""
+    lines = summary.splitlines()
+    header = re.split(r"\s{2,}", lines[0].strip())
+    row = next(line for line in lines if line.split()[:1] == [name])
+    return dict(zip(header, re.split(r"\s{2,}", row.strip())))
+
+
+def test_summary_shows_parameters_frozen_by_hand_apart_with_their_norms_not_held(net, images):
+    net.freeze("classifier")
+    net.features.requires_grad_(False)  # by hand, after freezable changed something: nothing is held
+    summary = net.freeze_summary()
+    features = _row(summary, "features")
+    assert features == {"group": "features", "params": "840", "trainable": "0", "frozen": "0", "norms in eval": "0",
+                        "frozen by hand": "840", "norms not held": "2"}
+    assert _row(summary, "classifier") == {**{k: "0" for k in features}, "group": "classifier", "params": "27",
+                                            "frozen": "27"}
+    assert _row(summary, "total")["frozen by hand"] == "840" and _row(summary, "total")["norms not held"] == "2"
+    assert "built frozen" not in summary
+    stats = snapshot(net.features)
+    net.train()(images)  # what the column warns of: their statistics update in train()
+    assert {"1.running_mean", "5.running_var"} <= changed(stats, net.features)
+    held = net.freeze("features").freeze_summary()  # frozen through freezable: held, the columns go
+    assert "frozen by hand" not in held and "norms not held" not in held and _row(held, "features")["frozen"] == "840"
+
+
+def test_summary_shows_built_frozen_parameters_in_their_own_column():
+    net = Net()
+    net.features[1].requires_grad_(False)  # before freezable changed anything: built frozen
+    summary = net.freeze("classifier").freeze_summary()
+    assert _row(summary, "features") == {"group": "features", "params": "840", "trainable": "824", "frozen": "0",
+                                         "norms in eval": "0", "built frozen": "16", "norms not held": "1"}
+    assert "frozen by hand" not in summary
