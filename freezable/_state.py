@@ -396,30 +396,35 @@ def hold_frozen(model: nn.Module) -> None:
     reconcile(model)
     mode = asked_mode(model)
     note_mode(model, mode)
+    holds = _holds(model)
     moved = False
-    for module, held in _holds(model):
+    for module, held in holds:
         moved |= held != is_held(module)
         set_held(module, held, mode)
     record_places(model)
     if moved:
         _HOLD_CHANGES[0] += 1
     model.__dict__[_HOLDS_SEEN] = _HOLD_CHANGES[0]
+    model.__dict__[_HOLDS_MADE] = [held for _, held in holds]
 
 
 _HOLD_CHANGES = [0]  # changes of a hold made by hold_frozen anywhere in this process
 _HOLDS_SEEN = "_freezable_holds_seen"  # on a Freezable: the count of hold changes its holds were last checked at
+_HOLDS_MADE = "_freezable_holds_made"  # on a Freezable: the holds its last hold_frozen made, in _holds' order
 
 
 def holds_outdated(model: nn.Module) -> bool:
-    """Whether ``model``'s holds are out of date: a nested Freezable changed what is frozen below it since.
+    """Whether another Freezable changed what is frozen under ``model`` since ``model`` last held its parts.
 
     A Freezable inside ``model`` (a FrozenBackbone, a model frozen in place) that unfreezes or freezes part of
-    itself changes its own holds at once, but cannot reach a hold that ``model`` keeps above it. One integer
-    comparison while no hold changed anywhere; else the holds are recomputed once and compared.
+    itself changes its own holds at once, but cannot reach a hold that ``model`` keeps above it; one around
+    ``model`` changes holds inside it that ``model`` derived state from (a fast path). One integer comparison
+    while no hold changed anywhere; else the holds are recomputed once and compared with those ``model`` made.
     """
     if model.__dict__.get(_HOLDS_SEEN) == _HOLD_CHANGES[0]:
         return False
-    if any(held != is_held(module) for module, held in _holds(model)):
+    now = [held for _, held in _holds(model)]
+    if now != model.__dict__.get(_HOLDS_MADE, [False] * len(now)):  # none made yet: none held
         return True
     model.__dict__[_HOLDS_SEEN] = _HOLD_CHANGES[0]
     return False

@@ -63,6 +63,8 @@ class FastPath:
     # (dict, key, object) the shadow was built from: every submodule of the backbone in its parent's
     # _modules, every parameter and buffer of a held part in its module's _parameters or _buffers
     slots: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
+    # the backbone it was built from (a wrapper whose backbone was replaced needs another)
+    origin: nn.Module | None = None
 
     def __post_init__(self) -> None:
         # the columns of slots and sources, for is_stale's C-level loops (map, not a Python generator)
@@ -365,7 +367,8 @@ def _build(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ..
         return twin
 
     unique = {id(t): t for t in sources}.values()
-    return FastPath(shadow(backbone), [(t, t._version) for t in unique], mixed, folded, _slots(backbone, roots))
+    return FastPath(shadow(backbone), [(t, t._version) for t in unique], mixed, folded, _slots(backbone, roots),
+                    backbone)
 
 
 def _slots(backbone: nn.Module, roots: dict[str, nn.Module]) -> list[tuple[dict[str, Any], str, Any]]:

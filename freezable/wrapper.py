@@ -267,7 +267,8 @@ class FrozenBackbone(Freezable, nn.Module):
         """Runs the backbone; without autograd when nothing in it or its input needs a gradient."""
         if self._fast_options[0]:
             path = self._fast_path
-            if path is None or (path and not torch.compiler.is_compiling() and path.is_stale()):
+            if path is None or (path and not torch.compiler.is_compiling()
+                                and (path.origin is not self._modules["backbone"] or path.is_stale())):
                 path = self._build_fast_path(args, kwargs)
             if path:
                 return self._run_fast(path, args, kwargs)

@@ -317,9 +317,16 @@ def _new_head(fb: fz.FrozenBackbone) -> None:
     fb.backbone.fc = nn.Linear(512, 10)
 
 
+def _new_backbone(fb: fz.FrozenBackbone) -> None:
+    backbone = copy.deepcopy(fb.backbone)  # frozen and held like the one it replaces (the marks are copied)
+    with torch.no_grad():
+        backbone.conv1.weight.mul_(-1)
+    fb.backbone = backbone
+
+
 NEW_OBJECTS = {"load_state_dict_assign": _new_weights, "parameter_assigned": _new_conv1_weight,
                "buffer_assigned": _new_running_var, "frozen_module_swapped": _new_frozen_conv,
-               "trainable_module_swapped": _new_head}
+               "trainable_module_swapped": _new_head, "backbone_replaced": _new_backbone}
 
 
 @pytest.mark.parametrize("change", NEW_OBJECTS)

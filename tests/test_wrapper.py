@@ -264,6 +264,8 @@ def test_a_hold_is_released_when_a_nested_freezable_makes_part_of_it_trainable(i
     model(x)  # a fast path is built now, with stage4 frozen
     encoder.unfreeze("stage4")
     assert body.layer4[0].bn1.weight.requires_grad
+    assert encoder.train().training and encoder(x) is not None  # B5 for the inner model, before the outer runs
+    assert body.layer4[0].bn1.training and not body.bn1.training
     for call in (encoder.train, model.train):
         call()
         assert fz.check(model).ok, fz.check(model).problems  # no frozen module in training mode
