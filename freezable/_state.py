@@ -186,8 +186,8 @@ def norm_eval_members(root: nn.Module, groups: Iterable[Group]) -> dict[str, nn.
 def _hold_at_inference(module: nn.Module, args: Any) -> None:
     """Forward pre-hook of held modules: undo a ``train()`` call made on an inner module.
 
-    A hook that an earlier pre-hook of the same forward released (:func:`sync_before_forward` found a nested
-    Freezable's change) still runs once, from torch's copy of the hooks: it does nothing then.
+    A hook released earlier in the same forward (a Freezable's forward pre-hook brought its holds up to date,
+    see :func:`holds_outdated`) still runs once, from torch's copy of the hooks: it does nothing then.
     """
     if module.training and is_held(module):
         module.train(False)

@@ -154,8 +154,11 @@ def clone_outputs(value: Any) -> Any:
 
 
 def _held_roots(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    # a norm layer held by norm_eval whose affine parameters train stays the original, shared and trained
-    if is_held(module) and not any(p.requires_grad for p in module.parameters()):
+    # a norm layer held by norm_eval whose affine parameters train stays the original, shared and trained;
+    # a container without a forward (ModuleList, ModuleDict) is iterated by its parent, never called: its
+    # children are the roots, so that it stays a container of the same type (shallow-copied, as mixed ones are)
+    if (is_held(module) and not any(p.requires_grad for p in module.parameters())
+            and type(module).forward is not nn.Module.forward):
         yield prefix, module
         return
     for name, child in module._modules.items():

@@ -341,3 +341,32 @@ def test_new_tensor_objects_in_the_backbone_rebuild_the_fast_path(change: str, t
     out = fb(x)
     assert not torch.allclose(out, before)
     assert relative_error(out, expected) <= 1e-4
+
+
+class Iterates(nn.Module):
+    """A parent that iterates its ModuleList and ModuleDict instead of calling them (they have no forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),
+                                     nn.Conv2d(4, 4, 1)])
+        self.heads = nn.ModuleDict({"a": nn.Conv2d(4, 2, 1), "b": nn.BatchNorm2d(2)})
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        for head in self.heads.values():
+            x = head(x)
+        return x
+
+
+@pytest.mark.parametrize("frozen_dtype", [None, torch.bfloat16])
+def test_held_containers_without_a_forward_stay_containers_in_the_fast_path(frozen_dtype, x: torch.Tensor) -> None:
+    """Found by the widened property test (issue 21): a held ModuleList was wrapped as if it were called."""
+    model = randomise_norms(Iterates())
+    with torch.no_grad():
+        expected = copy.deepcopy(model).eval()(x)
+    fb = fz.FrozenBackbone(model, trainable=["heads.a"], fast=True, frozen_dtype=frozen_dtype).train()
+    out = fb(x)
+    assert isinstance(fb._fast_path.module.blocks, nn.ModuleList) and fb._fast_path.folded  # its parts are folded
+    torch.testing.assert_close(out, expected, **({"rtol": 0.05, "atol": 0.05} if frozen_dtype else {}))
