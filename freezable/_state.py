@@ -69,6 +69,7 @@ __all__ = [
     "is_held",
     "set_held",
     "hold_frozen",
+    "hold_changes",
     "holds_outdated",
     "follows_train",
     "rehold",
@@ -411,6 +412,11 @@ def hold_frozen(model: nn.Module) -> None:
 _HOLD_CHANGES = [0]  # changes of a hold made by hold_frozen anywhere in this process
 _HOLDS_SEEN = "_freezable_holds_seen"  # on a Freezable: the count of hold changes its holds were last checked at
 _HOLDS_MADE = "_freezable_holds_made"  # on a Freezable: the holds its last hold_frozen made, in _holds' order
+
+
+def hold_changes() -> int:
+    """How many times :func:`hold_frozen` changed a hold in this process: what is held elsewhere moved when it did."""
+    return _HOLD_CHANGES[0]
 
 
 def holds_outdated(model: nn.Module) -> bool:

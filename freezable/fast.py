@@ -17,7 +17,8 @@ wrapper: ``state_dict()``, ``parameters()`` and ``.to()`` see the original backb
 Tensors are shared with the original wherever the copy does not change them, so a frozen backbone
 without BatchNorm (a ViT) costs no extra memory in fp32. The shadow is dropped, to be rebuilt at the
 next forward, on ``freeze``/``unfreeze``, ``load_state_dict``, ``.to()``/``.cuda()``/``.half()``,
-and (outside ``torch.compile``) whenever an original tensor that a copy was derived from changed
+and (outside ``torch.compile``) whenever other parts are held (any Freezable, around the wrapper or
+inside it, changed a hold), an original tensor that a copy was derived from changed
 in place, or an object the shadow was built from was replaced: a parameter or buffer of a held part
 (``load_state_dict(assign=True)`` on the backbone, ``conv.weight = nn.Parameter(...)``) or any
 submodule of the backbone. That check is one identity comparison per submodule and held tensor, and
@@ -40,7 +41,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from .fold import can_fold, fold_conv_bn, norm_remainder
-from ._state import is_held, set_frozen, set_held
+from ._state import hold_changes, is_held, set_frozen, set_held
 
 __all__ = ["FastPath", "build_fast_path"]
 
@@ -65,6 +66,10 @@ class FastPath:
     slots: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
     # the backbone it was built from (a wrapper whose backbone was replaced needs another)
     origin: nn.Module | None = None
+    # the held parts it replaced with copies, by name: none for a shadow that is the backbone itself
+    roots: list[tuple[str, nn.Module]] = field(default_factory=list)
+    # the count of hold changes at the build (see freezable._state.hold_changes)
+    holds_seen: int = field(default_factory=hold_changes)
 
     def __post_init__(self) -> None:
         # the columns of slots and sources, for is_stale's C-level loops (map, not a Python generator)
@@ -72,10 +77,23 @@ class FastPath:
         self._tensors, self._versions = (tuple(c) for c in zip(*self.sources)) if self.sources else ((), ())
 
     def is_stale(self) -> bool:
-        """Whether an object the shadow was built from was replaced, or a tensor a copy was derived from
-        changed in place, since the build."""
-        return (any(map(operator.is_not, map(dict.get, self._stores, self._keys), self._objects))
+        """Whether the held parts changed, an object the shadow was built from was replaced, or a tensor a copy
+        was derived from changed in place, since the build."""
+        return (self._holds_moved()
+                or any(map(operator.is_not, map(dict.get, self._stores, self._keys), self._objects))
                 or any(map(operator.ne, map(_VERSION, self._tensors), self._versions)))
+
+    def _holds_moved(self) -> bool:
+        """Whether other parts are held now: any Freezable (this wrapper, one around it, one inside) may have
+        changed a hold since the build. One integer comparison while no hold changed anywhere."""
+        now = hold_changes()
+        if now == self.holds_seen:
+            return False
+        if self.origin is None or [(n, id(m)) for n, m in _held_roots(self.origin)] != [
+                (n, id(m)) for n, m in self.roots]:
+            return True
+        self.holds_seen = now
+        return False
 
     def sync_modes(self) -> None:
         """Gives the shallow copies of modules above held parts their originals' training mode."""
@@ -371,7 +389,7 @@ def _build(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ..
 
     unique = {id(t): t for t in sources}.values()
     return FastPath(shadow(backbone), [(t, t._version) for t in unique], mixed, folded, _slots(backbone, roots),
-                    backbone)
+                    backbone, list(roots.items()))
 
 
 def _slots(backbone: nn.Module, roots: dict[str, nn.Module]) -> list[tuple[dict[str, Any], str, Any]]:

@@ -449,8 +449,8 @@ def swappable(model: nn.Module) -> list[str]:
 
 
 def other_values(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """New tensor objects with other values (x * 1.5 + 0.25: a running variance stays positive)."""
-    return {k: v * 1.5 + 0.25 if v.is_floating_point() else v.clone() for k, v in tensors.items()}
+    """New tensor objects with other values (x * 0.9 + 0.1: a running variance stays positive, nothing grows)."""
+    return {k: v * 0.9 + 0.1 if v.is_floating_point() else v.clone() for k, v in tensors.items()}
 
 
 def check_wide(model: Outer, plain: Plain, frozen: Frozen, fast: bool) -> None:
@@ -494,7 +494,7 @@ def test_frozen_tensors_and_outputs_hold_through_swaps_assign_loads_fast_paths_a
     fast = False
 
     def optimizer() -> torch.optim.Optimizer:
-        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+        return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.1)
 
     opt = optimizer()
     for _ in range(data.draw(st.integers(4, 16), label="steps")):
@@ -570,7 +570,7 @@ def test_frozen_tensors_and_outputs_hold_through_swaps_assign_loads_fast_paths_a
                 data.draw(st.booleans(), label="mode"))
         elif op == "step":
             opt.zero_grad(set_to_none=data.draw(st.booleans(), label="set_to_none"))
-            loss = model(X).square().mean()
+            loss = model(X).tanh().mean()  # bounded: 16 steps never overflow
             if loss.requires_grad:
                 loss.backward()
             opt.step()

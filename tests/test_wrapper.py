@@ -364,3 +364,20 @@ def test_a_frozen_hugging_face_model_returns_its_model_output(options):
     head = nn.Linear(32, 2)
     head(out.pooler_output).sum().backward()
     assert head.weight.grad is not None
+
+
+def test_an_inner_fast_path_follows_holds_the_outer_model_changes(x):
+    """Found by the widened property test: a fast path built while an outer model held the backbone, then that
+    hold released by the outer model (the wrapper itself, unfrozen whole, no longer watches its own holds)."""
+    model = Encoded(fz.FrozenBackbone(resnet(), fast=True))
+    model.unfreeze()  # through the outer model: the wrapper holds nothing of its own now
+    model.train()(x)
+    model.freeze()
+    model.load_state_dict(model.state_dict())  # drops the fast path: rebuilt with the backbone held by the outer
+    model(x)
+    model.unfreeze().train()
+    plain = copy.deepcopy(model.encoder.backbone)
+    torch.manual_seed(0)
+    out = model.encoder(x)
+    torch.manual_seed(0)
+    assert torch.equal(out, plain(x))  # training-mode BatchNorm, not the held copy's running statistics
