@@ -103,23 +103,23 @@ def time_interleaved(
     Each round runs every case once, in an order rotated by one each round (A B C, B C A, C A B, ...),
     so that drift hits all alike and no case always runs after the same neighbour (caches, allocator).
     """
-    from tqdm import tqdm
-
     times: dict[str, list[float]] = {name: [] for name in cases}
-    total = (warmup + steps) * len(cases)
-    with tqdm(total=total, desc="steps", disable=not progress, leave=False, file=sys.stderr) as bar:
-        names = list(cases)
-        for round_ in range(warmup + steps):
-            shift = round_ % len(names)  # rotate the order: no case always follows the same one
-            for name in names[shift:] + names[:shift]:
-                step = cases[name]
-                synchronize(device)
-                start = time.perf_counter()
-                step()
-                synchronize(device)
-                if round_ >= warmup:
-                    times[name].append((time.perf_counter() - start) * 1000)
-                bar.update()
+    names = list(cases)
+    began = time.perf_counter()
+    for round_ in range(warmup + steps):
+        shift = round_ % len(names)  # rotate the order: no case always follows the same one
+        for name in names[shift:] + names[:shift]:
+            step = cases[name]
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            if round_ >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000)
+        elapsed = time.perf_counter() - began
+        left = elapsed / (round_ + 1) * (warmup + steps - round_ - 1)
+        phase(f"  round {round_ + 1}/{warmup + steps} ({'warm-up' if round_ < warmup else 'timed'}): "
+              f"{elapsed:.0f} s so far, about {left:.0f} s left", progress)
     return times
 
 

@@ -16,16 +16,13 @@ from collections.abc import Sequence
 from torch import nn
 
 from . import _sweep
-from ._models import build_model
+from ._models import SOURCES, build_model, sources_of
 from .errors import FreezableError, closest
 from .groups import is_block
 from .presets import get_preset, list_presets
 from .wrapper import FrozenBackbone
 
 __all__ = ["main"]
-
-_SOURCES = ("torchvision", "timm")
-
 
 def _presets(args: argparse.Namespace) -> None:
     names = list_presets(args.pattern)
@@ -39,13 +36,24 @@ def _presets(args: argparse.Namespace) -> None:
 def _model_name(model: str, preset: str | None) -> str:
     """``model`` with the library prefix that a ``timm.*`` or ``torchvision.*`` preset implies."""
     source = (preset or "").partition(".")[0]
-    if "/" not in model and source in _SOURCES:
+    if "/" not in model and source in SOURCES:
         return f"{source}/{model}"
     return model
 
 
 def _source(model: nn.Module) -> str:
-    return next((s for s in _SOURCES if type(model).__module__.startswith(s + ".")), type(model).__module__)
+    return next((s for s in SOURCES if type(model).__module__.startswith(s + ".")), type(model).__module__)
+
+
+def _built_from(name: str, source: str) -> str:
+    """The first line of ``show``: the library that built the model, and the other one only where it has the name."""
+    bare = name.rpartition("/")[2]
+    others = [s for s in sources_of(bare) if s != source]
+    line = f"{bare} built from {source} (meta device, no weights)"
+    if others:
+        rule = "" if "/" in name else "; a bare name both libraries have is torchvision's"
+        line += f"; {others[0]} has it too: {others[0]}/{bare}{rule}"
+    return line
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -54,10 +62,7 @@ def _show(args: argparse.Namespace) -> None:
     name = _model_name(args.model, args.preset)
     backbone = build_model(name, features_only=args.features_only)
     fb = FrozenBackbone(backbone, trainable=args.trainable, preset=args.preset)
-    source = _source(backbone)
-    others = [s for s in _SOURCES if s != source]
-    print(f"{name.rpartition('/')[2]} built from {source} (meta device, no weights; "
-          f"{' or '.join(f'{o}/NAME' for o in others)} picks another library)")
+    print(_built_from(name, _source(backbone)))
     print(fb)
     print()
     blocks = [name for name in fb.freeze_group_names if is_block(name)]

@@ -77,7 +77,8 @@ def freezable(model: M) -> M:
     A model that is a Freezable already is returned as it is.
 
     Raises:
-        FreezableTypeError: ``model`` is not an ``nn.Module`` instance, or is a TorchScript module.
+        FreezableTypeError: ``model`` is not an ``nn.Module`` instance, or is a TorchScript module or a torch.fx
+            ``GraphModule`` (wrap those: ``FrozenBackbone(model)``).
 
     Example:
         >>> import freezable as fz, torchvision
@@ -87,7 +88,7 @@ def freezable(model: M) -> M:
         >>> fz.freezable(net) is net
         True
     """
-    _check_model(model, "freezable")
+    _check_model(model, "fz.freezable")
     if isinstance(model, Freezable):
         return model
     plan = make_plan(model)
@@ -121,7 +122,8 @@ def freeze(
         ``model``, now a Freezable.
 
     Raises:
-        FreezableTypeError: ``model`` is not an ``nn.Module`` instance, or is a TorchScript module.
+        FreezableTypeError: ``model`` is not an ``nn.Module`` instance, or is a TorchScript module or a torch.fx
+            ``GraphModule`` (wrap those: ``FrozenBackbone(model)``).
         PresetError: unknown preset, or one that does not fit.
         SpecError: a ``trainable`` entry is neither a group nor a spec that matches.
 
@@ -133,7 +135,7 @@ def freeze(
         >>> [name for name, _ in net.named_trainable_parameters()]
         ['fc.weight', 'fc.bias']
     """
-    _check_model(model, "freeze")
+    _check_model(model, "fz.freeze")
     plan = make_plan(model, trainable, preset, norm_eval)
     if not isinstance(model, Freezable):
         _attach(model)
@@ -178,6 +180,10 @@ def _check_model(model: object, call: str) -> None:
     if isinstance(model, torch.jit.ScriptModule):
         raise FreezableTypeError(f"{call}() cannot change the class of a TorchScript module; freeze the model "
                                  f"before torch.jit.script, or wrap it: FrozenBackbone(model)")
+    if isinstance(model, torch.fx.GraphModule) and not isinstance(model, Freezable):
+        raise FreezableTypeError(f"{call}() cannot change the class of a torch.fx GraphModule ({type(model).__name__}"
+                                 f"): torch.fx generates a class per instance to hold its forward, and copies and "
+                                 f"pickles rebuild it; wrap it: FrozenBackbone(model)")
 
 
 def _attach(model: nn.Module) -> None:

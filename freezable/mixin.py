@@ -610,6 +610,8 @@ def watch_swaps(model: Freezable, watch: bool) -> None:
     if not watch:
         for key in keys:
             del hooks[key]
+        model.__dict__.pop(_REGISTRATIONS_SEEN, None)
+        return
     model.__dict__[_REGISTRATIONS_SEEN] = _state.registrations()
 
 

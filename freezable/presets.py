@@ -21,6 +21,7 @@ from torch import nn
 from ._state import freeze_root, norm_eval_members, store_groups
 from .detect import detect_groups
 from .detect.trainable_layers import FROZEN, trainable_backbone_layers
+from .detect.yolo_freeze import FROZEN_LAYERS, MAX_FREEZE, freeze_layers
 from .errors import PresetError, SpecError, closest, type_error
 from .groups import Group, as_spec_list, resolve_group
 from .mixin import Freezable
@@ -329,6 +330,23 @@ for _preset in (
             norm_eval=True,
         )
         for n in range(0, 7)
+    ),
+    Preset(
+        name="smp.freeze_encoder",
+        description="what segmentation_models_pytorch's model.freeze_encoder() freezes: the whole encoder, its norm "
+        "layers held in eval; the decoder and the heads train",
+        frozen=("encoder",),
+    ),
+    *(
+        Preset(
+            name=f"ultralytics.freeze_{n}",
+            description=f"what the ultralytics trainer's freeze={n} freezes: "
+            + ("" if n == 0 else "layer model.0 and " if n == 1 else f"layers model.0 ... model.{n - 1} and ")
+            + "the DFL conv (always), their BatchNorm held in eval; the rest trains",
+            groups=freeze_layers(n),
+            frozen=(FROZEN_LAYERS,),
+        )
+        for n in range(0, MAX_FREEZE + 1)
     ),
 ):
     register_preset(_preset)

@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from _two_procs import Body
+from _two_procs import Body, in_place_body
 
 L = pytest.importorskip("lightning")  # collected as a doctest module too: skipped cleanly without Lightning
 
 
 class Lit(L.LightningModule):
-    def __init__(self, use_param_groups: bool) -> None:
+    def __init__(self, use_param_groups: bool, form: str = "mixin") -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = Body().freeze_to("stage1")
+        self.net = (Body() if form == "mixin" else in_place_body()).freeze_to("stage1")
         self.use_param_groups = use_param_groups
         self.seen: list[tuple[int, tuple[str, ...], bool, bool]] = []
 

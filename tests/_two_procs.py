@@ -4,7 +4,9 @@
 2 ranks, once per test session; each rank runs every scenario of :data:`SCENARIOS` (a function of
 this module: ``rank -> dict``) in turn and saves what it returned, or the traceback it raised, which
 :func:`outcome` turns into that test's failure. Every scenario builds :class:`Body` (the plain
-:class:`PlainBody` where a plain module is the point), the model of tests/test_lightning.py too.
+:class:`PlainBody` where a plain module is the point), the model of tests/test_lightning.py too; the
+``*_in_place`` scenarios run the same steps on a :class:`PlainBody` made Freezable in place
+(:func:`in_place_body`), and ``accelerate_scenario`` trains one through Accelerate's ``prepare``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch import nn
 import freezable as fz
 
 WORLD = 2
-SCENARIOS = ("audit_scenarios", "ddp_scenarios", "fsdp_scenarios", "lightning_scenario")  # Lightning's last
+SCENARIOS = ("audit_scenarios", "ddp_scenarios", "ddp_scenarios_in_place", "fsdp_scenarios", "fsdp_scenarios_in_place",
+             "accelerate_scenario", "lightning_scenario", "lightning_scenario_in_place")  # Lightning's last
 
 
 class PlainBody(nn.Module):
@@ -42,6 +45,14 @@ class PlainBody(nn.Module):
 
 class Body(fz.Freezable, PlainBody):
     freeze_groups = {"stem": "stem", "stage1": "stage1", "head": "head"}
+
+
+def in_place_body() -> PlainBody:
+    """A PlainBody made Freezable in place (its class stays PlainBody), with Body's groups."""
+    model = fz.freezable(PlainBody())
+    for name in Body.freeze_groups:
+        model.register_freeze_group(name, name)
+    return model
 
 
 STEM = [f"stem.{n}" for n, _ in PlainBody().stem.named_parameters()]
@@ -93,9 +104,9 @@ def _rank(rank: int, store: str, out: str) -> None:
 # -- helpers of the scenarios -----------------------------------------------------------------------
 
 
-def _body() -> Body:
+def _body(form: str = "mixin") -> Body:
     torch.manual_seed(0)  # the same weights on every rank
-    return Body()
+    return Body() if form == "mixin" else in_place_body()
 
 
 def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,13 +190,13 @@ def audit_scenarios(rank: int) -> dict:
     return out
 
 
-def ddp_scenarios(rank: int) -> dict:
+def ddp_scenarios(rank: int, form: str = "mixin") -> dict:
     """DDP around a Body whose freeze state changes after wrapping, step by step (A to E)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     out: dict = {}
     # A: frozen before wrapping, find_unused_parameters=False
-    net = _body().freeze("stem", "stage1").train()
+    net = _body(form).freeze("stem", "stage1").train()
     out["initial"] = _params(net)
     opt = torch.optim.SGD(net.param_groups(0.1, weight_decay=0.01), momentum=0.9)
     ddp = DDP(net, find_unused_parameters=False)
@@ -219,13 +230,17 @@ def ddp_scenarios(rank: int) -> dict:
     return out
 
 
-def fsdp_scenarios(rank: int) -> dict:
+def ddp_scenarios_in_place(rank: int) -> dict:
+    return ddp_scenarios(rank, "in_place")
+
+
+def fsdp_scenarios(rank: int, form: str = "mixin") -> dict:
     """FSDP2 (``fully_shard``) around a Body with its stem and stage frozen, then unfrozen."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     out: dict = {}
-    net = _body().freeze("stem", "stage1").train()
+    net = _body(form).freeze("stem", "stage1").train()
     out["initial"] = _params(net)
     mesh = init_device_mesh("cpu", (WORLD,))
     for part in (net.stem, net.stage1, net.head, net):
@@ -244,7 +259,42 @@ def fsdp_scenarios(rank: int) -> dict:
     return out
 
 
-def lightning_scenario(rank: int) -> dict:
+def fsdp_scenarios_in_place(rank: int) -> dict:
+    return fsdp_scenarios(rank, "in_place")
+
+
+def accelerate_scenario(rank: int) -> dict:
+    """An in-place frozen model through Accelerate's ``prepare`` (DDP on the CPU), unfrozen later and rewrapped."""
+    try:
+        import accelerate
+    except ImportError:
+        return {"skipped": "needs accelerate"}
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # as torchrun sets it; the process group exists already
+    accelerator = accelerate.Accelerator(cpu=True)
+    net = _body("in_place").freeze("stem", "stage1")
+    out: dict = {"initial": _params(net), "distributed": accelerator.num_processes}
+    opt = torch.optim.SGD(net.param_groups(0.1), momentum=0.9)
+    model, opt = accelerator.prepare(net, opt)
+    out["wrapper"] = type(model).__name__
+    for step in range(2):
+        x, y = _batch(rank, step)
+        opt.zero_grad()
+        accelerator.backward(nn.functional.cross_entropy(model.train()(x), y))
+        opt.step()
+    out["trained"], out["bn_training"] = _params(net), (net.stem[1].training, net.stage1[1].training)
+    out["check_ok"] = fz.check(model, opt).ok
+    unwrapped = accelerator.unwrap_model(model)
+    out["unwrapped"] = (unwrapped is net, type(unwrapped).__name__)
+    net.unfreeze("stem", "stage1")  # after prepare: DDP must be rebuilt, as with any DDP
+    out["error"] = _error_of_step(model, opt, rank, 2)
+    model = fz.rewrap_ddp(model)
+    for step in range(3, 5):
+        _train_step(model, opt, rank, step)
+    out["unfrozen"] = _params(net)
+    return out
+
+
+def lightning_scenario(rank: int, form: str = "mixin") -> dict:
     """Lightning's DDP strategy with GradualUnfreezing, 3 epochs; whether the ranks end with equal weights."""
     try:
         from _lit_models import L, Lit, loader
@@ -252,7 +302,7 @@ def lightning_scenario(rank: int) -> dict:
         return {"skipped": "needs lightning"}
     from freezable.integrations.lightning import GradualUnfreezing
 
-    lit = Lit(use_param_groups=False)
+    lit = Lit(use_param_groups=False, form=form)
     trainer = L.Trainer(
         accelerator="cpu", devices=WORLD, strategy="ddp", max_epochs=3, limit_train_batches=2,
         limit_val_batches=0, callbacks=[GradualUnfreezing({1: "stage1", 2: ["stem"]})],
@@ -260,4 +310,8 @@ def lightning_scenario(rank: int) -> dict:
     )
     trainer.fit(lit, loader())  # each rank gets different batches (DistributedSampler)
     flat = torch.cat([p.detach().flatten() for p in lit.net.parameters()])
-    return {"equal": _same_on_every_rank(flat), "seen": lit.seen}
+    return {"equal": _same_on_every_rank(flat), "seen": lit.seen, "class": type(lit.net).__name__}
+
+
+def lightning_scenario_in_place(rank: int) -> dict:
+    return lightning_scenario(rank, "in_place")

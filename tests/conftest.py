@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
+
+# ultralytics checks connectivity (DNS lookups) when first imported unless told it is offline: nothing here
+# may reach the network (tests/test_libraries.py checks that it does not)
+os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import pytest
 import torch

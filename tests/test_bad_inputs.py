@@ -74,6 +74,25 @@ def replace_a_member(s: Subjects) -> None:
     s.net.classifier[1] = nn.Identity()
 
 
+def plain_resnet(s: Subjects) -> None:
+    """A plain torchvision ResNet: what a failed fz.freeze must leave plain, its class included."""
+    torch.manual_seed(0)
+    s.extra["model"] = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4)
+
+
+def in_place_resnet(s: Subjects) -> None:
+    plain_resnet(s)
+    fz.freeze(s.extra["model"], trainable=["head"])
+
+
+def yolo_cls(s: Subjects) -> None:
+    """A YOLOv8n classifier built from its yaml (rows that need ultralytics skip without it)."""
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import ClassificationModel
+
+    s.extra["yolo"] = ClassificationModel("yolov8n-cls.yaml", verbose=False)
+
+
 def hf_bert(s: Subjects) -> None:
     """A tiny BERT and a FrozenBackbone of it (rows that need transformers skip without it)."""
     pytest.importorskip("transformers")
@@ -296,6 +315,15 @@ ROWS: list[Bad] = [
         r"does not fit ResNet: spec 'features' of group 'features' matches no"),
     Bad("wrapper-freeze-unknown-stage", lambda s: s.fb.freeze("stage9"), UnknownGroupError,
         r"unknown freeze group 'stage9'; did you mean 'stage4' or 'stage3' or 'stage2'\?"),
+    Bad("wrapper-smp-preset-on-resnet", lambda s: fz.FrozenBackbone(s.fb.backbone, preset="smp.freeze_encoder"),
+        PresetError, r"preset 'smp.freeze_encoder' freezes \['encoder'\], which ResNet does not have; its detected "
+        r"groups are \['stem', 'stage1'"),
+    Bad("wrapper-ultralytics-preset-on-resnet",
+        lambda s: fz.FrozenBackbone(s.fb.backbone, preset="ultralytics.freeze_3"), PresetError,
+        r"ultralytics.freeze_3 fits ultralytics YOLO models .* not ResNet"),
+    Bad("wrapper-ultralytics-freeze-every-layer",
+        lambda s: fz.FrozenBackbone(s.extra["yolo"], preset="ultralytics.freeze_10"), PresetError,
+        r"freeze=10 leaves nothing of this 10-layer ClassificationModel to train .*; N in 0\.\.9", setup=yolo_cls),
     # -- presets ----------------------------------------------------------------------------------------------------
     Bad("get-preset-typo", lambda s: fz.get_preset("timm.hrnet.backbon"), PresetError,
         r"unknown preset 'timm.hrnet.backbon'; did you mean 'timm.hrnet.backbone'"),
@@ -455,6 +483,35 @@ ROWS: list[Bad] = [
         r"FeatureCache's input must be a batch tensor, not list: \[\[0.0\]\]"),
     Bad("rewrap_ddp-not-ddp", lambda s: fz.rewrap_ddp(s.net), FreezableTypeError,
         r"rewrap_ddp's argument must be a DistributedDataParallel, not Net"),
+    # -- in place: fz.freeze, fz.freezable, fz.plain, built-frozen parameters ------------------------------------
+    Bad("in-place-freeze-not-a-module", lambda s: fz.freeze("resnet18"), FreezableTypeError,
+        r"fz.freeze's model must be an nn.Module instance, not str: 'resnet18'"),
+    Bad("in-place-freeze-a-class", lambda s: fz.freeze(torchvision.models.ResNet), FreezableTypeError,
+        r"must be an nn.Module instance, not the class torchvision.models.resnet.ResNet; pass an instance"),
+    Bad("in-place-freeze-torchscript", lambda s: fz.freeze(s.extra["model"]), FreezableTypeError,
+        r"cannot change the class of a TorchScript module; freeze the model before torch.jit.script, or wrap it",
+        setup=lambda s: s.extra.update(model=torch.jit.script(nn.Linear(2, 2)))),
+    Bad("in-place-freeze-graph-module", lambda s: fz.freeze(s.extra["model"]), FreezableTypeError,
+        r"cannot change the class of a torch.fx GraphModule .* wrap it: FrozenBackbone\(model\)",
+        setup=lambda s: s.extra.update(model=torch.fx.symbolic_trace(nn.Sequential(nn.Linear(2, 2))))),
+    Bad("in-place-freeze-trainable-typo", lambda s: fz.freeze(s.extra["model"], trainable=["haed"]), SpecError,
+        r"trainable entry 'haed' is neither a group nor .* did you mean the group 'head'", setup=plain_resnet),
+    Bad("in-place-freeze-preset-typo", lambda s: fz.freeze(s.extra["model"], preset="linear_prob"), PresetError,
+        r"unknown preset 'linear_prob'; did you mean 'linear_probe'", setup=plain_resnet),
+    Bad("in-place-freeze-norm_eval-str", lambda s: fz.freeze(s.extra["model"], norm_eval="yes"), FreezableTypeError,
+        r"norm_eval must be a bool or None, not str: 'yes'", setup=plain_resnet),
+    Bad("in-place-refreeze-trainable-typo", lambda s: fz.freeze(s.extra["model"], trainable=["stage5"]), SpecError,
+        r"'stage5'.*did you mean the group 'stage4'", setup=in_place_resnet),
+    Bad("in-place-freezable-not-a-module", lambda s: fz.freezable(None), FreezableTypeError,
+        r"fz.freezable's model must be an nn.Module instance, not NoneType"),
+    Bad("in-place-plain-a-mixin-class", lambda s: fz.plain(s.net), FreezableTypeError,
+        r"plain\(\) undoes fz.freezable\(\) and fz.freeze\(\); Net is a Freezable class of its own"),
+    Bad("in-place-plain-a-wrapper", lambda s: fz.plain(s.fb), FreezableTypeError,
+        r"FrozenBackbone is a Freezable class of its own"),
+    Bad("in-place-plain-a-plain-module", lambda s: fz.plain(nn.Linear(2, 2)), FreezableTypeError,
+        r"Linear is not a Freezable"),
+    Bad("unfreeze-built_frozen-str", lambda s: s.net.unfreeze("features", built_frozen="yes"), FreezableTypeError,
+        r"built_frozen must be a bool, not str: 'yes'"),
     # -- Hugging Face: the groups of a PreTrainedModel, the Trainer callback ------------------------------------
     Bad("hf-trainable-unknown-group", lambda s: fz.FrozenBackbone(s.extra["bert"], trainable=["blok2"]), SpecError,
         r"'blok2'.*block2", setup=hf_bert),
@@ -497,6 +554,7 @@ def subjects(backbone_wrapper) -> Subjects:
 def everything(s: Subjects) -> tuple:
     models = [s.net, s.fb, *s.extra.values()]
     return (
+        [type(m) for m in models],  # a failed in-place call leaves the class as it was
         [full_state(m) for m in models],
         [m.freeze_group_names if "_freezable_groups" in m.__dict__ else None for m in models],
         [guarded_names(m) for m in models],

@@ -13,9 +13,7 @@ from torch import nn
 import freezable as fz
 
 
-class Net(fz.Freezable, nn.Module):
-    freeze_groups = {"body": "body", "head": "head"}
-
+class PlainNet(nn.Module):
     def __init__(self, p_drop: float) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(p_drop), nn.Linear(8, 8))
@@ -23,6 +21,18 @@ class Net(fz.Freezable, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x).relu())
+
+
+class Net(fz.Freezable, PlainNet):
+    freeze_groups = {"body": "body", "head": "head"}
+
+
+def in_place_net(p_drop: float) -> PlainNet:
+    """PlainNet made Freezable in place, with Net's groups."""
+    return fz.freezable(PlainNet(p_drop)).register_freeze_group("body", "body").register_freeze_group("head", "head")
+
+
+FORMS = {"mixin": Net, "in_place": in_place_net}
 
 
 def _has_cxx() -> bool:
@@ -63,12 +73,13 @@ def _grads(model: nn.Module, params: nn.Module, x: torch.Tensor) -> tuple[torch.
     return out.detach(), {n: p.grad for n, p in params.named_parameters()}
 
 
+@pytest.mark.parametrize("make", FORMS.values(), ids=FORMS.keys())
 @pytest.mark.parametrize(("backend", "p_drop", "tol"), BACKENDS)
-def test_compiled_model_gets_eager_gradients_across_freeze_changes(backend, p_drop, tol):
+def test_compiled_model_gets_eager_gradients_across_freeze_changes(backend, p_drop, tol, make):
     _skip_unless_backend_works(backend)
     torch._dynamo.reset()
     torch.manual_seed(0)
-    eager = Net(p_drop).train()
+    eager = make(p_drop).train()
     inner = copy.deepcopy(eager)
     compiled = torch.compile(inner, backend=backend)
     x = torch.randn(8, 6)

@@ -71,8 +71,7 @@ def test_every_torchvision_model_gets_right_groups(name):
         assert attr_ids(model, neck) <= ids(model, groups, "neck")
         for part in ("rpn", "roi_heads"):
             assert ids(model, groups, part) == (attr_ids(model, part) if hasattr(model, part) else set())
-        if "ssdlite" not in name:  # SSDlite's body has no shape a rule knows: no stages (absent, not guessed)
-            assert len(staged(groups, "stage")) >= 3
+        assert len(staged(groups, "stage")) >= 3  # SSDlite's too: its MobileNet's, across its two containers
     elif name in SEGMENTATION:
         assert ids(model, groups, "head") == attr_ids(model, "classifier")
         aux = getattr(model, "aux_classifier", None)

@@ -20,16 +20,21 @@ def _same(a: dict, b: dict, names) -> bool:
 STATS = ["stem.1.running_mean", "stem.1.running_var", "stage1.1.running_mean", "stage1.1.running_var"]
 
 
-def test_ddp_with_groups_frozen_before_wrapping():
-    a, b = outcome("ddp_scenarios")
+FORMS = pytest.mark.parametrize("form", ["", "_in_place"], ids=["mixin", "in_place"])
+
+
+@FORMS
+def test_ddp_with_groups_frozen_before_wrapping(form):
+    a, b = outcome("ddp_scenarios" + form)
     assert all(a["A_grads"][n] is None for n in FEATURES)  # frozen: no gradient, not in DDP's reducer
     assert _same(a["A_grads"], b["A_grads"], HEAD)   # find_unused_parameters=False: trainable ones synced
     assert _same(a["initial"], a["A_params"], FEATURES + STATS)
     assert not _same(a["initial"], a["A_params"], HEAD)
 
 
-def test_ddp_unfreeze_after_wrapping_raises_then_rewrap_syncs_gradients():
-    a, b = outcome("ddp_scenarios")
+@FORMS
+def test_ddp_unfreeze_after_wrapping_raises_then_rewrap_syncs_gradients(form):
+    a, b = outcome("ddp_scenarios" + form)
     for r in (a, b):  # every rank stops with the same clear error
         assert "changed after it was wrapped in DistributedDataParallel (unfrozen: 'stem.0.weight'" in r["B_error"]
         assert "freezable.rewrap_ddp(ddp_model)" in r["B_error"]
@@ -39,8 +44,9 @@ def test_ddp_unfreeze_after_wrapping_raises_then_rewrap_syncs_gradients():
     assert a["C_find_unused"] is False  # settings carried over
 
 
-def test_ddp_freeze_after_wrapping_raises_then_rewrap_trains_the_rest():
-    a, b = outcome("ddp_scenarios")
+@FORMS
+def test_ddp_freeze_after_wrapping_raises_then_rewrap_trains_the_rest(form):
+    a, b = outcome("ddp_scenarios" + form)
     assert "(frozen: 'head.weight', 'head.bias')" in a["D_error"] and a["D_error"] == b["D_error"]
     assert all(a["D_grads"][n] is None for n in HEAD)
     assert _same(a["D_before"], a["D_params"], HEAD)
@@ -48,8 +54,9 @@ def test_ddp_freeze_after_wrapping_raises_then_rewrap_trains_the_rest():
     assert "(unfrozen: 'head.weight')" in a["E_error"]  # a raw requires_grad_ change is caught too
 
 
-def test_fsdp2_with_frozen_groups_trains_and_keeps_them_bit_identical():
-    a, b = outcome("fsdp_scenarios")
+@FORMS
+def test_fsdp2_with_frozen_groups_trains_and_keeps_them_bit_identical(form):
+    a, b = outcome("fsdp_scenarios" + form)
     assert a["frozen_groups"] == ("stem", "stage1") and a["bn_training"] == (False, False)
     stats = STATS + ["stem.1.num_batches_tracked", "stage1.1.num_batches_tracked"]
     assert _same(a["initial"], a["trained"], FEATURES + stats) and _same(b["initial"], b["trained"], FEATURES)
@@ -57,6 +64,19 @@ def test_fsdp2_with_frozen_groups_trains_and_keeps_them_bit_identical():
     assert _same(a["trained"], b["trained"], FEATURES + HEAD)
     # unfreezing a sharded model trains the group, identically on both ranks
     assert not _same(a["trained"], a["unfrozen"], FEATURES[:1])
+    assert _same(a["unfrozen"], b["unfrozen"], FEATURES + HEAD)
+
+
+def test_accelerate_prepare_trains_an_in_place_model_and_keeps_the_frozen_part_bit_identical():
+    a, b = outcome("accelerate_scenario")
+    assert a["distributed"] == 2 and a["wrapper"] == "DistributedDataParallel"
+    assert a["unwrapped"] == (True, "PlainBody")  # unwrap_model gives back the model itself, its class kept
+    assert a["bn_training"] == (False, False) and a["check_ok"]
+    stats = STATS + ["stem.1.num_batches_tracked", "stage1.1.num_batches_tracked"]
+    assert _same(a["initial"], a["trained"], FEATURES + stats) and not _same(a["initial"], a["trained"], HEAD)
+    assert _same(a["trained"], b["trained"], FEATURES + HEAD)
+    assert "changed after it was wrapped in DistributedDataParallel" in a["error"]
+    assert not _same(a["trained"], a["unfrozen"], FEATURES[:1])  # rewrapped: the unfrozen stem trains, in sync
     assert _same(a["unfrozen"], b["unfrozen"], FEATURES + HEAD)
 
 

@@ -71,6 +71,33 @@ def test_gradual_unfreezing_in_the_trainer(tmp_path):
     assert all(torch.equal(v, bert.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
+def test_in_place_the_trainer_saves_a_loadable_model_and_evaluates_with_labels(tmp_path):
+    """In place the model stays a PreTrainedModel: save_model writes config.json, labels are found by signature."""
+    bert = fz.freeze(_hf_models.bert(), trainable=["head"])
+    assert isinstance(bert, transformers.BertForSequenceClassification)
+    frozen = {n: p.detach().clone() for n, p in bert.named_parameters() if not p.requires_grad}
+    probe = Probe(bert)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=4,
+                                          learning_rate=1e-2, save_strategy="no", report_to=[], logging_strategy="no",
+                                          use_cpu=True, disable_tqdm=True)  # no label_names
+    trainer = transformers.Trainer(model=bert, args=args, train_dataset=dataset(), eval_dataset=dataset(8),
+                                   callbacks=[probe, GradualUnfreezing({1: ["block4"]})])
+    trainer.train()
+    assert "eval_loss" in trainer.evaluate()  # the labels reached the model: it returned a loss
+    block4 = dict(bert.named_parameters())["bert.encoder.layer.3.output.dense.weight"]
+    assert torch.equal(probe.block4_at[0], probe.block4_at[1]) and not torch.equal(probe.block4_at[1], block4)
+    still = {n: p for n, p in bert.named_parameters() if n in frozen and not n.startswith("bert.encoder.layer.3.")}
+    assert len(still) > 30 and all(torch.equal(p, frozen[n]) for n, p in still.items())
+    assert probe.dropout_training and not any(probe.dropout_training)
+
+    trainer.save_model(str(tmp_path / "ckpt"))
+    assert (tmp_path / "ckpt" / "config.json").exists()
+    loaded = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "ckpt")
+    assert type(loaded) is transformers.BertForSequenceClassification
+    assert loaded.state_dict().keys() == bert.state_dict().keys()
+    assert all(torch.equal(v, bert.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
 def test_a_milestone_naming_no_group_fails_before_training():
     fb = fz.FrozenBackbone(_hf_models.bert(), trainable=["head"])
     before = fb.freeze_state()

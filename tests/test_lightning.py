@@ -88,9 +88,11 @@ def test_callback_errors():
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="needs gloo")
-def test_callback_under_ddp_rebuilds_the_wrapper_and_keeps_ranks_in_sync():
+@pytest.mark.parametrize("form", ["", "_in_place"], ids=["mixin", "in_place"])
+def test_callback_under_ddp_rebuilds_the_wrapper_and_keeps_ranks_in_sync(form):
     """Lightning's DDP strategy on the 2 gloo ranks of tests/_two_procs.py, each rank on its own batches."""
-    for result in outcome("lightning_scenario"):
+    for result in outcome("lightning_scenario" + form):
+        assert result["class"] == ("Body" if not form else "PlainBody")
         assert result["equal"]  # without the rebuild: DDPFreezeStateError at epoch 1
         assert [(e, groups) for e, groups, *_ in result["seen"]] == [(0, ("stem", "stage1")), (1, ("stem",)), (2, ())]
 

@@ -30,9 +30,28 @@ def test_show_prints_groups_and_summary(capsys):
     assert "norms in eval" in out and "total" in out
 
 
-def test_show_says_which_library_built_the_model(capsys):
+def test_show_says_which_library_built_the_model_and_the_other_only_where_it_has_the_name(capsys):
     assert main(["show", "resnet18"]) == 0
-    assert capsys.readouterr().out.startswith("resnet18 built from torchvision (meta device, no weights; timm/NAME")
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "resnet18 built from torchvision (meta device, no weights); timm has it too: timm/resnet18; a bare name both "
+        "libraries have is torchvision's")
+    assert main(["show", "timm/resnet18"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "resnet18 built from timm (meta device, no weights); torchvision has it too: torchvision/resnet18")
+    assert main(["show", "alexnet"]) == 0  # timm has no alexnet: no hint that would fail
+    assert capsys.readouterr().out.splitlines()[0] == "alexnet built from torchvision (meta device, no weights)"
+    assert main(["show", "resnet18d"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "resnet18d built from timm (meta device, no weights)"
+
+
+def test_features_only_follows_the_one_rule_for_ambiguous_names(capsys):
+    assert main(["show", "convnext_tiny", "--features-only"]) == 2
+    assert ("--features-only builds timm models, and 'convnext_tiny' is torchvision's; timm has it too: say "
+            "timm/convnext_tiny" in capsys.readouterr().err)
+    assert main(["show", "timm/convnext_tiny", "--features-only"]) == 0
+    assert capsys.readouterr().out.startswith("convnext_tiny built from timm")
+    assert main(["show", "alexnet", "--features-only"]) == 2
+    assert "torchvision.models.feature_extraction" in capsys.readouterr().err
 
 
 def test_a_library_preset_builds_the_model_from_that_library(capsys):

@@ -168,9 +168,7 @@ def test_frozen_parameters_stay_bit_identical_mid_training(net, images, make_opt
 # -- B2 / B3: frozen parts stay at inference ------------------------------------------------------
 
 
-class Holder(fz.Freezable, nn.Module):
-    freeze_groups = {"body": "body", "head": "head"}
-
+class PlainHolder(nn.Module):
     def __init__(self, body: nn.Module, features: int) -> None:
         super().__init__()
         self.body = body
@@ -178,6 +176,18 @@ class Holder(fz.Freezable, nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x).flatten(1))
+
+
+class Holder(fz.Freezable, PlainHolder):
+    freeze_groups = {"body": "body", "head": "head"}
+
+
+def in_place_holder(body: nn.Module, features: int) -> PlainHolder:
+    return fz.freezable(PlainHolder(body, features)).register_freeze_group("body", "body").register_freeze_group(
+        "head", "head")
+
+
+HOLDERS = pytest.mark.parametrize("make_holder", [Holder, in_place_holder], ids=["mixin", "in_place"])
 
 
 NORMS = {
@@ -197,12 +207,13 @@ def _nest(model: nn.Module) -> nn.Module:
     return nn.Sequential(nn.ModuleDict({"inner": nn.ModuleList([nn.Identity(), model])}))
 
 
+@HOLDERS
 @pytest.mark.parametrize("make_norm, shape", NORMS.values(), ids=NORMS.keys())
-def test_frozen_norm_statistics_stay_bit_identical_whoever_calls_train(make_norm, shape):
+def test_frozen_norm_statistics_stay_bit_identical_whoever_calls_train(make_norm, shape, make_holder):
     torch.manual_seed(0)
     x = torch.randn(*shape) * 3 + 1
     norm = make_norm()
-    model = Holder(nn.Sequential(nn.Sequential(norm)), features=4)
+    model = make_holder(nn.Sequential(nn.Sequential(norm)), features=4)
     model.eval()(x)  # materialise lazy modules
     outer = _nest(model)
     model.freeze("body")
@@ -245,12 +256,13 @@ def test_train_on_an_inner_module_is_undone_before_its_forward(net, images):
     assert torch.equal(net.features.eval()(images), out_features)
 
 
-def test_dropout_and_drop_path_in_frozen_parts_are_off():
+@pytest.mark.parametrize("freeze", [fz.FrozenBackbone, fz.freeze], ids=["wrapped", "in_place"])
+def test_dropout_and_drop_path_in_frozen_parts_are_off(freeze):
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=16, depth=2,
                             num_classes=3, drop_rate=0.5, proj_drop_rate=0.5, drop_path_rate=0.5)
     x = torch.randn(2, 3, 32, 32)
-    fb = fz.FrozenBackbone(vit, trainable=["head"])
+    fb = freeze(vit, trainable=["head"])
     head_drop = vit.head_drop
     vit.head_drop = nn.Identity()  # compare the frozen part only
     expected = fb.eval()(x)
@@ -276,13 +288,19 @@ def test_freeze_and_unfreeze_take_effect_at_once(net):
     assert not net.features[1].training
 
 
-def test_outputs_in_train_equal_outputs_in_eval_for_a_frozen_resnet():
+class MyResNet(fz.Freezable, torchvision.models.ResNet):
+    freeze_groups = {"body": ["conv1", "bn1", "layer*"], "fc": "fc"}
+
+
+def in_place_resnet(*args, **kwargs) -> torchvision.models.ResNet:
+    model = fz.freezable(torchvision.models.ResNet(*args, **kwargs))
+    return model.register_freeze_group("body", "conv1", "bn1", "layer*").register_freeze_group("fc", "fc")
+
+
+@pytest.mark.parametrize("make", [MyResNet, in_place_resnet], ids=["mixin", "in_place"])
+def test_outputs_in_train_equal_outputs_in_eval_for_a_frozen_resnet(make):
     torch.manual_seed(0)
-
-    class ResNet(fz.Freezable, torchvision.models.ResNet):
-        freeze_groups = {"body": ["conv1", "bn1", "layer*"], "fc": "fc"}
-
-    model = ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4).freeze("body")
+    model = make(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4).freeze("body")
     x = torch.randn(2, 3, 32, 32)
     expected = model.eval()(x)
     before = snapshot(model)
@@ -360,16 +378,25 @@ def test_eval_still_puts_everything_in_eval(net):
 # -- B6: checkpoints, deepcopy, save/load ----------------------------------------------------------
 
 
-def test_state_dict_is_that_of_the_plain_model():
+def in_place_alexnet(num_classes: int) -> torchvision.models.AlexNet:
+    model = fz.freezable(torchvision.models.AlexNet(num_classes=num_classes))
+    for name, spec in MyAlexNet.freeze_groups.items():
+        if name not in model.freeze_group_names:
+            model.register_freeze_group(name, spec)
+    return model
+
+
+@pytest.mark.parametrize("make", [MyAlexNet, in_place_alexnet], ids=["mixin", "in_place"])
+def test_state_dict_is_that_of_the_plain_model(make):
     torch.manual_seed(0)
-    mine = MyAlexNet(num_classes=10).freeze("features")
+    mine = make(num_classes=10).freeze("features")
     plain = torchvision.models.AlexNet(num_classes=10)
     assert list(mine.state_dict()) == list(plain.state_dict())
     plain.load_state_dict(mine.state_dict(), strict=True)
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), mine.state_dict().values()))
     torch.manual_seed(1)
     mine.load_state_dict(torchvision.models.AlexNet(num_classes=10).state_dict(), strict=True)
-    assert mine.frozen_groups == ("features",)
+    assert "features" in mine.frozen_groups and "classifier" not in mine.frozen_groups
 
 
 def test_freeze_state_survives_deepcopy_and_whole_module_save(net, images):

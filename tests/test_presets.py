@@ -17,12 +17,25 @@ EXAMPLES = {"torchvision.alexnet.classifier_only": ("torchvision", "alexnet"),
             "timm.hrnet.backbone": ("timm", "hrnet_w18_small")}
 EXAMPLES.update({f"torchvision.detection.trainable_backbone_layers_{n}":
                  ("torchvision", "fasterrcnn_mobilenet_v3_large_320_fpn") for n in range(7)})
+EXAMPLES["smp.freeze_encoder"] = ("smp", "resnet18")
+# freeze=N leaves the last layer to train: a model with more than N layers (yolov8n 23, yolov5n-p6 34, yolov9e 43)
+EXAMPLES.update({f"ultralytics.freeze_{n}": ("ultralytics", "yolov8n.yaml" if n < 23 else "yolov5n-p6.yaml" if n < 34
+                                             else "yolov9e.yaml") for n in range(43)})
+SLOW = {name for name, example in EXAMPLES.items() if example[1] == "yolov9e.yaml"}  # 58M parameters: 3 s each
 
 
 def build(source: str, name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     if source == "timm":
         return timm.create_model(name, pretrained=False, **kwargs)
+    if source == "smp":
+        smp = pytest.importorskip("segmentation_models_pytorch")
+        return smp.Unet(name, encoder_weights=None)
+    if source == "ultralytics":
+        pytest.importorskip("ultralytics")
+        from ultralytics.nn.tasks import DetectionModel
+
+        return DetectionModel(name, verbose=False)
     if name.startswith("fasterrcnn"):
         kwargs.setdefault("weights_backbone", None)
     return torchvision.models.get_model(name, weights=None, **kwargs)
@@ -58,7 +71,8 @@ def test_list_presets_filters_with_a_glob():
     assert fz.list_presets("nothing*") == []
 
 
-@pytest.mark.parametrize("name", sorted(_PRESETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
+                                  for n in sorted(_PRESETS)])
 def test_every_preset_applies_to_a_model_it_is_meant_for(name):
     preset = fz.get_preset(name)
     source, model_name = example_for(preset)
@@ -68,8 +82,10 @@ def test_every_preset_applies_to_a_model_it_is_meant_for(name):
     for group in preset.frozen:
         assert {n for n, _ in fb.freeze_group(group).named_parameters(fb.backbone)} <= frozen
     assert any(p.requires_grad for p in fb.parameters()), "something must still train"
-    if "head" in fb.freeze_group_names:
-        assert all(p.requires_grad for _, p in fb.freeze_group("head").named_parameters(fb.backbone))
+    # what fine-tuning replaces trains (ultralytics' ``head`` is its yaml's head section, its last layer ``task_head``)
+    head = "task_head" if "task_head" in fb.freeze_group_names else "head"
+    if head in fb.freeze_group_names:
+        assert all(p.requires_grad for n, p in fb.freeze_group(head).named_parameters(fb.backbone) if ".dfl." not in n)
 
 
 @pytest.mark.parametrize("features_only", [False, True])

@@ -8,7 +8,8 @@ The vocabulary, for every source (see ``_parts.py``): ``stem``, ``stage1 ... sta
 together with the stem they cover the backbone: a final norm goes with the last stage),
 ``block1 ... blockM`` (finer, inside the stages), task parts (``neck``, ``rpn``, ``roi_heads``),
 ``head`` (what fine-tuning replaces), ``aux_head``, and ``backbone``, an umbrella over everything but
-the heads. Detection reads names, types and settings only, so it works on the meta device.
+the heads. Libraries with parts of their own name them as the library does (smp's ``encoder`` and
+``decoder``, ultralytics' ``layerN``, diffusers' ``down_blockN``): see each source's module. Detection reads names, types and settings only, so it works on the meta device.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .diffusers import diffusers_groups
 from .nested import nested_groups
+from .smp import smp_groups
 from .timm import is_timm_features, timm_groups
 from .torchvision import torchvision_groups
+from .torchvision_features import torchvision_feature_groups
 from .transformers import hf_groups
+from .ultralytics import ultralytics_groups
 
 __all__ = ["detect_groups", "DETECTORS"]
 
@@ -29,6 +34,10 @@ DETECTORS: list[Callable[[nn.Module], "dict[str, tuple[str, ...]] | None"]] = [
     torchvision_groups,
     timm_groups,
     hf_groups,
+    torchvision_feature_groups,
+    smp_groups,
+    ultralytics_groups,
+    diffusers_groups,
 ]
 
 
@@ -36,7 +45,7 @@ def detect_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """The freeze groups of ``model``: ordered group name -> module and parameter names.
 
     Args:
-        model: any ``nn.Module``; torchvision and timm and Hugging Face models (and models holding them) get groups.
+        model: any ``nn.Module``; models of the sources of :data:`DETECTORS` (and models holding them) get groups.
 
     Returns:
         Groups the model has, in order; an empty dict when no known model is found.

@@ -4,7 +4,8 @@ Classification, video and quantizable models (as their float families) get ``ste
 ``head``; detection models get the stem, stages and blocks of their backbone's body, ``backbone`` (the
 model's ``backbone`` attribute), ``neck``, ``rpn``, ``roi_heads`` and ``head`` (the class-dependent
 predictors); segmentation models their backbone's stem and stages, ``head`` and ``aux_head``; RAFT its
-own parts. A body whose shape no rule knows (SSDlite's) gets no stages: a group is right or absent.
+own parts. SSDlite's body gets the stages of the MobileNet it came from, across the two containers it is cut
+into. A body whose shape no rule knows gets no stages: a group is right or absent.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from ._parts import Groups, Parts, assemble
 
-__all__ = ["torchvision_groups", "body_parts"]
+__all__ = ["torchvision_groups", "body_parts", "ssd_body_parts", "rule_for"]
 
 Rule = Callable[[nn.Module], Parts]
 
@@ -37,6 +38,11 @@ def torchvision_groups(model: nn.Module) -> Groups | None:
         if rule is not None and cls.__module__.startswith("torchvision.models"):
             return assemble(model, rule(model))
     return None
+
+
+def rule_for(class_name: str) -> Rule | None:
+    """The rule of the torchvision family whose class is called ``class_name`` (``"ResNet"``), if any."""
+    return _RULES.get(class_name)
 
 
 def _built_by_torchvision(model: nn.Module) -> bool:
@@ -230,13 +236,46 @@ def _one_stage(model: nn.Module) -> Parts:
 
 
 def _ssd(model: nn.Module) -> Parts:
-    """SSD (VGG body) and SSDlite (no known body shape: backbone and neck only)."""
+    """SSD (VGG body) and SSDlite (MobileNet body split in two containers)."""
     backbone = model.backbone
-    parts = body_parts(backbone.features, "backbone.features.") if type(backbone).__name__.endswith("VGG") else None
-    parts = parts or Parts()
+    parts = ssd_body_parts(backbone, "backbone.") or Parts()
     own = [f"backbone.{n}" for n, _ in backbone.named_parameters(recurse=False)]  # SSD's L2 norm scale
     parts.tasks = {"neck": own + ["backbone.extra"]}
     parts.head, parts.backbone = ["head"], ["backbone"]
+    return parts
+
+
+def ssd_body_parts(extractor: nn.Module, prefix: str = "") -> Parts | None:
+    """Stem, stages and blocks of an SSD feature extractor's body (``features``): VGG's, or SSDlite's MobileNet.
+
+    SSDlite cuts its MobileNet in two containers inside the block that gives the C4 map: ``features.0`` ends
+    with that block's expansion conv, ``features.1`` starts with the rest of it. That block is one block
+    here, across both; stages are cut where resolution drops, as in the MobileNet the body came from.
+    """
+    features = getattr(extractor, "features", None)
+    if type(extractor).__name__.endswith("VGG") and isinstance(features, nn.Module):
+        return body_parts(features, f"{prefix}features.")
+    if type(extractor).__name__ != "SSDLiteFeatureExtractorMobileNet" or not isinstance(features, nn.Sequential):
+        return None
+    first, second = (list(c.named_children()) for c in features)
+    units = [[f"{prefix}features.0.{n}"] for n, _ in first]
+    rest = [[f"{prefix}features.1.{n}"] for n, _ in second]
+    if first and second and type(first[-1][1]).__name__ != "InvertedResidual" and isinstance(second[0][1], nn.Sequential):
+        units[-1] += rest.pop(0)[0:1]  # the C4 block: its expansion conv, then the rest of it
+    units += rest
+    modules = dict(extractor.named_modules(prefix=prefix.rstrip(".")))
+    parts = Parts(stem=units[0])
+    for unit in units[1:]:
+        if not parts.stages or any(_downsamples(modules[n]) for n in unit):
+            parts.stages.append([])
+        parts.stages[-1] += unit
+    parts.blocks = []  # as the MobileNet's: each block, a Sequential's members; the C4 block, one across both
+    for unit in units[1:]:
+        module = modules[unit[0]]
+        if len(unit) == 1 and isinstance(module, nn.Sequential):
+            parts.blocks += [[f"{unit[0]}.{n}"] for n, c in module.named_children() if any(True for _ in c.parameters())]
+        else:
+            parts.blocks.append(unit)
     return parts
 
 
