@@ -44,12 +44,14 @@ This module knows nothing of the mixin: ``guard``, ``fast``, ``cache``, ``schedu
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .errors import FreezeStateError, closest, describe
 from .groups import Group, is_within
@@ -67,6 +69,8 @@ __all__ = [
     "is_held",
     "set_held",
     "hold_frozen",
+    "hold_changes",
+    "holds_outdated",
     "follows_train",
     "rehold",
     "is_placed",
@@ -136,8 +140,20 @@ def set_frozen(module: nn.Module, frozen: bool) -> None:
 
 
 def set_trainable(param: nn.Parameter, trainable: bool) -> None:
-    """``requires_grad`` as given; a frozen parameter also loses its gradient."""
-    param.requires_grad_(trainable)
+    """``requires_grad`` as given; a frozen parameter also loses its gradient.
+
+    Set as an attribute, not with ``requires_grad_()``: a lazy module's ``UninitializedParameter``
+    refuses every tensor method before its first forward, takes the attribute, and keeps it when it
+    is materialised (the same object becomes a ``Parameter``).
+
+    Example:
+        >>> layer = nn.LazyLinear(2)
+        >>> set_trainable(layer.weight, False)
+        >>> _ = layer(torch.randn(1, 3))
+        >>> type(layer.weight).__name__, layer.weight.requires_grad
+        ('Parameter', False)
+    """
+    param.requires_grad = trainable
     if not trainable:
         param.grad = None
 
@@ -169,8 +185,12 @@ def norm_eval_members(root: nn.Module, groups: Iterable[Group]) -> dict[str, nn.
 
 
 def _hold_at_inference(module: nn.Module, args: Any) -> None:
-    """Forward pre-hook of held modules: undo a ``train()`` call made on an inner module."""
-    if module.training:
+    """Forward pre-hook of held modules: undo a ``train()`` call made on an inner module.
+
+    A hook released earlier in the same forward (a Freezable's forward pre-hook brought its holds up to date,
+    see :func:`holds_outdated`) still runs once, from torch's copy of the hooks: it does nothing then.
+    """
+    if module.training and is_held(module):
         module.train(False)
 
 
@@ -229,20 +249,43 @@ def is_held(module: nn.Module) -> bool:
     return any(hook is _hold_at_inference for hook in module._forward_pre_hooks.values())
 
 
+_RESET = "reset_running_stats"  # on a held norm layer with running statistics: an instance attribute
+
+
+def _keep_statistics(module: nn.Module) -> None:
+    """``reset_running_stats()`` of a held norm layer: the statistics are kept.
+
+    torch's ``swa_utils.update_bn`` resets every BatchNorm and recomputes the statistics in a training
+    forward; a held one computes in eval, so reset statistics (0 and 1) would stay. A lazy layer being
+    materialised (its statistics just allocated, still empty) is reset as usual.
+    """
+    if isinstance(module, LazyModuleMixin):
+        type(module).reset_running_stats(module)
+
+
 def set_held(module: nn.Module, held: bool, mode: bool) -> None:
-    """Holds ``module`` at inference, or releases it into ``mode``."""
+    """Holds ``module`` at inference, or releases it into ``mode``.
+
+    A held norm layer with running statistics also keeps them through ``reset_running_stats()`` (see
+    :func:`_keep_statistics`): an instance attribute, removed on release.
+    """
     if held:
         if not is_held(module):
             module.register_forward_pre_hook(_hold_at_inference, prepend=True)
             if _is_observer(module):
                 module.register_forward_pre_hook(_observe_nothing)
                 module.register_forward_hook(_put_back)
+            if has_running_stats(module):
+                module.__dict__[_RESET] = functools.partial(_keep_statistics, module)
         module.training = False
     elif is_held(module):
         for hooks, fn in _hooks_of(module):
             for key, hook in list(hooks.items()):
                 if hook is fn:
                     del hooks[key]
+        reset = module.__dict__.get(_RESET)
+        if isinstance(reset, functools.partial) and reset.func is _keep_statistics:
+            del module.__dict__[_RESET]
         module.training = mode
 
 
@@ -302,6 +345,43 @@ def clear_entries(module: nn.Module) -> None:
         del module.__dict__[key]
 
 
+def _holds(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Each module under ``model``'s freeze root, and on the way down to it, with whether it should be held.
+
+    The modules on the way (a FrozenBackbone itself, above its ``backbone``) are held by a Freezable around
+    ``model``; they are judged by the same rule, so that a change here releases (or restores) that hold at once.
+    """
+    root = freeze_root(model)
+    above = _above_root(model)
+    held: dict[int, bool] = {}
+
+    def visit(module: nn.Module) -> bool:
+        if id(module) not in held:
+            frozen = is_frozen(module) and not _owns_trainable(module)
+            children = [visit(child) for child in module._modules.values() if child is not None]
+            held[id(module)] = frozen and all(children)
+        return held[id(module)]
+
+    visit(above[0] if above else root)
+    modules = above + list(root.modules())  # parents come before their children
+    for parent in modules:
+        for child in parent._modules.values():
+            if child is not None and held[id(child)] and not held[id(parent)] and follows_train(child):
+                held[id(child)] = False
+    return [(module, held[id(module)] or is_norm_eval(module)) for module in modules]
+
+
+def _above_root(model: nn.Module) -> list[nn.Module]:
+    """``model`` and the modules between it and its freeze root (none when the root is ``model`` itself)."""
+    name = model.__dict__.get(_ROOT, "")
+    if not name:
+        return []
+    path = [model]
+    for part in name.split(".")[:-1]:
+        path.append(path[-1]._modules[part])
+    return path
+
+
 def hold_frozen(model: nn.Module) -> None:
     """Holds at inference exactly the frozen modules under ``model``'s freeze root whose whole subtree is frozen.
 
@@ -311,31 +391,49 @@ def hold_frozen(model: nn.Module) -> None:
     Except the parts that serve their parent's training forward (:func:`follows_train`)
     whose parent is not held: they follow the model's mode, while what is inside them
     stays held. Released modules return to the model's own mode (the one last asked
-    for, when the model itself was held).
+    for, when the model itself was held). When a hold changes, every other Freezable is
+    told (:func:`holds_outdated`): one around this model may hold it, or need to.
     """
     reconcile(model)
-    root = freeze_root(model)
     mode = asked_mode(model)
     note_mode(model, mode)
-    held: dict[int, bool] = {}
-
-    def visit(module: nn.Module) -> bool:
-        if id(module) not in held:
-            frozen = is_frozen(module) and not any(
-                p is not None and p.requires_grad for p in module._parameters.values()
-            )
-            children = [visit(child) for child in module._modules.values() if child is not None]
-            held[id(module)] = frozen and all(children)
-        return held[id(module)]
-
-    visit(root)
-    for parent in root.modules():  # parents come before their children
-        for child in parent._modules.values():
-            if child is not None and held[id(child)] and not held[id(parent)] and follows_train(child):
-                held[id(child)] = False
-    for module in root.modules():
-        set_held(module, held[id(module)] or is_norm_eval(module), mode)
+    holds = _holds(model)
+    moved = False
+    for module, held in holds:
+        moved |= held != is_held(module)
+        set_held(module, held, mode)
     record_places(model)
+    if moved:
+        _HOLD_CHANGES[0] += 1
+    model.__dict__[_HOLDS_SEEN] = _HOLD_CHANGES[0]
+    model.__dict__[_HOLDS_MADE] = [held for _, held in holds]
+
+
+_HOLD_CHANGES = [0]  # changes of a hold made by hold_frozen anywhere in this process
+_HOLDS_SEEN = "_freezable_holds_seen"  # on a Freezable: the count of hold changes its holds were last checked at
+_HOLDS_MADE = "_freezable_holds_made"  # on a Freezable: the holds its last hold_frozen made, in _holds' order
+
+
+def hold_changes() -> int:
+    """How many times :func:`hold_frozen` changed a hold in this process: what is held elsewhere moved when it did."""
+    return _HOLD_CHANGES[0]
+
+
+def holds_outdated(model: nn.Module) -> bool:
+    """Whether another Freezable changed what is frozen under ``model`` since ``model`` last held its parts.
+
+    A Freezable inside ``model`` (a FrozenBackbone, a model frozen in place) that unfreezes or freezes part of
+    itself changes its own holds at once, but cannot reach a hold that ``model`` keeps above it; one around
+    ``model`` changes holds inside it that ``model`` derived state from (a fast path). One integer comparison
+    while no hold changed anywhere; else the holds are recomputed once and compared with those ``model`` made.
+    """
+    if model.__dict__.get(_HOLDS_SEEN) == _HOLD_CHANGES[0]:
+        return False
+    now = [held for _, held in _holds(model)]
+    if now != model.__dict__.get(_HOLDS_MADE, [False] * len(now)):  # none made yet: none held
+        return True
+    model.__dict__[_HOLDS_SEEN] = _HOLD_CHANGES[0]
+    return False
 
 
 # -- bookkeeping on the Freezable -------------------------------------------------------------

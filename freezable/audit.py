@@ -15,7 +15,8 @@ nothing. Each check gives plain sentences, one per problem:
   state (momentum, ``exp_avg``) that would move them as soon as they get a gradient,
   an ``LBFGS`` whose curvature history spans parameters frozen since (it moves them
   with no gradient at all), trainable parameters the optimizer lacks, parameters it
-  holds twice;
+  holds twice; an optimizer that also holds frozen parameters (built from ``parameters()``)
+  is ok while they get no gradient, and its row says how many it holds;
 * **ddp**: a ``DistributedDataParallel`` wrapper whose synchronised parameters (those
   it registered with its reducer when it was built) differ from the trainable set;
 * **drift**: frozen tensors that changed since ``freeze(..., guard=True)``.
@@ -51,7 +52,7 @@ __all__ = ["CheckReport", "check"]
 _CHECKS = {
     "modes": "frozen parts and norm_eval layers in eval mode",
     "gradients": "frozen parameters hold no gradient",
-    "optimizer": "optimizer holds exactly the trainable parameters",
+    "optimizer": "optimizer holds every trainable parameter, moves no frozen one",
     "ddp": "DDP synchronises exactly the trainable parameters",
     "swaps": "modules swapped in at frozen places frozen like those they replaced",
     "drift": "guarded frozen tensors unchanged",
@@ -73,6 +74,7 @@ class CheckReport:
 
     rows: tuple[tuple[str, tuple[str, ...]], ...]  # (check name, its problems), in the order run
     skipped: tuple[tuple[str, str], ...] = ()  # (check name, why it was not run)
+    notes: tuple[tuple[str, str], ...] = ()  # (check name, what it saw beside what it expects), shown when ok
 
     @property
     def ok(self) -> bool:
@@ -88,7 +90,9 @@ class CheckReport:
         return self.ok
 
     def __str__(self) -> str:
-        results = {name: "ok" if not problems else f"{len(problems)} problem(s)" for name, problems in self.rows}
+        notes = dict(self.notes)
+        results = {name: (f"ok: {notes[name]}" if name in notes else "ok") if not problems
+                   else f"{len(problems)} problem(s)" for name, problems in self.rows}
         results.update((name, f"skipped: {why}") for name, why in self.skipped)
         order = list(_CHECKS) + [name for name in results if name not in _CHECKS]
         rows = [(name, _CHECKS.get(name, name), results[name]) for name in order if name in results]
@@ -152,10 +156,15 @@ def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, s
     names = _parameter_names(model)
     rows = [("modes", _modes(model)), ("gradients", _gradients(model))]
     skipped = []
+    notes = []
     if optimizer is None:
         skipped.append(("optimizer", "no optimizer given"))
     else:
         rows.append(("optimizer", _optimizer(model, optimizer, names)))
+        frozen = _frozen_held(optimizer)
+        if frozen:
+            notes.append(("optimizer", f"it also holds {frozen} frozen parameter(s), harmless while they get no "
+                                       f"gradient"))
     ddps = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.parallel.DistributedDataParallel)]
     if ddps:
         rows.append(("ddp", [p for name, ddp in ddps for p in _ddp(name, ddp)]))
@@ -167,7 +176,7 @@ def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, s
         rows.append(("shared", _shared(model)))
     if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
         rows.append(("checkpoint", reentrant_after_frozen(model)))
-    report = CheckReport(rows=tuple((n, tuple(p)) for n, p in rows), skipped=tuple(skipped))
+    report = CheckReport(rows=tuple((n, tuple(p)) for n, p in rows), skipped=tuple(skipped), notes=tuple(notes))
     if strict and not report.ok:
         raise FreezableError(
             f"fz.check found {len(report.problems)} problem(s):\n" + "\n".join(f"- {p}" for p in report.problems)
@@ -322,6 +331,11 @@ def _optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, names: dict[i
             f"move: {_quote(missing)}; freeze them, or add them with optimizer.add_param_group"
         )
     return problems
+
+
+def _frozen_held(optimizer: torch.optim.Optimizer) -> int:
+    """How many frozen parameters the optimizer holds (each once)."""
+    return len({id(p) for group in optimizer.param_groups for p in group["params"] if not p.requires_grad})
 
 
 def _lbfgs_moves_frozen(optimizer: torch.optim.LBFGS) -> list[torch.Tensor]:

@@ -17,27 +17,35 @@ wrapper: ``state_dict()``, ``parameters()`` and ``.to()`` see the original backb
 Tensors are shared with the original wherever the copy does not change them, so a frozen backbone
 without BatchNorm (a ViT) costs no extra memory in fp32. The shadow is dropped, to be rebuilt at the
 next forward, on ``freeze``/``unfreeze``, ``load_state_dict``, ``.to()``/``.cuda()``/``.half()``,
-and (outside ``torch.compile``) whenever an original tensor that a copy was derived from changed
-in place.
+and (outside ``torch.compile``) whenever other parts are held (any Freezable, around the wrapper or
+inside it, changed a hold), an original tensor that a copy was derived from changed
+in place, or an object the shadow was built from was replaced: a parameter or buffer of a held part
+(``load_state_dict(assign=True)`` on the backbone, ``conv.weight = nn.Parameter(...)``) or any
+submodule of the backbone. That check is one identity comparison per submodule and held tensor, and
+one version comparison per derived tensor, at every forward (a ResNet-50: see
+``benchmarks/fast_path_staleness.py``).
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from .fold import can_fold, fold_conv_bn, norm_remainder
-from ._state import is_held, set_frozen, set_held
+from ._state import hold_changes, is_held, set_frozen, set_held
 
 __all__ = ["FastPath", "build_fast_path"]
 
+_VERSION = operator.attrgetter("_version")
 _VALIDATE_RTOL = 1e-2  # a wrong fold is off by O(1); a right one by float rounding (~1e-6, TF32: ~1e-3)
 
 
@@ -53,10 +61,39 @@ class FastPath:
     mixed: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
     # conv-BatchNorm pairs folded, as names in the backbone
     folded: list[tuple[str, str]] = field(default_factory=list)
+    # (dict, key, object) the shadow was built from: every submodule of the backbone in its parent's
+    # _modules, every parameter and buffer of a held part in its module's _parameters or _buffers
+    slots: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
+    # the backbone it was built from (a wrapper whose backbone was replaced needs another)
+    origin: nn.Module | None = None
+    # the held parts it replaced with copies, by name: none for a shadow that is the backbone itself
+    roots: list[tuple[str, nn.Module]] = field(default_factory=list)
+    # the count of hold changes at the build (see freezable._state.hold_changes)
+    holds_seen: int = field(default_factory=hold_changes)
+
+    def __post_init__(self) -> None:
+        # the columns of slots and sources, for is_stale's C-level loops (map, not a Python generator)
+        self._stores, self._keys, self._objects = (tuple(c) for c in zip(*self.slots)) if self.slots else ((),) * 3
+        self._tensors, self._versions = (tuple(c) for c in zip(*self.sources)) if self.sources else ((), ())
 
     def is_stale(self) -> bool:
-        """Whether an original tensor that a copy was derived from changed in place since the build."""
-        return any(t._version != v for t, v in self.sources)
+        """Whether the held parts changed, an object the shadow was built from was replaced, or a tensor a copy
+        was derived from changed in place, since the build."""
+        return (self._holds_moved()
+                or any(map(operator.is_not, map(dict.get, self._stores, self._keys), self._objects))
+                or any(map(operator.ne, map(_VERSION, self._tensors), self._versions)))
+
+    def _holds_moved(self) -> bool:
+        """Whether other parts are held now: any Freezable (this wrapper, one around it, one inside) may have
+        changed a hold since the build. One integer comparison while no hold changed anywhere."""
+        now = hold_changes()
+        if now == self.holds_seen:
+            return False
+        if self.origin is None or [(n, id(m)) for n, m in _held_roots(self.origin)] != [
+                (n, id(m)) for n, m in self.roots]:
+            return True
+        self.holds_seen = now
+        return False
 
     def sync_modes(self) -> None:
         """Gives the shallow copies of modules above held parts their originals' training mode."""
@@ -89,26 +126,57 @@ class _Prepared(nn.Module):
         return _map_tensors(out, lambda t: t.to(floats[0].dtype) if t.is_floating_point() else t)
 
 
-def _map_tensors(value: Any, fn: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_map_tensors(v, fn) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(v, fn) for k, v in value.items()}
-    return value
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it, each container rebuilt as its own exact type.
+
+    Containers are those :mod:`torch.utils._pytree` knows (tuples, named tuples, lists, dicts, ordered and
+    default dicts, deques, Hugging Face ``ModelOutput`` classes, whatever a library registered), and, inside
+    or around them, dataclass instances and dict subclasses it does not know (copied, their fields and items
+    mapped). Anything else is passed through as it is.
+    """
+    return pytree.tree_map(lambda leaf: _map_leaf(leaf, fn), value)
+
+
+def _map_leaf(leaf: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(leaf, torch.Tensor):
+        return fn(leaf)
+    if isinstance(leaf, dict):  # a dict subclass pytree does not know: its own __setitem__ keeps it consistent
+        new = copy.copy(leaf)
+        for key, item in leaf.items():
+            new[key] = _map_tensors(item, fn)
+        return new
+    if is_dataclass(leaf) and not isinstance(leaf, type):
+        new = copy.copy(leaf)
+        for f in fields(leaf):
+            if hasattr(leaf, f.name):
+                object.__setattr__(new, f.name, _map_tensors(getattr(leaf, f.name), fn))  # frozen ones too
+        return new
+    return leaf
 
 
 def clone_outputs(value: Any) -> Any:
-    """Clones every tensor in ``value`` (inference tensors become normal ones outside inference mode)."""
+    """Clones every tensor in ``value`` (inference tensors become normal ones outside inference mode).
+
+    Every container keeps its exact type (see :func:`_map_tensors`).
+
+    Example:
+        >>> import collections
+        >>> Out = collections.namedtuple("Out", "features logits")
+        >>> with torch.inference_mode():
+        ...     out = Out(torch.ones(2), {"p": [torch.zeros(1)]})
+        >>> cloned = clone_outputs(out)
+        >>> type(cloned).__name__, cloned.features.is_inference(), cloned.logits["p"][0].is_inference()
+        ('Out', False, False)
+    """
     return _map_tensors(value, torch.Tensor.clone)
 
 
 def _held_roots(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    # a norm layer held by norm_eval whose affine parameters train stays the original, shared and trained
-    if is_held(module) and not any(p.requires_grad for p in module.parameters()):
+    # a norm layer held by norm_eval whose affine parameters train stays the original, shared and trained;
+    # a container without a forward (ModuleList, ModuleDict) is iterated by its parent, never called: its
+    # children are the roots, so that it stays a container of the same type (shallow-copied, as mixed ones are)
+    if (is_held(module) and not any(p.requires_grad for p in module.parameters())
+            and type(module).forward is not nn.Module.forward):
         yield prefix, module
         return
     for name, child in module._modules.items():
@@ -320,4 +388,15 @@ def _build(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[Any, ..
         return twin
 
     unique = {id(t): t for t in sources}.values()
-    return FastPath(shadow(backbone), [(t, t._version) for t in unique], mixed, folded)
+    return FastPath(shadow(backbone), [(t, t._version) for t in unique], mixed, folded, _slots(backbone, roots),
+                    backbone, list(roots.items()))
+
+
+def _slots(backbone: nn.Module, roots: dict[str, nn.Module]) -> list[tuple[dict[str, Any], str, Any]]:
+    """What the shadow holds by reference: each submodule in its parent, each held tensor in its module."""
+    slots = [(parent._modules, name, child) for parent in backbone.modules() for name, child in parent._modules.items()]
+    for root in roots.values():
+        for module in root.modules():
+            slots += [(module._parameters, name, t) for name, t in module._parameters.items()]
+            slots += [(module._buffers, name, t) for name, t in module._buffers.items()]
+    return slots

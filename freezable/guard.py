@@ -26,11 +26,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from ._state import freeze_root, is_frozen, swapped_in
+from .errors import FreezableError, shorten
 from .groups import Group
 
-__all__ = ["Fingerprint", "fingerprint", "record", "forget", "verify", "guarded_names"]
+__all__ = ["Fingerprint", "fingerprint", "check_recordable", "record", "forget", "verify", "guarded_names"]
 
 _GUARD = "_freezable_guard"
 
@@ -59,6 +61,25 @@ def fingerprint(tensor: torch.Tensor) -> Fingerprint:
         return Fingerprint(str(tensor.dtype), tuple(tensor.shape), None)
     data = tensor.reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
     return Fingerprint(str(tensor.dtype), tuple(tensor.shape), hashlib.blake2b(data, digest_size=16).digest())
+
+
+def check_recordable(model: nn.Module, groups: Iterable[Group]) -> None:
+    """Raises before anything changes when ``groups`` hold a tensor with no data to fingerprint yet.
+
+    Raises:
+        FreezableError: a lazy module's parameter or buffer is not materialised (before its first forward).
+    """
+    root = freeze_root(model)
+    lazy: dict[str, None] = {}  # an ordered set of names
+    for group in groups:
+        lazy.update((name, None) for name, p in group.named_parameters(root) if is_lazy(p))
+        for name, module in group.named_modules(root):
+            lazy.update((b, None) for b, t in module.named_buffers(prefix=name, recurse=False) if is_lazy(t))
+    if lazy:
+        raise FreezableError(
+            f"freeze(..., guard=True) cannot fingerprint {len(lazy)} tensor(s) of lazy modules not materialised yet "
+            f"({shorten(list(lazy))}); run one forward first, then freeze with guard=True"
+        )
 
 
 def _store(model: nn.Module) -> dict[str, dict[str, Fingerprint]]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from . import _state
 from . import guard as _guard
@@ -30,10 +31,10 @@ from .errors import (
     unknown_group,
 )
 from .groups import Group, Spec, enclosing_part, is_block, resolve_group, staged_names, units_within, walk_units
-from .norms import is_norm
+from .norms import has_running_stats, is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
-from .summary import SummaryRow, format_summary
+from .summary import SummaryRow, count_elements, format_summary
 
 __all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze", "warn_built_frozen", "watch_swaps"]
 
@@ -221,6 +222,8 @@ class Freezable:
             raise type_error("train_bn", train_bn, "a bool")
         if not isinstance(guard, bool):
             raise type_error("guard", guard, "a bool")
+        if guard:
+            _guard.check_recordable(self, selected)  # type: ignore[arg-type]
         self._freeze_resolved(selected, train_bn=train_bn)
         if guard:
             _guard.record(self, selected)
@@ -437,10 +440,17 @@ class Freezable:
         self._refresh_held()
         return kept
 
-    def _sync(self) -> None:
-        """Gives modules swapped in since the last change the state of their place, held at once."""
-        if _state.reconcile(self):  # type: ignore[arg-type]
+    def _sync(self) -> bool:
+        """Gives modules swapped in since the last change the state of their place, and brings the holds up to
+        date with what nested Freezables changed since (see :func:`freezable._state.holds_outdated`).
+
+        Returns:
+            Whether anything changed (the frozen parts are then held as the state says).
+        """
+        if _state.reconcile(self) or _state.holds_outdated(self):  # type: ignore[arg-type]
             self._refresh_held()
+            return True
+        return False
 
     def _on_freeze_change(self) -> None:
         """Runs after every change of freeze state, the frozen parts already held; does nothing here.
@@ -467,10 +477,8 @@ class Freezable:
         """
         super().train(mode)  # type: ignore[misc]
         _state.note_mode(self, mode)  # type: ignore[arg-type]
-        if _state.reconcile(self):  # type: ignore[arg-type]
-            self._refresh_held()
-        else:
-            _state.rehold(self._freeze_root())
+        if not self._sync():
+            _state.rehold(self)  # type: ignore[arg-type]
         return self
 
     # -- reading ------------------------------------------------------------------------
@@ -490,7 +498,9 @@ class Freezable:
         """A table of parameters, trainable, frozen and norm layers held in eval, a row per group.
 
         Block groups (``block1`` ... ``blockN``) get rows with ``blocks=True`` only; parameters outside
-        every group get a row ``(no group)``.
+        every group get a row ``(no group)``. Parameters frozen outside freezable are not counted as
+        ``frozen``: columns ``built frozen`` and ``frozen by hand`` show them where there are any, and
+        ``norms not held`` the norm layers among them whose statistics still update in ``train()``.
 
         Example:
             >>> from torch import nn
@@ -508,20 +518,27 @@ class Freezable:
         self._sync()
         root = self._freeze_root()
         by_freezable = _frozen_by_freezable(root, self._groups.values())
+        built_names = set(_state.built_frozen(self))  # type: ignore[arg-type]
+        built = {id(p) for n, p in root.named_parameters() if n in built_names}
         rows = [
-            _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)), by_freezable)
+            _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)), by_freezable,
+                         built)
             for name, group in self._groups.items() if blocks or not is_block(name)
         ]
         grouped = {id(p) for group in self._groups.values() for _, p in group.named_parameters(root)}
         if self._groups and any(id(p) not in grouped for p in root.parameters()):
             outside = ((n, p) for n, p in root.named_parameters() if id(p) not in grouped)
-            rows.append(_summary_row("(no group)", outside, iter(()), by_freezable))
-        total = _summary_row("total", root.named_parameters(), root.modules(), by_freezable)
+            rows.append(_summary_row("(no group)", outside, iter(()), by_freezable, built))
+        total = _summary_row("total", root.named_parameters(), root.modules(), by_freezable, built)
         norm_eval = [m for m in root.modules() if _state.is_norm_eval(m)]
         training = sum(1 for m in norm_eval if any(p.requires_grad for p in m.parameters()))
         note = (f"\nnorm_eval: {len(norm_eval)} norm layer(s) held in eval, statistics fixed ({training} with "
                 f"trainable affine parameters)"
                 if norm_eval else "")
+        lazy = [n for n, p in root.named_parameters() if is_lazy(p)]
+        if lazy:
+            note += (f"\nlazy: {len(lazy)} parameter(s) not materialised yet, counted as 0 ({shorten(lazy)}); they "
+                     f"keep their group's state when the first forward materialises them")
         return (format_summary(rows, total) + note + "".join(f"\n{line}" for line in self._elsewhere_notes(root))
                 + "".join(f"\n{s.describe()}" for s in tied_across_freeze(self)))
 
@@ -615,15 +632,18 @@ def watch_swaps(model: Freezable, watch: bool) -> None:
 
 
 def sync_before_forward(model: Freezable, args: Any) -> None:
-    """Forward pre-hook of every Freezable: modules swapped in since the last change get their place's state.
+    """Forward pre-hook of every Freezable: modules swapped in since the last change get their place's state, and
+    holds follow what a nested Freezable changed since.
 
-    Costs one integer comparison unless a module was registered somewhere since (see
-    :func:`freezable._state.registrations`).
+    Costs two integer comparisons unless a module was registered somewhere since (see
+    :func:`freezable._state.registrations`) or a hold changed somewhere (:func:`freezable._state.holds_outdated`).
     """
     seen = _state.registrations()
     if model.__dict__.get(_REGISTRATIONS_SEEN) != seen:
         model.__dict__[_REGISTRATIONS_SEEN] = seen
         model._sync()
+    elif _state.holds_outdated(model):  # type: ignore[arg-type]
+        model._refresh_held()
 
 
 def warn_built_frozen(call: str, names: list[str], fix: str) -> None:
@@ -643,12 +663,22 @@ def _frozen_by_freezable(root: nn.Module, groups: Iterable[Group] = ()) -> set[i
 
 
 def _summary_row(name: str, named_params: Iterator[tuple[str, nn.Parameter]], modules: Iterator[nn.Module],
-                 by_freezable: set[int]) -> SummaryRow:
+                 by_freezable: set[int], built: set[int]) -> SummaryRow:
     params = [p for _, p in named_params]
+    elsewhere = [p for p in params if not p.requires_grad and id(p) not in by_freezable]
+    unique = {id(m): m for m in modules}.values()
     return SummaryRow(
         name=name,
-        params=sum(p.numel() for p in params),
-        trainable=sum(p.numel() for p in params if p.requires_grad),
-        norms_in_eval=sum(1 for m in {id(m): m for m in modules}.values() if is_norm(m) and is_held(m)),
-        elsewhere=sum(p.numel() for p in params if not p.requires_grad and id(p) not in by_freezable),
+        params=count_elements(params),
+        trainable=count_elements(p for p in params if p.requires_grad),
+        norms_in_eval=sum(1 for m in unique if is_norm(m) and is_held(m)),
+        built_frozen=count_elements(p for p in elsewhere if id(p) in built),
+        by_hand=count_elements(p for p in elsewhere if id(p) not in built),
+        norms_not_held=sum(1 for m in unique if has_running_stats(m) and not is_held(m) and _all_frozen(m)),
     )
+
+
+def _all_frozen(module: nn.Module) -> bool:
+    """Whether ``module`` has parameters of its own and none of them trains."""
+    params = [p for p in module._parameters.values() if p is not None]
+    return bool(params) and not any(p.requires_grad for p in params)

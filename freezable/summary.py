@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SummaryRow", "format_summary", "format_table", "format_count"]
+import torch
+from torch.nn.parameter import is_lazy
+
+__all__ = ["SummaryRow", "format_summary", "format_table", "format_count", "count_elements"]
 
 _COLUMNS = ("group", "params", "trainable", "frozen", "norms in eval")
 
@@ -18,12 +21,25 @@ class SummaryRow:
     params: int  # parameters (elements) in the group
     trainable: int  # of which have requires_grad=True
     norms_in_eval: int  # norm layers held at inference
-    elsewhere: int = 0  # of which are frozen but not by freezable (built frozen, or by hand): their modules not held
+    built_frozen: int = 0  # of which the model was built with frozen (they stay frozen through unfreeze)
+    by_hand: int = 0  # of which were frozen outside freezable since (requires_grad=False set by hand)
+    norms_not_held: int = 0  # norm layers with running statistics, every parameter frozen, not held: they drift
 
     @property
     def frozen(self) -> int:
         """Frozen by freezable."""
-        return self.params - self.trainable - self.elsewhere
+        return self.params - self.trainable - self.built_frozen - self.by_hand
+
+
+def count_elements(tensors: Iterable[torch.Tensor]) -> int:
+    """How many elements the tensors hold; a lazy module's parameters not materialised yet hold none.
+
+    Example:
+        >>> from torch import nn
+        >>> count_elements(nn.Linear(3, 2).parameters()), count_elements(nn.LazyLinear(2).parameters())
+        (8, 0)
+    """
+    return sum(0 if is_lazy(t) else t.numel() for t in tensors)
 
 
 def format_count(n: int) -> str:
@@ -75,13 +91,20 @@ def format_table(
 def format_summary(rows: Sequence[SummaryRow], total: SummaryRow) -> str:
     """Lays the rows and the total out as an aligned text table.
 
-    A column ``frozen elsewhere`` (parameters frozen, but not by freezable) appears when the total has any.
+    Parameters frozen, but not by freezable, are counted apart from ``frozen``, each kind in a column that
+    appears when the total has any: ``built frozen`` and ``frozen by hand``; ``norms not held`` counts the
+    norm layers with running statistics whose parameters are all frozen but which are not held (their
+    statistics update in ``train()``).
     """
-    columns = _COLUMNS + (("frozen elsewhere",) if total.elsewhere else ())
+    extra = [(title, attr) for title, attr in (("built frozen", "built_frozen"), ("frozen by hand", "by_hand"),
+                                               ("norms not held", "norms_not_held")) if getattr(total, attr)]
+    columns = _COLUMNS + tuple(title for title, _ in extra)
 
     def cells(row: SummaryRow) -> list[str]:
         return [row.name, format_count(row.params), format_count(row.trainable), format_count(row.frozen),
-                str(row.norms_in_eval)] + ([format_count(row.elsewhere)] if total.elsewhere else [])
+                str(row.norms_in_eval)] + [
+                    str(row.norms_not_held) if attr == "norms_not_held" else format_count(getattr(row, attr))
+                    for _, attr in extra]
 
     table = format_table(columns, [cells(r) for r in rows], footer=[cells(total)], right=range(1, len(columns)))
     share = 100 * total.trainable / total.params if total.params else 0.0

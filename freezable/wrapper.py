@@ -19,7 +19,7 @@ from .groups import is_block
 from .mixin import Freezable
 from .plan import carry_out, make_plan
 from .presets import Preset
-from .summary import format_count
+from .summary import count_elements, format_count
 
 __all__ = ["FrozenBackbone"]
 
@@ -256,21 +256,23 @@ class FrozenBackbone(Freezable, nn.Module):
         self.__dict__["forward"] = _Forward(type(self).forward, self)
 
     @torch.compiler.disable
-    def _build_fast_path(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FastPath | None:
+    def _build_fast_path(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FastPath:
         device = next((p.device for p in self.backbone.parameters()), torch.device("cpu"))
         path = build_fast_path(self.backbone, args, kwargs, dtype=self.frozen_dtype,
                                channels_last=device.type in _CHANNELS_LAST_DEVICES)
-        self.__dict__["_fast_path"] = path if path is not None else False  # False: built, nothing held
+        if path is None:  # nothing held: the backbone itself, until other parts are held
+            path = FastPath(self.backbone, origin=self.backbone)
+        self.__dict__["_fast_path"] = path
         return path
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Runs the backbone; without autograd when nothing in it or its input needs a gradient."""
         if self._fast_options[0]:
             path = self._fast_path
-            if path is None or (path and not torch.compiler.is_compiling() and path.is_stale()):
+            if path is None or (not torch.compiler.is_compiling()
+                                and (path.origin is not self._modules["backbone"] or path.is_stale())):
                 path = self._build_fast_path(args, kwargs)
-            if path:
-                return self._run_fast(path, args, kwargs)
+            return self._run_fast(path, args, kwargs)
         return self._run(self.backbone, args, kwargs)
 
     def _run_fast(self, path: FastPath, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -312,8 +314,8 @@ class FrozenBackbone(Freezable, nn.Module):
     def __repr__(self) -> str:
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
         arch = cfg.get("architecture") if isinstance(cfg, dict) else None
-        total = sum(p.numel() for p in self.backbone.parameters())
-        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = count_elements(self.backbone.parameters())
+        trainable = count_elements(self.trainable_parameters())
         return (
             f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={[g for g in self.frozen_groups if not is_block(g)]}, "
             f"trainable={format_count(trainable)}/{format_count(total)}{', fast=True' if self.fast else ''})"

@@ -175,6 +175,28 @@ def test_many_missing_parameters_are_counted_and_the_list_is_cut():
     assert "'5.weight' and 3 more; freeze them" in problem
 
 
+def _optimizer_row(report: fz.CheckReport) -> str:
+    return next(line for line in str(report).splitlines() if line.startswith("optimizer "))
+
+
+def test_the_optimizer_row_says_what_it_holds(net, images):
+    """Issue 21: an optimizer holding frozen parameters is harmless while they get no gradient; the row says so."""
+    net.freeze("features").train()
+    trainable = torch.optim.SGD(net.trainable_parameters(), lr=0.1, momentum=0.9)
+    everything = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for opt in (trainable, everything):
+        steps(net, opt, images)
+    assert fz.check(net, trainable).ok and fz.check(net, everything).ok
+    frozen = sum(1 for p in net.parameters() if not p.requires_grad)
+    assert "exactly the trainable" not in str(fz.check(net, everything))
+    assert _optimizer_row(fz.check(net, trainable)).endswith(
+        "optimizer holds every trainable parameter, moves no frozen one  ok")
+    assert _optimizer_row(fz.check(net, everything)).endswith(
+        f"ok: it also holds {frozen} frozen parameter(s), harmless while they get no gradient")
+    net.features[0].weight.grad = torch.ones_like(net.features[0].weight)  # now one moves: a problem, not a note
+    assert _optimizer_row(fz.check(net, everything)).endswith("1 problem(s)")
+
+
 def test_a_parameter_in_the_optimizer_twice(net):
     net.freeze("features")
     with warnings.catch_warnings():

@@ -201,6 +201,10 @@ ROWS: list[Bad] = [
         r"guard must be a bool, not str: 'yes'"),
     Bad("freeze-guard-none", lambda s: s.net.freeze(guard=None), FreezableTypeError,
         r"guard must be a bool, not NoneType: None"),
+    Bad("freeze-guard-lazy-not-materialised", lambda s: s.extra["lazy"].freeze(guard=True), FreezableError,
+        r"freeze\(\.\.\., guard=True\) cannot fingerprint 4 tensor\(s\) of lazy modules not materialised yet \('0.weight', "
+        r"'0.bias', '1.weight', '1.bias'\); run one forward first", setup=lambda s: s.extra.update(
+            lazy=fz.freezable(nn.Sequential(nn.LazyLinear(3), nn.LazyLinear(2))))),
     Bad("freeze-member-replaced-since-registration", lambda s: s.net.freeze("loose"), FreezableError,
         r"no parameter 'classifier.1.weight' any more", setup=replace_a_member),
     Bad("unfreeze-member-replaced-since-registration", lambda s: s.net.unfreeze("loose"), FreezableError,

@@ -314,3 +314,13 @@ def test_progressive_measures_peak_memory_in_a_child(progressive: ModuleType, ca
     progressive.main(["--quick", "--memory-child", "schedule"])
     measured = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert measured is None or measured["peak_mem_mb"] >= measured["last_epoch_mem_mb"] >= 0
+
+
+def test_fast_path_staleness_tiny_run(tmp_path: Path) -> None:
+    staleness = load("fast_path_staleness")
+    out = tmp_path / "s.json"
+    meta, rows = staleness.main(["--model", "resnet18", "--batch-size", "1", "--img-size", "32", "--repeats", "1",
+                                 "--device", "cpu", "--results-file", str(out)])
+    assert [r["case"] for r in json.loads(out.read_text())["rows"]] == ["fast forward", "staleness check",
+                                                                       "version part only"]
+    assert meta["identity_comparisons"] > meta["version_comparisons"] > 0

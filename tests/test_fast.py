@@ -284,3 +284,89 @@ def test_cuda_fast_path_channels_last_and_bf16(x: torch.Tensor) -> None:
         out = bf(x)
     assert bf._fast_path.folded
     assert relative_error(out.float(), reference(x).detach()) <= 5e-2
+
+
+# -- new tensor objects (issue 21) -------------------------------------------------------------------------------------
+
+
+def _new_weights(fb: fz.FrozenBackbone) -> None:
+    """Every parameter and buffer of the backbone replaced by new objects (other values, same frozen state)."""
+    torch.manual_seed(5)
+    other = randomise_norms(torchvision.models.resnet18(num_classes=10))
+    for p in other.parameters():
+        p.requires_grad_(False)
+    fb.backbone.load_state_dict(other.state_dict(), assign=True)
+
+
+def _new_conv1_weight(fb: fz.FrozenBackbone) -> None:
+    fb.backbone.conv1.weight = nn.Parameter(torch.randn_like(fb.backbone.conv1.weight), requires_grad=False)
+
+
+def _new_running_var(fb: fz.FrozenBackbone) -> None:
+    fb.backbone.layer1[0].bn1.running_var = fb.backbone.layer1[0].bn1.running_var * 4
+
+
+def _new_frozen_conv(fb: fz.FrozenBackbone) -> None:
+    conv = copy.deepcopy(fb.backbone.layer2[0].conv1)
+    with torch.no_grad():
+        conv.weight.mul_(-1)
+    fb.backbone.layer2[0].conv1 = conv
+
+
+def _new_head(fb: fz.FrozenBackbone) -> None:
+    fb.backbone.fc = nn.Linear(512, 10)
+
+
+def _new_backbone(fb: fz.FrozenBackbone) -> None:
+    backbone = copy.deepcopy(fb.backbone)  # frozen and held like the one it replaces (the marks are copied)
+    with torch.no_grad():
+        backbone.conv1.weight.mul_(-1)
+    fb.backbone = backbone
+
+
+NEW_OBJECTS = {"load_state_dict_assign": _new_weights, "parameter_assigned": _new_conv1_weight,
+               "buffer_assigned": _new_running_var, "frozen_module_swapped": _new_frozen_conv,
+               "trainable_module_swapped": _new_head, "backbone_replaced": _new_backbone}
+
+
+@pytest.mark.parametrize("change", NEW_OBJECTS)
+@pytest.mark.parametrize("trainable", [(), ("head",)], ids=["frozen", "head_trains"])
+def test_new_tensor_objects_in_the_backbone_rebuild_the_fast_path(change: str, trainable: tuple[str, ...],
+                                                                   x: torch.Tensor) -> None:
+    fb = fz.FrozenBackbone(build("resnet18"), trainable=list(trainable), fast=True)
+    before = fb(x)
+    NEW_OBJECTS[change](fb)
+    with torch.no_grad():
+        expected = copy.deepcopy(fb.backbone).eval()(x)
+    out = fb(x)
+    assert not torch.allclose(out, before)
+    assert relative_error(out, expected) <= 1e-4
+
+
+class Iterates(nn.Module):
+    """A parent that iterates its ModuleList and ModuleDict instead of calling them (they have no forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),
+                                     nn.Conv2d(4, 4, 1)])
+        self.heads = nn.ModuleDict({"a": nn.Conv2d(4, 2, 1), "b": nn.BatchNorm2d(2)})
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        for head in self.heads.values():
+            x = head(x)
+        return x
+
+
+@pytest.mark.parametrize("frozen_dtype", [None, torch.bfloat16])
+def test_held_containers_without_a_forward_stay_containers_in_the_fast_path(frozen_dtype, x: torch.Tensor) -> None:
+    """Found by the widened property test (issue 21): a held ModuleList was wrapped as if it were called."""
+    model = randomise_norms(Iterates())
+    with torch.no_grad():
+        expected = copy.deepcopy(model).eval()(x)
+    fb = fz.FrozenBackbone(model, trainable=["heads.a"], fast=True, frozen_dtype=frozen_dtype).train()
+    out = fb(x)
+    assert isinstance(fb._fast_path.module.blocks, nn.ModuleList) and fb._fast_path.folded  # its parts are folded
+    torch.testing.assert_close(out, expected, **({"rtol": 0.05, "atol": 0.05} if frozen_dtype else {}))

@@ -186,3 +186,51 @@ def test_guard_must_be_a_bool_and_a_bad_one_changes_nothing(net, guard):
     with pytest.raises(fz.FreezableError, match=f"guard must be a bool, not {type(guard).__name__}: {guard!r}"):
         net.freeze("features", guard=guard)
     assert full_state(net) == before and guarded_names(net) == []
+
+
+# -- a guarded module swapped after freezing (issue 21) ---------------------------------------------------------------
+
+
+def _sync_batchnorm(net: nn.Module) -> None:
+    net.features = nn.SyncBatchNorm.convert_sync_batchnorm(net.features)  # the same Parameter and buffer objects
+
+
+def _rebuilt(net: nn.Module) -> None:
+    """A new layer by hand, with the old one's values and frozen parameters (a deepcopy would carry the hold)."""
+    layer = nn.BatchNorm2d(8)
+    layer.load_state_dict(net.features[1].state_dict())
+    net.features[1] = layer.requires_grad_(False)
+
+
+def _fresh(net: nn.Module) -> None:
+    net.features[1] = nn.BatchNorm2d(8)  # trainable: a conflict at a frozen place
+
+
+SWAPS = {"convert_sync_batchnorm": _sync_batchnorm, "rebuilt_by_hand": _rebuilt, "fresh_layer": _fresh}
+
+
+def _forward_on_the_layer(net: nn.Module) -> None:
+    net.features[1].train()(torch.randn(4, 8, 3, 3) * 3 + 1)  # called directly: no hook of the model runs
+
+
+def _write(net: nn.Module) -> None:
+    flip_bit(net.features[1].running_var)
+
+
+DRIFTS = {"none": lambda net: None, "training_forward_on_the_layer": _forward_on_the_layer, "buffer_written": _write}
+
+
+@pytest.mark.parametrize("drift", DRIFTS)
+@pytest.mark.parametrize("swap", SWAPS)
+def test_a_guarded_norm_swapped_after_freezing_then_drifted_is_reported_in_eval(net, swap, drift):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        net.features[1].running_mean.uniform_(-1, 1)
+        net.features[1].running_var.uniform_(0.5, 2)
+    net.freeze("features", guard=True).train()
+    SWAPS[swap](net)
+    DRIFTS[drift](net)  # before any train(), forward or check of the model: not yet frozen like its place
+    problems = fz.check(net.eval()).problems  # eval: the swapped-in layer is frozen (or a conflict) now
+    drifted = [p for p in problems if p.startswith("frozen buffer 'features.1.running_")]
+    assert all(p.endswith("changed since freeze(guard=True)") for p in drifted)
+    assert bool(drifted) is (drift != "none" or swap == "fresh_layer"), problems  # a fresh layer: other statistics

@@ -593,3 +593,125 @@ def test_freeze_summary_counts_norm_eval_layers():
     assert text.endswith("norm_eval: 2 norm layer(s) held in eval, statistics fixed (2 with trainable affine "
                          "parameters)")
     assert "norm_eval" not in Net().freeze_summary()
+
+
+# -- lazy modules (issue 21) -----------------------------------------------------------------------------------------
+
+
+class LazyNet(fz.Freezable, nn.Module):
+    """Every layer lazy: nothing is materialised before the first forward."""
+
+    freeze_groups = {"body": "body", "head": "head"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Dropout(0.5),
+                                  nn.Flatten())
+        self.head = nn.LazyLinear(2)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("form", ["mixin", "wrapper", "in_place"])
+def test_lazy_modules_frozen_before_their_first_forward_are_frozen_once_materialised(form):
+    torch.manual_seed(0)
+    model = {
+        "mixin": lambda: LazyNet().freeze("body"),
+        "wrapper": lambda: fz.FrozenBackbone(LazyNet(), trainable=["head"]),
+        "in_place": lambda: fz.freeze(nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(),
+                                                    nn.Dropout(0.5), nn.Flatten(), nn.LazyLinear(2)),
+                                      trainable=["5"]),
+    }[form]()
+    root = model.backbone if form == "wrapper" else model
+    frozen = root[:5] if form == "in_place" else root.body
+    head = root[5] if form == "in_place" else root.head
+    assert "not materialised" in model.freeze_summary()  # readable before the first forward
+    x = torch.randn(6, 3, 6, 6) * 3 + 1
+    model.train()(x)  # materialises every lazy module, in training mode
+    bn = frozen[1]
+    assert type(bn) is nn.BatchNorm2d and is_held(bn) and not bn.training
+    assert [p.requires_grad for p in frozen.parameters()] == [False] * 4
+    assert all(p.requires_grad for p in head.parameters())
+    # held from the first forward on: the statistics are the initial ones, not the first batch's
+    assert torch.equal(bn.running_mean, torch.zeros(4)) and torch.equal(bn.running_var, torch.ones(4))
+    assert bn.num_batches_tracked == 0
+    before = snapshot(frozen)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    train_steps(model, opt, x)
+    assert not changed(before, frozen)
+    assert torch.equal(model.train()(x), model.eval()(x))
+    assert "not materialised" not in model.freeze_summary()
+
+
+def test_a_guard_on_lazy_parameters_is_refused_before_anything_changes():
+    model = LazyNet()
+    with pytest.raises(fz.FreezableError, match=r"guard=True.*not materialised.*'body.0.weight'.*run one forward first"):
+        model.freeze("body", guard=True)
+    assert model.freeze_state()["frozen_modules"] == [] and not any(is_held(m) for m in model.modules())
+
+
+# -- SWA: torch.optim.swa_utils.update_bn (issue 21) ------------------------------------------------------------------
+
+
+def test_update_bn_of_swa_leaves_frozen_statistics_as_they_were(net, images):
+    from torch.optim.swa_utils import AveragedModel, update_bn
+
+    torch.manual_seed(0)
+    with torch.no_grad():  # statistics far from a reset's 0 and 1
+        for bn in (net.features[1], net.features[5]):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.num_batches_tracked.fill_(7)
+    net.freeze("features", guard=True)
+    opt = torch.optim.SGD(net.trainable_parameters(), lr=0.1)
+    swa = AveragedModel(net)
+    for _ in range(2):
+        train_steps(net, opt, images, steps=1)
+        swa.update_parameters(net)
+    frozen = snapshot(swa.module.features)
+    loader = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    update_bn(loader, swa)
+    assert not changed(frozen, swa.module.features)  # not reset to 0 and 1
+    assert fz.check(swa.module).ok
+    with torch.no_grad():
+        assert torch.equal(swa.module.eval().features(images), net.eval().features(images))
+    swa.module.unfreeze()  # a BatchNorm that is not held is reset and recomputed, as in plain PyTorch
+    update_bn(loader, swa)
+    assert swa.module.features[1].num_batches_tracked == 3 and changed(frozen, swa.module.features)
+
+
+# -- the summary: frozen outside freezable (issue 21) ----------------------------------------------------------------
+
+
+def _row(summary: str, name: str) -> dict[str, str]:
+    """A summary row by column, read from the table's header (columns are separated by two spaces or more)."""
+    lines = summary.splitlines()
+    header = re.split(r"\s{2,}", lines[0].strip())
+    row = next(line for line in lines if line.split()[:1] == [name])
+    return dict(zip(header, re.split(r"\s{2,}", row.strip())))
+
+
+def test_summary_shows_parameters_frozen_by_hand_apart_with_their_norms_not_held(net, images):
+    net.freeze("classifier")
+    net.features.requires_grad_(False)  # by hand, after freezable changed something: nothing is held
+    summary = net.freeze_summary()
+    features = _row(summary, "features")
+    assert features == {"group": "features", "params": "840", "trainable": "0", "frozen": "0", "norms in eval": "0",
+                        "frozen by hand": "840", "norms not held": "2"}
+    assert _row(summary, "classifier") == {**{k: "0" for k in features}, "group": "classifier", "params": "27",
+                                            "frozen": "27"}
+    assert _row(summary, "total")["frozen by hand"] == "840" and _row(summary, "total")["norms not held"] == "2"
+    assert "built frozen" not in summary
+    stats = snapshot(net.features)
+    net.train()(images)  # what the column warns of: their statistics update in train()
+    assert {"1.running_mean", "5.running_var"} <= changed(stats, net.features)
+    held = net.freeze("features").freeze_summary()  # frozen through freezable: held, the columns go
+    assert "frozen by hand" not in held and "norms not held" not in held and _row(held, "features")["frozen"] == "840"
+
+
+def test_summary_shows_built_frozen_parameters_in_their_own_column():
+    net = Net()
+    net.features[1].requires_grad_(False)  # before freezable changed anything: built frozen
+    summary = net.freeze("classifier").freeze_summary()
+    assert _row(summary, "features") == {"group": "features", "params": "840", "trainable": "824", "frozen": "0",
+                                         "norms in eval": "0", "built frozen": "16", "norms not held": "1"}
+    assert "frozen by hand" not in summary

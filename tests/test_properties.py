@@ -16,6 +16,11 @@ modes leaves held buffers unchanged and every held module computes what the same
 all-eval copy computes on the same input (B2, B3); every other module's mode is plain
 PyTorch's (B5); ``state_dict`` keys are the plain model's and load both ways (B6).
 
+A second test widens the operations: module swaps (a BatchNorm converted to SyncBatchNorm, a layer
+replaced with a copy), weights loaded with ``assign=True``, a FrozenBackbone (``fast=True`` or not) built
+around the body and nested in the mixin model, its own groups frozen and unfrozen; every frozen tensor
+stays bit-identical and every forward equals the plain model's (see the comment above it).
+
 CI runs the "ci" profile (tests/conftest.py); ``pytest --hypothesis-profile=long
 tests/test_properties.py`` runs the long one.
 """
@@ -32,6 +37,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import freezable as fz
+from freezable._state import is_held
 
 F = 3  # every leaf maps (N, F) to (N, F)
 X = torch.randn(6, F, generator=torch.Generator().manual_seed(0))
@@ -364,3 +370,211 @@ def test_invariants_hold_after_every_step(tree, data):
         check_invariants(oracle, model, plain_keys)
         assert fz.check(model).problems == [] or any(
             "training mode" in p for p in fz.check(model).problems)  # only an inner train() call may show
+
+
+# -- swaps, new tensor objects, the fast path, a wrapper nested in a mixin model (issue 21) ---------------------------
+
+# The model under test is a mixin model whose body may become a FrozenBackbone (``wrap``, with or without
+# ``fast=True``), nested in it: groups of the outer model and of the inner wrapper freeze and unfreeze parts of
+# the same body. Modules are swapped (a BatchNorm converted to SyncBatchNorm, a layer replaced with a copy of
+# it, with other values), and weights loaded with ``assign=True`` (new tensor objects, other values) through the
+# outer model or the inner backbone. The oracle is plain: which parameters are frozen (by the names of the plain model), and
+# the value of each frozen tensor when it was frozen. After every operation: requires_grad is the oracle's;
+# every parameter frozen since it was frozen, and every buffer of a BatchNorm frozen since, is bit-identical;
+# and a forward (in the current modes, with the same seed) equals the plain model's with the same weights and
+# the modes the forward ran in.
+
+WIDE_OPS = ["freeze", "unfreeze", "wrap", "inner_freeze", "inner_unfreeze", "swap", "load_assign",
+            "load_assign_inner", "train", "eval", "inner_train", "step"]
+
+
+class Outer(fz.Freezable, Plain):
+    """The mixin model whose body may become a FrozenBackbone."""
+
+
+def plain_name(name: str) -> str:
+    """A name of the model under test as the plain model has it (no ``backbone.`` of a nested wrapper)."""
+    if name == "body.backbone" or name.startswith("body.backbone."):
+        return "body" + name[len("body.backbone"):]
+    return name
+
+
+class Frozen:
+    """The oracle: which parameters are frozen, and what every frozen tensor held when it was frozen."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()  # frozen parameters, by canonical plain name
+        self.values: dict[str, torch.Tensor] = {}  # frozen since: parameters, and buffers of frozen BatchNorms
+
+    @staticmethod
+    def canonical(model: nn.Module) -> dict[int, str]:
+        return {id(p): plain_name(n) for n, p in model.named_parameters()}
+
+    def set(self, model: nn.Module, module: nn.Module, frozen: bool) -> None:
+        canon = self.canonical(model)
+        names = {canon[id(p)] for p in module.parameters()}
+        self.names = self.names | names if frozen else self.names - names
+
+    def remember(self, model: nn.Module) -> None:
+        """Records the value of each tensor frozen now and not before; forgets those no longer frozen."""
+        tensors = {plain_name(n): p for n, p in model.named_parameters()}
+        canon = self.canonical(model)
+        for name, m in model.named_modules():
+            params = [canon[id(p)] for p in m.parameters(recurse=False)]
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and set(params) <= self.names:
+                tensors.update({plain_name(f"{name}.{b}"): t for b, t in m.named_buffers(recurse=False)})
+        frozen = {n for n in tensors if n in self.names or (n.rpartition(".")[2] in ("running_mean", "running_var",
+                                                                                     "num_batches_tracked")
+                                                            and n in tensors and self._bn_frozen(n))}
+        self.values = {n: self.values.get(n, None) if n in self.values else tensors[n].detach().clone()
+                       for n in frozen}
+
+    def renew(self, model: nn.Module) -> None:
+        """After new values were loaded on purpose: frozen since now, with these values."""
+        tensors = {plain_name(n): t for n, t in [*model.named_parameters(), *model.named_buffers()]}
+        self.values = {n: tensors[n].detach().clone() for n in self.values}
+
+    def _bn_frozen(self, buffer: str) -> bool:
+        owner = buffer.rpartition(".")[0]
+        return f"{owner}.weight" in self.names
+
+
+def swappable(model: nn.Module) -> list[str]:
+    """Leaves of the body that appear once (a swap at one name of a shared module would split it)."""
+    counts: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        counts[id(m)] = counts.get(id(m), 0) + 1
+    return [n for n, m in model.named_modules() if n.startswith("body.") and not m._modules and counts[id(m)] == 1
+            and isinstance(m, (nn.Linear, nn.Conv1d, nn.modules.batchnorm._BatchNorm, nn.Dropout))]
+
+
+def other_values(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """New tensor objects with other values (x * 0.9 + 0.1: a running variance stays positive, nothing grows)."""
+    return {k: v * 0.9 + 0.1 if v.is_floating_point() else v.clone() for k, v in tensors.items()}
+
+
+def check_wide(model: Outer, plain: Plain, frozen: Frozen, fast: bool) -> None:
+    canon = Frozen.canonical(model)
+    for name, p in model.named_parameters():
+        assert p.requires_grad is (canon[id(p)] not in frozen.names), name
+    now = {plain_name(n): t for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    for name, value in frozen.values.items():
+        assert torch.equal(now[name], value), f"frozen tensor {name} changed"
+    # a forward in the current modes against the plain model with the same weights and the modes it ran in
+    torch.manual_seed(7)
+    with torch.no_grad():
+        out = model(X)
+    # a wrapper's, then its backbone's; a held module computes in eval (through the fast path: its copy does)
+    modes = {plain_name(n): m.training and not is_held(m) for n, m in model.named_modules()}
+    plain.load_state_dict(model.state_dict(), strict=True)
+    for name, m in plain.named_modules():
+        m.training = modes[name]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        expected = plain(X)
+    if fast:
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(out, expected)
+    problems = fz.check(model).problems
+    assert all("training mode" in p for p in problems), problems  # only an inner train() call (or a swap) may show
+
+
+@given(tree=trees, data=st.data())
+def test_frozen_tensors_and_outputs_hold_through_swaps_assign_loads_fast_paths_and_nesting(tree, data):
+    torch.manual_seed(0)
+    body = build(tree, {})
+    plain = Plain(copy.deepcopy(body))
+    model = Outer(body)
+    model.head = copy.deepcopy(plain.head)
+    frozen = Frozen()
+    generation = 0  # outer groups registered before a wrap name what the wrap moved under body.backbone
+    groups: dict[str, int] = {}
+    inner_groups: list[str] = []
+    fast = False
+
+    def optimizer() -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.1)
+
+    opt = optimizer()
+    for _ in range(data.draw(st.integers(4, 16), label="steps")):
+        wrapped = isinstance(model.body, fz.FrozenBackbone)
+        valid = [op for op in WIDE_OPS if (op != "wrap" or not wrapped) and (wrapped or not op.startswith(
+            ("inner_freeze", "inner_unfreeze", "load_assign_inner"))) and (op != "swap" or swappable(model))]
+        op = data.draw(st.sampled_from(valid), label="op")
+        names = [n for n, _ in model.named_modules() if n]
+        if op in ("freeze", "unfreeze"):
+            current = [g for g, gen in groups.items() if gen == generation]
+            choice = data.draw(st.sampled_from(["(whole)", "(new)", *current]), label="group")
+            if choice == "(new)":
+                choice = f"g{len(groups)}"
+                model.register_freeze_group(choice, data.draw(st.sampled_from(names), label="spec"))
+                groups[choice] = generation
+            target = model if choice == "(whole)" else [model.get_submodule(n) for n in model.freeze_group(choice).modules]
+            (model.freeze if op == "freeze" else model.unfreeze)(*([] if choice == "(whole)" else [choice]))
+            for m in [target] if choice == "(whole)" else target:
+                frozen.set(model, m, op == "freeze")
+        elif op == "wrap":
+            inner = [n for n, _ in model.body.named_modules() if n]
+            trainable = data.draw(st.lists(st.sampled_from(inner), max_size=2, unique=True) if inner
+                                  else st.just([]), label="trainable")
+            fast = data.draw(st.booleans(), label="fast")
+            backbone = model.body
+            model.body = fz.FrozenBackbone(backbone, trainable=trainable, fast=fast)
+            frozen.set(model, model.body, True)
+            for spec in trainable:
+                frozen.set(model, backbone.get_submodule(spec), False)
+            generation += 1
+            opt = optimizer()
+        elif op in ("inner_freeze", "inner_unfreeze"):
+            inner = [n for n, _ in model.body.backbone.named_modules() if n]
+            spec = data.draw(st.sampled_from(["(whole)", *inner]), label="inner_spec")
+            chosen = []
+            if spec != "(whole)":
+                chosen = [f"i{len(inner_groups)}"]
+                model.body.register_freeze_group(chosen[0], spec)
+                inner_groups.append(chosen[0])
+            (model.body.freeze if op == "inner_freeze" else model.body.unfreeze)(*chosen)
+            frozen.set(model, model.body.backbone.get_submodule("" if spec == "(whole)" else spec),
+                       op == "inner_freeze")
+        elif op == "swap":
+            name = data.draw(st.sampled_from(swappable(model)), label="swapped")
+            parent, _, child = name.rpartition(".")
+            old = model.get_submodule(name)
+            sync = isinstance(old, nn.BatchNorm1d) and data.draw(st.booleans(), label="sync_batchnorm")
+            if sync:  # the same Parameter and buffer objects in a new module
+                new = nn.SyncBatchNorm.convert_sync_batchnorm(old)
+            else:  # a copy with other values
+                new = copy.deepcopy(old)
+                new.load_state_dict(other_values(new.state_dict()))
+            setattr(model.get_submodule(parent), child, new)
+            frozen.renew(model)
+            opt = optimizer()
+        elif op == "load_assign":
+            model.load_state_dict(other_values(model.state_dict()), strict=True, assign=True)
+            frozen.renew(model)
+            opt = optimizer()
+        elif op == "load_assign_inner":
+            backbone = model.body.backbone
+            backbone.load_state_dict(other_values(backbone.state_dict()), assign=True)
+            frozen.renew(model)
+            opt = optimizer()
+        elif op in ("train", "eval"):
+            model.train(op == "train")
+            canon = Frozen.canonical(model)
+            for name, m in model.named_modules():  # B5: whatever holds a trainable parameter follows train()
+                if any(canon[id(p)] not in frozen.names for p in m.parameters()):
+                    assert m.training is (op == "train"), name
+        elif op == "inner_train":
+            model.get_submodule(data.draw(st.sampled_from(names), label="inner")).train(
+                data.draw(st.booleans(), label="mode"))
+        elif op == "step":
+            opt.zero_grad(set_to_none=data.draw(st.booleans(), label="set_to_none"))
+            loss = model(X).tanh().mean()  # bounded: 16 steps never overflow
+            if loss.requires_grad:
+                loss.backward()
+            opt.step()
+        with open("/tmp/wt21_ops.log", "a") as f:
+            f.write(f"{op} {wrapped} {fast}\n")
+        frozen.remember(model)
+        check_wide(model, plain, frozen, fast)

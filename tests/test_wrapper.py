@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
 import io
 
 import pytest
@@ -228,3 +230,154 @@ def test_norm_eval_trainable_norms_train_through_the_fast_path(frozen_dtype):
     bn = fb.backbone.layer4[1].bn2
     assert bn.weight.grad is not None and bn.weight.grad.dtype == torch.float32
     assert all(torch.equal(b, dict(fb.backbone.layer4.named_buffers())[n]) for n, b in stats.items())
+
+
+# -- nested Freezables (issue 21) ------------------------------------------------------------------------------------
+
+
+class Encoded(fz.Freezable, nn.Module):
+    """A model whose encoder is a Freezable of its own."""
+
+    freeze_groups = {"encoder": "encoder", "head": "head"}
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+INNER = {
+    "wrapper": lambda: fz.FrozenBackbone(resnet(), trainable=["head"]),
+    "wrapper_fast": lambda: fz.FrozenBackbone(resnet(), trainable=["head"], fast=True),
+    "in_place": lambda: fz.freeze(resnet(), trainable=["head"]),
+}
+
+
+@pytest.mark.parametrize("inner", INNER)
+def test_a_hold_is_released_when_a_nested_freezable_makes_part_of_it_trainable(inner, x):
+    model = Encoded(INNER[inner]()).freeze()  # the outer model frozen whole, the encoder with it
+    encoder = model.encoder
+    body = encoder.backbone if inner.startswith("wrapper") else encoder
+    model(x)  # a fast path is built now, with stage4 frozen
+    encoder.unfreeze("stage4")
+    assert body.layer4[0].bn1.weight.requires_grad
+    assert encoder.train().training and encoder(x) is not None  # B5 for the inner model, before the outer runs
+    assert body.layer4[0].bn1.training and not body.bn1.training
+    for call in (encoder.train, model.train):
+        call()
+        assert fz.check(model).ok, fz.check(model).problems  # no frozen module in training mode
+        stem, stage4 = snapshot(body.bn1), snapshot(body.layer4)
+        model(x)
+        assert body.layer4[0].bn1.training and encoder.training and model.training  # B5: plain PyTorch's modes
+        assert changed(stage4, body.layer4) and not changed(stem, body.bn1)  # stage4's BatchNorms train
+        assert not body.bn1.training
+    encoder.freeze("stage4")  # frozen whole again, through the inner model: the outer one holds it all again
+    model.train()
+    assert not encoder.training and not body.layer4[0].bn1.training
+    stage4 = snapshot(body.layer4)
+    assert torch.equal(model(x), model.eval()(x)) and not changed(stage4, body.layer4)
+
+
+# -- typed outputs of a fully frozen backbone (issue 21) -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Pooled:
+    pooled: torch.Tensor
+    maps: list[torch.Tensor]
+    name: str = "pooled"
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenPooled:
+    pooled: torch.Tensor
+    count: int = dataclasses.field(default=0, init=False)
+
+
+Pair = collections.namedtuple("Pair", "maps pooled")
+
+
+class Typed(nn.Module):
+    """A small CNN whose forward returns its features in a container of the kind named."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, x):
+        maps = self.body(x)
+        pooled = maps.mean((2, 3))
+        return {"dataclass": lambda: Pooled(pooled, [maps]),
+                "frozen_dataclass": lambda: FrozenPooled(pooled),
+                "namedtuple": lambda: Pair(maps, pooled),
+                "ordered_dict": lambda: collections.OrderedDict(maps=maps, pooled=pooled),
+                "nested": lambda: (Pair(maps, pooled), {"pooled": [pooled]})}[self.kind]()
+
+
+def _pooled(out):
+    return out[1]["pooled"][0] if isinstance(out, tuple) and not hasattr(out, "_fields") else (
+        out["pooled"] if isinstance(out, dict) else out.pooled)
+
+
+FAST = {"plain": {}, "fast": {"fast": True}, "fast_bf16": {"fast": True, "frozen_dtype": torch.bfloat16}}
+
+
+@pytest.mark.parametrize("options", FAST)
+@pytest.mark.parametrize("kind", ["dataclass", "frozen_dataclass", "namedtuple", "ordered_dict", "nested"])
+def test_outputs_of_a_fully_frozen_backbone_keep_their_type_and_train_a_head(kind, options, x):
+    torch.manual_seed(0)
+    model = Typed(kind)
+    with torch.no_grad():
+        expected = copy.deepcopy(model).eval()(x)
+    out = fz.FrozenBackbone(model, **FAST[options]).train()(x)
+    assert type(out) is type(expected)
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    leaves += [out.pooled] if dataclasses.is_dataclass(out) else []
+    assert leaves and not any(t.is_inference() or t.requires_grad for t in leaves)
+    torch.testing.assert_close(_pooled(out), _pooled(expected), **({} if options != "fast_bf16" else
+                                                                  {"rtol": 0.05, "atol": 0.05}))
+    assert _pooled(out).dtype == torch.float32
+    head = nn.Linear(4, 2)
+    head(_pooled(out)).sum().backward()  # inference tensors could not be saved for backward
+    assert head.weight.grad is not None
+
+
+@pytest.mark.parametrize("options", ["plain", "fast"])
+def test_a_frozen_hugging_face_model_returns_its_model_output(options):
+    transformers = pytest.importorskip("transformers")
+    import _hf_models
+
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(num_hidden_layers=2, max_position_embeddings=64,
+                                                          **_hf_models.SIZES))
+    ids = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        expected = copy.deepcopy(bert).eval()(input_ids=ids)
+    out = fz.FrozenBackbone(bert, **FAST[options]).train()(input_ids=ids)
+    assert type(out) is type(expected)
+    assert torch.equal(out.last_hidden_state, expected.last_hidden_state) and out[0] is out.last_hidden_state
+    assert not out.pooler_output.is_inference()
+    head = nn.Linear(32, 2)
+    head(out.pooler_output).sum().backward()
+    assert head.weight.grad is not None
+
+
+def test_an_inner_fast_path_follows_holds_the_outer_model_changes(x):
+    """Found by the widened property test: a fast path built while an outer model held the backbone, then that
+    hold released by the outer model (the wrapper itself, unfrozen whole, no longer watches its own holds)."""
+    model = Encoded(fz.FrozenBackbone(resnet(), fast=True))
+    model.unfreeze()  # through the outer model: the wrapper holds nothing of its own now
+    model.train()(x)
+    model.freeze()
+    model.load_state_dict(model.state_dict())  # drops the fast path: rebuilt with the backbone held by the outer
+    model(x)
+    model.unfreeze().train()
+    plain = copy.deepcopy(model.encoder.backbone)
+    torch.manual_seed(0)
+    out = model.encoder(x)
+    torch.manual_seed(0)
+    assert torch.equal(out, plain(x))  # training-mode BatchNorm, not the held copy's running statistics
