@@ -26,7 +26,8 @@ from torch import nn
 
 import freezable as fz
 from freezable.__main__ import main
-from freezable.errors import FreezableTypeError, FreezeStateError, PresetError, SpecError, UnknownGroupError
+from freezable.errors import (FreezableTypeError, FreezeStateError, PresetError, SpecError, UnknownGroupError,
+                             UnknownNameError)
 from freezable.guard import guarded_names
 
 FreezableError = fz.FreezableError
@@ -184,11 +185,20 @@ CONFLICT = fz.Preset("test.conflict", "redefines 'features'", {"features": "clas
 ROWS: list[Bad] = [
     # -- Freezable.freeze / unfreeze -------------------------------------------------------------------------------
     Bad("freeze-unknown-group", lambda s: s.net.freeze("featurs"), UnknownGroupError,
-        r"unknown freeze group 'featurs'; did you mean 'features'"),
+        r"freeze\(\) entry 'featurs' is neither a group nor a submodule or parameter name of Net; did you mean the "
+        r"group 'features'\? groups: \['features', 'classifier', 'conv1'\]"),
     Bad("freeze-second-name-unknown", lambda s: s.net.freeze("features", "clasifier"), UnknownGroupError,
-        r"unknown freeze group 'clasifier'; did you mean 'classifier'"),
+        r"freeze\(\) entry 'clasifier' is neither a group .*did you mean the group 'classifier'"),
     Bad("freeze-empty-name", lambda s: s.net.freeze(""), UnknownGroupError,
-        r"unknown freeze group ''; valid choices: 'classifier', 'conv1', 'features'"),
+        r"freeze\(\) entry '' is neither a group nor a submodule or parameter name of Net; groups: \['features', "
+        r"'classifier', 'conv1'\]"),
+    Bad("freeze-module-typo", lambda s: s.net.freeze("features.9"), UnknownNameError,
+        r"freeze\(\) entry 'features.9' is neither a group nor .*did you mean the group 'features', or 'features.8'"),
+    Bad("freeze-glob-matches-nothing", lambda s: s.net.freeze("blocks.*"), SpecError,
+        r"freeze\(\) entry 'blocks.\*' is neither a group nor a submodule or parameter name of Net; groups: "),
+    Bad("freeze-module-name-with-a-prefix-too-many", lambda s: s.net.freeze("net.features"), UnknownNameError,
+        r"'net.features' is neither .*did you mean the group 'features', or 'features'\? names are relative to Net; "
+        r"groups: \["),
     Bad("freeze-int-name", lambda s: s.net.freeze(3), FreezableTypeError, r"group name must be a str, not int: 3"),
     Bad("freeze-none-name", lambda s: s.net.freeze(None), FreezableTypeError, r"not NoneType: None"),
     Bad("freeze-list-of-names", lambda s: s.net.freeze(["features"]), FreezableTypeError,
@@ -212,13 +222,15 @@ ROWS: list[Bad] = [
     Bad("freeze_group-unknown", lambda s: s.net.freeze_group("clasifier"), UnknownGroupError,
         r"unknown freeze group 'clasifier'; did you mean 'classifier'"),
     Bad("freeze-on-a-model-without-groups", lambda s: s.extra["model"].freeze("backbone"), UnknownGroupError,
-        r"unknown freeze group 'backbone'; there are none: Plain has no freeze groups\. Declare them in the class "
+        r"freeze\(\) entry 'backbone' is neither a group nor a submodule or parameter name of Plain; Plain has no "
+        r"freeze groups\. Declare them in the class "
         r"\(freeze_groups = .*register_freeze_group\(name, \*specs\).*fz\.apply_preset\(model, 'linear_probe'\)",
         setup=lambda s: s.extra.update(model=plain_freezable())),
     Bad("mixin-after-nn-module", lambda s: type("Net2", (nn.Module, fz.Freezable), {}), FreezableTypeError,
         r"class Net2 puts Freezable after nn.Module .*put the mixin first: class Net2\(Freezable, Module\)"),
     Bad("unfreeze-unknown-group", lambda s: s.net.unfreeze("head"), UnknownGroupError,
-        r"unknown freeze group 'head'; valid choices: 'classifier', 'conv1', 'features'"),
+        r"unfreeze\(\) entry 'head' is neither a group nor a submodule or parameter name of Net; groups: "
+        r"\['features', 'classifier', 'conv1'\]"),
     Bad("unfreeze-float-name", lambda s: s.net.unfreeze(1.5), FreezableTypeError, r"not float: 1.5"),
     Bad("unfreeze-bytes-name", lambda s: s.net.unfreeze(b"features"), FreezableTypeError, r"not bytes: b'features'"),
     Bad("class-groups-not-a-mapping", lambda s: s.extra["model"].freeze("features"), FreezableTypeError,
@@ -318,7 +330,7 @@ ROWS: list[Bad] = [
     Bad("norm-eval-group-name-as-enabled", lambda s: s.net.set_norm_eval("features"), FreezableTypeError,
         r"enabled must be a bool, not str: 'features'; set_norm_eval\(True, \*groups\)"),
     Bad("norm-eval-unknown-group", lambda s: s.net.set_norm_eval(True, "featurs"), UnknownGroupError,
-        r"unknown freeze group 'featurs'; did you mean 'features'"),
+        r"set_norm_eval\(\) entry 'featurs' is neither a group .*did you mean the group 'features'"),
     Bad("norm-eval-nothing-to-hold", lambda s: s.net.set_norm_eval(True, "classifier"), FreezableError,
         r"set_norm_eval\(True, 'classifier'\) changes nothing: the groups \['classifier'\] hold no norm layer with "
         r"running statistics .*groups that do: 'features'"),
@@ -342,9 +354,13 @@ ROWS: list[Bad] = [
     Bad("wrapper-trainable-unknown-group", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=["stage9"]),
         SpecError, r"trainable entry 'stage9' is neither a group nor .*did you mean the group 'stage4'.*groups: \['stem'"),
     Bad("wrapper-trainable-glob-matches-nothing", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable="layer9*"),
-        SpecError, r"spec 'layer9\*' of group 'trainable' matches no"),
+        SpecError, r"trainable entry 'layer9\*' is neither a group nor a submodule or parameter name of ResNet; "
+        r"did you mean 'layer4' or 'layer3' or 'layer2'\? groups: \['stem'"),
+    Bad("wrapper-trainable-regex-matches-nothing",
+        lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=[re.compile("^zzz")]), SpecError,
+        r"spec re.compile\('\^zzz'\) of group 'trainable' matches no"),
     Bad("wrapper-trainable-module-typo", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=["layer9"]),
-        SpecError, r"spec 'layer9' .* did you mean 'layer4'"),
+        SpecError, r"trainable entry 'layer9' is neither .* did you mean 'layer4'"),
     Bad("wrapper-trainable-group-typo", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=["haed"]),
         SpecError, r"did you mean the group 'head'\?"),
     Bad("wrapper-trainable-int", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=3), FreezableTypeError,
@@ -359,7 +375,10 @@ ROWS: list[Bad] = [
         lambda s: fz.FrozenBackbone(s.fb.backbone, preset="torchvision.alexnet.classifier_only"), PresetError,
         r"does not fit ResNet: spec 'features' of group 'features' matches no"),
     Bad("wrapper-freeze-unknown-stage", lambda s: s.fb.freeze("stage9"), UnknownGroupError,
-        r"unknown freeze group 'stage9'; did you mean 'stage4' or 'stage3' or 'stage2'\?"),
+        r"freeze\(\) entry 'stage9' is neither a group nor a submodule or parameter name of ResNet; did you mean "
+        r"the group 'stage4' or 'stage3' or 'stage2'\? groups: \['stem', 'stage1'"),
+    Bad("wrapper-freeze-module-typo", lambda s: s.fb.freeze("layer_2"), UnknownNameError,
+        r"freeze\(\) entry 'layer_2' is neither .*did you mean 'layer2'"),
     Bad("wrapper-smp-preset-on-resnet", lambda s: fz.FrozenBackbone(s.fb.backbone, preset="smp.freeze_encoder"),
         PresetError, r"preset 'smp.freeze_encoder' freezes \['encoder'\], which ResNet does not have; its detected "
         r"groups are \['stem', 'stage1'"),

@@ -9,7 +9,7 @@ import torchvision
 
 import freezable as fz
 from freezable.detect import detect_groups
-from freezable.presets import _PRESETS
+from freezable.presets.registry import _PRESETS
 
 # the model a preset is tried on: its own where it names a family, else the resnet18 of its library
 # (torchvision's for the generic presets, which fit both)
@@ -79,7 +79,7 @@ def test_list_presets_filters_with_a_glob():
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
-                                  for n in sorted(_PRESETS)])
+                                  for n in fz.list_presets()])
 def test_every_preset_applies_to_a_model_it_is_meant_for(name):
     preset = fz.get_preset(name)
     source, model_name = example_for(preset)
@@ -154,7 +154,7 @@ def test_preset_is_a_frozen_dataclass():
 
 # -- norm_eval -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(_PRESETS))
+@pytest.mark.parametrize("name", fz.list_presets())
 def test_norm_eval_is_set_by_the_frozen_stages_and_detection_presets(name):
     expected = "frozen_stages_" in name or name.startswith("torchvision.detection.trainable_backbone_layers_")
     assert fz.get_preset(name).norm_eval is expected
