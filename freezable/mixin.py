@@ -254,8 +254,12 @@ class Freezable:
         Frozen parameters get ``requires_grad=False`` and ``grad=None``; frozen parts
         are held at inference at once. Where groups overlap, the later call wins.
 
+        Names are read as ``trainable=`` reads them: a registered group's name is that group; any other
+        name is a spec matched against the model's submodule and parameter names (``"layer4"``,
+        ``"layer4.1"``, ``"blocks.*"``), frozen as a group would be.
+
         Args:
-            *groups: registered group names.
+            *groups: group names, or submodule or parameter names and globs.
             train_bn: keep the groups' normalisation layers trainable (affine
                 parameters train, running statistics update), as fastai's ``train_bn``.
             guard: also record a fingerprint of what this call froze (parameters and
@@ -266,9 +270,21 @@ class Freezable:
             The model, for chaining.
 
         Raises:
-            UnknownGroupError: a name is not a registered group.
+            UnknownNameError: a name is neither a group nor a submodule or parameter (an
+                :class:`~freezable.errors.UnknownGroupError`; the message suggests the closest of both).
+
+        Example:
+            >>> from torch import nn
+            >>> class Net(Freezable, nn.Sequential):
+            ...     freeze_groups = {"body": ["0", "1"], "head": "2"}
+            >>> net = Net(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+            >>> net.freeze("0").frozen_groups, net[0].weight.requires_grad  # a module name, as a spec
+            ((), False)
         """
-        selected = self._selected(groups, "freeze")
+        return self._freeze(groups, "freeze", train_bn=train_bn, guard=guard)
+
+    def _freeze(self, groups: tuple[str, ...], call: str, *, train_bn: bool, guard: bool) -> Freezable:
+        selected = self._selected(groups, call)
         if not isinstance(train_bn, bool):
             raise type_error("train_bn", train_bn, "a bool")
         if not isinstance(guard, bool):
@@ -296,7 +312,7 @@ class Freezable:
         naming a group that holds some warns (:class:`~freezable.errors.BuiltFrozenWarning`).
 
         Args:
-            *groups: registered group names.
+            *groups: group names, or submodule or parameter names and globs (see :meth:`freeze`).
             optimizer: an optimizer built from ``trainable_parameters()``: the
                 parameters made trainable that it lacks are added to it as one new
                 param group (none is duplicated; see :func:`freezable.optim.add_missing`).
@@ -309,7 +325,7 @@ class Freezable:
             The model, for chaining.
 
         Raises:
-            UnknownGroupError: a name is not a registered group.
+            UnknownNameError: a name is neither a group nor a submodule or parameter.
             FreezableTypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, ``lr`` is
                 not a number >= 0, ``lr`` is given without ``optimizer``, or ``built_frozen`` is not a bool.
 
@@ -325,7 +341,11 @@ class Freezable:
             >>> net.unfreeze("body", built_frozen=True).freeze_state()["frozen_parameters"]
             []
         """
-        selected = self._selected(groups, "unfreeze")
+        return self._unfreeze(groups, "unfreeze", optimizer=optimizer, lr=lr, built_frozen=built_frozen)
+
+    def _unfreeze(self, groups: tuple[str, ...], call: str, *, optimizer: Any = None, lr: float | None = None,
+                  built_frozen: bool = False) -> Freezable:
+        selected = self._selected(groups, call)
         if not isinstance(built_frozen, bool):
             raise type_error("built_frozen", built_frozen, "a bool")
         if optimizer is not None:
@@ -340,8 +360,9 @@ class Freezable:
             _state.forget_built_frozen(self, [n for g in selected for n, _ in g.named_parameters(root)])  # type: ignore[arg-type]
         kept = self._unfreeze_resolved(selected)
         if kept and groups:
-            warn_built_frozen(f"unfreeze({', '.join(map(repr, groups))})", kept,
-                              f"model.unfreeze({', '.join(map(repr, groups))}, built_frozen=True)")
+            warn_built_frozen(f"{call}({', '.join(map(repr, groups))})", kept,
+                              f"model.{call}({', '.join(map(repr, groups))}, built_frozen=True)",
+                              stacklevel=4 if call == "unfreeze" else 5)  # the user's line: past contextlib too
         if optimizer is not None:
             root = self._freeze_root()
             params = [p for group in selected for _, p in group.named_parameters(root)]
@@ -386,23 +407,24 @@ class Freezable:
             ((), True)
         """
         saved = self._saved_state()
-        self.freeze(*groups, train_bn=train_bn)
+        self._freeze(groups, "frozen", train_bn=train_bn, guard=False)
         try:
             yield self
         finally:
             self._restore_state(saved)
 
     @contextlib.contextmanager
-    def unfrozen(self, *groups: str) -> Iterator[Freezable]:
+    def unfrozen(self, *groups: str, built_frozen: bool = False) -> Iterator[Freezable]:
         """Unfreezes the named groups (none: the whole model) for a ``with`` block, then puts back the freeze
         state from before, exactly, even when the block raises (see :meth:`frozen` for what is put back).
 
-        Parameters the model was built with frozen stay frozen, as with :meth:`unfreeze`. A guarded tensor that
-        the block changed is reported by :func:`freezable.check` afterwards: it was frozen before the block and
-        is again.
+        Parameters the model was built with frozen stay frozen unless ``built_frozen=True``, as with
+        :meth:`unfreeze`. A guarded tensor that the block changed is reported by :func:`freezable.check`
+        afterwards: it was frozen before the block and is again.
 
         Args:
             *groups: group names, or submodule or parameter names (see :meth:`freeze`).
+            built_frozen: train the groups' parameters the model was built with frozen too, for the block.
 
         Yields:
             The model.
@@ -423,7 +445,7 @@ class Freezable:
             ('body', 'head')
         """
         saved = self._saved_state()
-        self.unfreeze(*groups)
+        self._unfreeze(groups, "unfrozen", built_frozen=built_frozen)
         try:
             yield self
         finally:
@@ -797,10 +819,10 @@ def sync_before_forward(model: Freezable, args: Any) -> None:
         model._refresh_held()
 
 
-def warn_built_frozen(call: str, names: list[str], fix: str) -> None:
+def warn_built_frozen(call: str, names: list[str], fix: str, stacklevel: int = 3) -> None:
     """The one warning for a call that names parameters the model was built with frozen (they stay frozen)."""
     warnings.warn(f"{call} leaves {len(names)} parameter(s) frozen that the model was built with frozen "
-                  f"({shorten(names)}); to train them as well: {fix}", BuiltFrozenWarning, stacklevel=3)
+                  f"({shorten(names)}); to train them as well: {fix}", BuiltFrozenWarning, stacklevel=stacklevel)
 
 
 def _frozen_by_freezable(root: nn.Module, groups: Iterable[Group] = ()) -> set[int]:

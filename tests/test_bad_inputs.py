@@ -25,6 +25,7 @@ from conftest import Net, full_state
 from torch import nn
 
 import freezable as fz
+from freezable.presets import Alias, PresetFamily
 from freezable.__main__ import main
 from freezable.errors import (FreezableTypeError, FreezeStateError, PresetError, SpecError, UnknownGroupError,
                              UnknownNameError)
@@ -176,6 +177,12 @@ def hf_progressive_callback(*args: Any, **kwargs: Any) -> Any:
     return pytest.importorskip("freezable.integrations.transformers").ProgressiveFreezingCallback(*args, **kwargs)
 
 
+def enter(manager: Any) -> None:
+    """Enters and leaves a context manager (frozen(), unfrozen()): a bad name fails on entering."""
+    with manager:
+        pass
+
+
 def schedule(s: Subjects, **kwargs: Any) -> fz.ProgressiveFreezing:
     return fz.ProgressiveFreezing(s.net, "schedule", **{"total_steps": 10, **kwargs})
 
@@ -231,6 +238,15 @@ ROWS: list[Bad] = [
     Bad("unfreeze-unknown-group", lambda s: s.net.unfreeze("head"), UnknownGroupError,
         r"unfreeze\(\) entry 'head' is neither a group nor a submodule or parameter name of Net; groups: "
         r"\['features', 'classifier', 'conv1'\]"),
+    Bad("frozen-unknown-name", lambda s: enter(s.net.frozen("featurs")), UnknownNameError,
+        r"frozen\(\) entry 'featurs' is neither a group .*did you mean the group 'features'"),
+    Bad("frozen-int-name", lambda s: enter(s.net.frozen(3)), FreezableTypeError, r"group name must be a str, not int"),
+    Bad("frozen-train_bn-str", lambda s: enter(s.net.frozen("features", train_bn="yes")), FreezableTypeError,
+        r"train_bn must be a bool, not str: 'yes'"),
+    Bad("unfrozen-unknown-name", lambda s: enter(s.net.unfrozen("clasifier")), UnknownNameError,
+        r"unfrozen\(\) entry 'clasifier' is neither a group .*did you mean the group 'classifier'"),
+    Bad("unfrozen-built_frozen-str", lambda s: enter(s.net.unfrozen("features", built_frozen="yes")),
+        FreezableTypeError, r"built_frozen must be a bool, not str: 'yes'"),
     Bad("unfreeze-float-name", lambda s: s.net.unfreeze(1.5), FreezableTypeError, r"not float: 1.5"),
     Bad("unfreeze-bytes-name", lambda s: s.net.unfreeze(b"features"), FreezableTypeError, r"not bytes: b'features'"),
     Bad("class-groups-not-a-mapping", lambda s: s.extra["model"].freeze("features"), FreezableTypeError,
@@ -400,6 +416,22 @@ ROWS: list[Bad] = [
     Bad("register-preset-duplicate", lambda s: fz.register_preset(
         fz.Preset("timm.hrnet.backbone", "again", frozen=("backbone",))), PresetError,
         r"a preset named 'timm.hrnet.backbone' is already registered"),
+    Bad("register-preset-member-of-a-family", lambda s: fz.register_preset(
+        fz.Preset("ultralytics.freeze_3", "again", frozen=())), PresetError,
+        r"a preset named 'ultralytics.freeze_3' is already registered"),
+    Bad("register-alias-of-nothing", lambda s: fz.register_preset(Alias("t.alias", "linear_prob")), PresetError,
+        r"alias 't.alias' names no registered preset 'linear_prob'; did you mean 'linear_probe'"),
+    Bad("alias-of-a-family-without-N", lambda s: Alias("t.stages_N", "linear_probe"), PresetError,
+        r"alias 't.stages_N' of 'linear_probe': a family's alias is a family's name"),
+    Bad("preset-family-name-without-N", lambda s: PresetFamily("t.first", range(2), lambda n: None),
+        FreezableTypeError, r"PresetFamily name must be a str ending in '_N', not str: 't.first'"),
+    Bad("get-preset-family-number-out-of-range", lambda s: fz.get_preset("ultralytics.freeze_43"), PresetError,
+        r"unknown preset 'ultralytics.freeze_43': ultralytics.freeze_N takes N in 0..42"),
+    Bad("get-preset-alias-number-out-of-range", lambda s: fz.get_preset("torchvision.frozen_stages_0"), PresetError,
+        r"unknown preset 'torchvision.frozen_stages_0': torchvision.frozen_stages_N takes N in 1..4"),
+    Bad("apply-preset-blank-group-name",
+        lambda s: fz.apply_preset(s.net, fz.Preset("t.blank", "d", {" ": "features"}, frozen=(" ",))), SpecError,
+        r"a group name must not be empty or blank, got ' '"),
     Bad("register-preset-a-name", lambda s: fz.register_preset("timm.mine"), FreezableTypeError,
         r"register_preset's argument must be a Preset, not str: 'timm.mine'"),
     Bad("preset-frozen-a-str", lambda s: fz.Preset("t.x", "d", {"a": "features"}, frozen="a"), FreezableTypeError,
@@ -740,3 +772,12 @@ def test_bad_input_is_answered_clearly_and_changes_nothing(row: Bad, subjects: S
         if isinstance(info.value, FreezableTypeError):
             assert isinstance(info.value, TypeError)
     assert everything(subjects) == before
+
+
+def test_every_error_class_is_exported_from_fz():
+    from freezable import errors
+
+    classes = [name for name in errors.__all__ if isinstance(getattr(errors, name), type)]
+    assert {"UnknownGroupError", "SpecError", "PresetError", "FreezeStateError", "FreezableTypeError",
+            "UnknownNameError", "PrefixWarning"} <= set(classes)
+    assert all(getattr(fz, name) is getattr(errors, name) and name in fz.__all__ for name in classes)
