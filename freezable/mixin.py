@@ -32,14 +32,15 @@ from .errors import (
     type_error,
     unknown_group,
 )
-from .groups import Group, Spec, enclosing_part, is_block, resolve_group, resolve_groups, select
+from .groups import Group, Spec, enclosing_part, is_block, is_within, resolve_group, resolve_groups, select
 from .norms import has_running_stats, is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
 from .stages import units_within, walk_units
 from .summary import SummaryRow, count_elements, format_summary
 
-__all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze", "warn_built_frozen", "watch_swaps"]
+__all__ = ["Freezable", "is_frozen", "is_held", "outermost_freezables", "tied_across_freeze", "warn_built_frozen",
+           "watch_swaps"]
 
 _WHOLE_MODEL = Group(modules=("",))
 
@@ -58,9 +59,14 @@ class Freezable:
             at the first call that needs them.
 
     Subclassing:
-        Two protected members are the extension points for subclasses (FrozenBackbone
-        uses both); everything else whose name starts with ``_`` is internal.
+        Three protected members are the extension points for subclasses and the construction
+        path (FrozenBackbone, ``fz.freeze``, presets); everything else whose name starts with ``_`` is
+        internal.
 
+        * ``_register_groups(groups)`` registers resolved :class:`~freezable.groups.Group` objects
+          after the model's own: the one step every registration ends in (class-level groups,
+          :meth:`register_freeze_group`, detected groups, a preset's); a name the model has with
+          other members is an error.
         * ``_unfreeze_resolved(groups)`` unfreezes resolved :class:`~freezable.groups.Group`
           objects, registered or not (FrozenBackbone's ``trainable`` specs).
         * ``_on_freeze_change()`` runs after every change of freeze state, once the frozen
@@ -780,6 +786,22 @@ def _check_group_name(name: object) -> None:
         raise type_error("a group name", name, "a str")
     if not name or not name.strip():
         raise SpecError(f"a group name must not be empty or blank, got {name!r}")
+
+
+def outermost_freezables(module: nn.Module) -> list[tuple[str, Freezable]]:
+    """``module`` itself if it is a Freezable, else its Freezable submodules that no other holds, by name, in order.
+
+    Example:
+        >>> from torch import nn
+        >>> class Net(Freezable, nn.Sequential): ...
+        >>> [name for name, _ in outermost_freezables(nn.Sequential(Net(Net()), nn.ReLU(), Net()))]
+        ['0', '2']
+    """
+    found: list[tuple[str, Freezable]] = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, Freezable) and not is_within(name, [f for f, _ in found]):
+            found.append((name, sub))
+    return found
 
 
 def tied_across_freeze(model: Freezable) -> list[Shared]:

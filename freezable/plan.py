@@ -9,8 +9,11 @@ that model.
 * Without ``preset``: the groups are the model's own (a Freezable's registered groups) or the
   detected ones, and everything but ``trainable`` is frozen.
 * With ``preset``: its groups are registered and its ``frozen`` groups frozen, less ``trainable``.
-* ``trainable`` entries are group names or specs (:mod:`freezable.groups`); parameters the model
-  was built with frozen stay frozen (a warning names them).
+* ``trainable`` entries are read as ``Freezable.freeze`` reads names (:func:`freezable.groups.select`):
+  group names first, then specs; parameters the model was built with frozen stay frozen (a warning
+  names them).
+* Every form ends in :func:`freezable.presets.install`: the groups go through the mixin's one
+  registration step, then the freeze; ``fz.freezable(model)`` registers the detected groups alone.
 * ``norm_eval``: ``None`` takes the preset's setting (off without one); ``True``/``False`` override it.
 """
 
@@ -93,7 +96,8 @@ def _kept(root: nn.Module, groups: Mapping[str, Group], entry: Any) -> Group:
 
 
 def carry_out(model: Freezable, plan: Plan, call: str) -> Freezable:
-    """Registers the plan's groups on ``model``, freezes as planned and keeps ``trainable`` trainable.
+    """Registers the plan's groups on ``model`` and freezes as planned (:func:`freezable.presets.install`), then
+    keeps ``trainable`` trainable.
 
     Args:
         model: a Freezable whose freeze root is the model the plan was made for.
