@@ -205,8 +205,8 @@ def no_groups(model: str) -> str:
     """What to do about a model without freeze groups, for the messages that find none.
 
     Example:
-        >>> no_groups("Net")  # doctest: +ELLIPSIS
-        'Net has no freeze groups. Declare them in the class ...'
+        >>> print(no_groups("Net"))  # doctest: +ELLIPSIS
+        Net has no freeze groups. Declare them in the class (freeze_groups = ...) or with register_freeze_group...
     """
     return (f"{model} has no freeze groups. Declare them in the class (freeze_groups = {{'backbone': "
             f"['features'], 'head': 'classifier'}}) or with register_freeze_group(name, *specs); for a torchvision "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -368,15 +368,14 @@ class Freezable:
         if kept and groups:
             warn_built_frozen(f"{call}({', '.join(map(repr, groups))})", kept,
                               f"model.{call}({', '.join(map(repr, groups))}, built_frozen=True)",
-                              stacklevel=4 if call == "unfreeze" else 5)  # the user's line: past contextlib too
+                              stacklevel=4 if call == "unfreeze" else 6)  # the user's line, past the context manager
         if optimizer is not None:
             root = self._freeze_root()
             params = [p for group in selected for _, p in group.named_parameters(root)]
             add_missing(optimizer, params, lr=lr, name="unfrozen:" + (",".join(groups) or "all"))
         return self
 
-    @contextlib.contextmanager
-    def frozen(self, *groups: str, train_bn: bool = False) -> Iterator[Freezable]:
+    def frozen(self, *groups: str, train_bn: bool = False) -> contextlib.AbstractContextManager[Freezable]:
         """Freezes the named groups (none: the whole model) for a ``with`` block, then puts back the freeze
         state from before, exactly, even when the block raises.
 
@@ -390,11 +389,12 @@ class Freezable:
             *groups: group names, or submodule or parameter names (see :meth:`freeze`).
             train_bn: keep the groups' norm layers trainable while frozen.
 
-        Yields:
-            The model.
+        Returns:
+            A context manager; ``with model.frozen(...) as m`` gives the model as ``m``.
 
         Raises:
-            UnknownNameError: a name is neither a group nor a submodule or parameter (nothing is changed).
+            UnknownNameError: a name is neither a group nor a submodule or parameter (on entering the block;
+                nothing is changed).
 
         Example:
             >>> import torch
@@ -412,15 +412,9 @@ class Freezable:
             >>> gan.frozen_groups, gan.d.training  # as before the block
             ((), True)
         """
-        saved = self._saved_state()
-        self._freeze(groups, "frozen", train_bn=train_bn, guard=False)
-        try:
-            yield self
-        finally:
-            self._restore_state(saved)
+        return self._for_the_block(lambda: self._freeze(groups, "frozen", train_bn=train_bn, guard=False))
 
-    @contextlib.contextmanager
-    def unfrozen(self, *groups: str, built_frozen: bool = False) -> Iterator[Freezable]:
+    def unfrozen(self, *groups: str, built_frozen: bool = False) -> contextlib.AbstractContextManager[Freezable]:
         """Unfreezes the named groups (none: the whole model) for a ``with`` block, then puts back the freeze
         state from before, exactly, even when the block raises (see :meth:`frozen` for what is put back).
 
@@ -432,11 +426,12 @@ class Freezable:
             *groups: group names, or submodule or parameter names (see :meth:`freeze`).
             built_frozen: train the groups' parameters the model was built with frozen too, for the block.
 
-        Yields:
-            The model.
+        Returns:
+            A context manager; ``with model.unfrozen(...) as m`` gives the model as ``m``.
 
         Raises:
-            UnknownNameError: a name is neither a group nor a submodule or parameter (nothing is changed).
+            UnknownNameError: a name is neither a group nor a submodule or parameter (on entering the block;
+                nothing is changed).
 
         Example:
             >>> import torch
@@ -450,22 +445,21 @@ class Freezable:
             >>> net.frozen_groups
             ('body', 'head')
         """
-        saved = self._saved_state()
-        self._unfreeze(groups, "unfrozen", built_frozen=built_frozen)
+        return self._for_the_block(lambda: self._unfreeze(groups, "unfrozen", built_frozen=built_frozen))
+
+    @contextlib.contextmanager
+    def _for_the_block(self, change: Callable[[], object]) -> Iterator[Freezable]:
+        """Makes ``change`` (which validates before it changes anything), then, when the block ends however it
+        ends, puts back the freeze state from before: marks, ``requires_grad``, the record beside them, the guard."""
+        self._sync()
+        saved = _state.save_state(self), _guard.save(self)  # type: ignore[arg-type]
+        change()
         try:
             yield self
         finally:
-            self._restore_state(saved)
-
-    def _saved_state(self) -> tuple[_state.SavedState, Any]:
-        self._sync()
-        return _state.save_state(self), _guard.save(self)  # type: ignore[arg-type]
-
-    def _restore_state(self, saved: tuple[_state.SavedState, Any]) -> None:
-        state, guard = saved
-        _state.restore_state(self, state)  # type: ignore[arg-type]
-        _guard.restore(self, guard)  # type: ignore[arg-type]
-        self._refresh_held()
+            _state.restore_state(self, saved[0])  # type: ignore[arg-type]
+            _guard.restore(self, saved[1])  # type: ignore[arg-type]
+            self._refresh_held()
 
     def freeze_to(self, group: str, *, train_bn: bool = False) -> Freezable:
         """Freezes the staged groups up to and including ``group`` and unfreezes the staged groups after it.

@@ -918,3 +918,19 @@ def test_frozen_is_no_no_grad():
         model(torch.randn(3, 2)).sum().backward()
     assert front.weight.grad is not None and back.weight.grad is None
     assert back.weight.requires_grad
+
+
+def test_the_built_frozen_warning_points_at_the_caller_s_line():
+    class Two(fz.Freezable, nn.Sequential):
+        freeze_groups = {"body": "0", "head": "1"}
+
+    model = Two(nn.Linear(2, 2), nn.Linear(2, 1))
+    model[0].bias.requires_grad_(False)
+    model.freeze()
+    with pytest.warns(fz.BuiltFrozenWarning, match=r"unfreeze\('body'\)") as record:
+        model.unfreeze("body")
+    with pytest.warns(fz.BuiltFrozenWarning, match=r"unfrozen\('body'\) .*model.unfrozen\('body', built_frozen=True\)"
+                      ) as record_block:
+        with model.unfrozen("body"):
+            pass
+    assert [w.filename for w in (*record, *record_block)] == [__file__, __file__]
