@@ -3,7 +3,8 @@
 A cached output must equal a fresh one. It would not if a parameter trained, if a BatchNorm kept no running
 statistics (a sample's output would depend on the rest of its batch), or if a module whose output differs in
 training (dropout, drop-path, norms with running statistics) ran in training mode. The frozen prefix of a
-progressive freezing run asks the same before it caches (:mod:`freezable.progressive.prefix`).
+progressive freezing run asks the same before it caches (:mod:`freezable.progressive.prefix`), and checks
+the cap it will give its cache as the cache does (:func:`check_cap`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,30 @@ from __future__ import annotations
 from torch import nn
 
 from .._state import is_held
-from ..errors import FreezableError, shorten
+from ..errors import FreezableError, shorten, type_error
 
-__all__ = ["check_frozen", "check_cacheable"]
+__all__ = ["check_cap", "check_frozen", "check_cacheable"]
 
 _STOCHASTIC_NAMES = ("DropPath", "StochasticDepth", "DropBlock2d")  # timm, torchvision: random in training
+
+
+def check_cap(what: str, cap: object) -> None:
+    """Raises unless ``cap`` is a memory cap a cache takes: a positive int, or ``None`` (no limit).
+
+    Raises:
+        FreezableTypeError: not an int (a bool neither) nor ``None``.
+        FreezableError: an int below 1.
+
+    Example:
+        >>> check_cap("max_items", 0)
+        Traceback (most recent call last):
+        ...
+        freezable.errors.FreezableError: max_items must be a positive int or None, not 0
+    """
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)):
+        raise type_error(what, cap, "a positive int or None")
+    if cap is not None and cap < 1:
+        raise FreezableError(f"{what} must be a positive int or None, not {cap!r}")
 
 
 def check_frozen(backbone: nn.Module) -> None:

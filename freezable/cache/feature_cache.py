@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import FreezableError, closest, describe, shorten, type_error
 from . import store
 from .binding import WeightsWatch, changed_tensors, input_prints, same_input, weights_fingerprint
-from .checks import check_cacheable, check_frozen
+from .checks import check_cacheable, check_cap, check_frozen
 from .store import Entry
 
 __all__ = ["FeatureCache"]
@@ -117,11 +117,8 @@ class FeatureCache:
     ) -> None:
         if not isinstance(backbone, nn.Module):
             raise type_error("FeatureCache's backbone", backbone, "an nn.Module instance")
-        for name, cap in (("max_items", max_items), ("max_bytes", max_bytes)):
-            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)):
-                raise type_error(name, cap, "a positive int or None")
-            if cap is not None and cap < 1:
-                raise FreezableError(f"{name} must be a positive int or None, not {cap!r}")
+        check_cap("max_items", max_items)
+        check_cap("max_bytes", max_bytes)
         if not isinstance(on_mismatch, str) or on_mismatch not in _ON_MISMATCH:
             raise FreezableError(f"on_mismatch must be 'error' or 'clear', not {describe(on_mismatch)}; "
                                  f"{closest(on_mismatch, _ON_MISMATCH)}")

@@ -40,6 +40,7 @@ from torch import nn
 
 from .. import guard as _guard
 from .._state import check_state, freeze_root, group_is_frozen
+from ..cache.checks import check_cap
 from ..errors import FreezableError, FreezeStateError, closest, type_error, unknown_group
 from ..groups import Group, units_within, walk_units
 from ..mixin import Freezable
@@ -147,10 +148,7 @@ class ProgressiveFreezing:
         if cache and not inference_prefix:
             raise FreezableError("cache=True caches the frozen prefix that inference_prefix=True runs; "
                                  "pass inference_prefix=True too")
-        if cache_max_bytes is not None and (isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int)):
-            raise type_error("cache_max_bytes", cache_max_bytes, "a positive int or None")
-        if cache_max_bytes is not None and cache_max_bytes < 1:
-            raise FreezableError(f"cache_max_bytes must be a positive int or None, not {cache_max_bytes!r}")
+        check_cap("cache_max_bytes", cache_max_bytes)
         self.model = model
         self.until = until
         self._units = _units(model, until)
