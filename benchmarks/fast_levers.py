@@ -32,7 +32,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import common  # noqa: E402
 
 import freezable as fz  # noqa: E402
-from freezable.fast import build_fast_path, clone_outputs  # noqa: E402
+from freezable._inference import run_without_autograd  # noqa: E402
+from freezable.fast import build_fast_path  # noqa: E402
 
 VARIANTS = ["freezable", "fold", "channels_last", "fold+channels_last", "fold+channels_last+bf16", "floor"]
 COLUMNS = ["variant", "step_ms", "samples_per_sec", "x_floor", "folded"]
@@ -103,11 +104,7 @@ def _fold_only(backbone: nn.Module, x: torch.Tensor) -> tuple[Callable[[], torch
     fb = fz.FrozenBackbone(backbone)  # freezes and holds the backbone: what the shadow copies
     path = build_fast_path(fb.backbone, (x,), {}, channels_last=False)
 
-    def features() -> torch.Tensor:
-        with torch.inference_mode():
-            out = path.module(x)
-        return clone_outputs(out)
-    return features, len(path.folded)
+    return lambda: run_without_autograd(path.module, (x,), {}), len(path.folded)
 
 
 def _channels_last_only(backbone: nn.Module, x: torch.Tensor) -> tuple[Callable[[], torch.Tensor], int]:

@@ -40,7 +40,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import common  # noqa: E402
 
 import freezable as fz  # noqa: E402
-from freezable._cache_binding import WeightsWatch, input_prints, weights_fingerprint  # noqa: E402
+from freezable.cache.binding import WeightsWatch, input_prints, weights_fingerprint  # noqa: E402
 
 COLUMNS = ["mode", "epoch_ms", "samples_per_sec", "speedup_vs_uncached"]
 CHECK_COLUMNS = ["case", "batch_ms", "pct_of_forward"]

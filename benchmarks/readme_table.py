@@ -1,7 +1,8 @@
 """Markdown tables from benchmark results JSON: every table for benchmarks/README.md, the headline for README.md.
 
     python benchmarks/readme_table.py benchmarks/results/cpu_resnet18.json ...   # print the tables
-    python benchmarks/readme_table.py --update benchmarks/README.md --headline README.md benchmarks/results/*.json
+    python benchmarks/readme_table.py --update benchmarks/README.md --headline README.md --headline docs/benchmarks.md \
+        benchmarks/results/*.json
 
 With ``--update`` the text between ``<!-- benchmark-tables:start -->`` and ``<!-- benchmark-tables:end -->``
 in that file is replaced by the full tables; with ``--headline`` the text between
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="results .json files")
     parser.add_argument("--update", default=None, help="a Markdown file whose tables markers get every table")
-    parser.add_argument("--headline", default=None, help="a Markdown file whose headline markers get the headline")
+    parser.add_argument("--headline", action="append", default=[], metavar="FILE",
+                        help="a Markdown file whose headline markers get the headline (repeatable)")
     args = parser.parse_args(argv)
     results = [json.loads(Path(p).read_text()) for p in args.results]
     # links relative to the file they go into, so that they resolve where it is read (GitHub, an editor)
@@ -116,8 +118,8 @@ def main(argv: list[str] | None = None) -> str:
     tables = "\n\n".join(table(r, p, os.path.relpath(Path(p).resolve(), base)) for r, p in zip(results, args.results))
     if args.update:
         _replace(parser, Path(args.update), START, END, tables)
-    if args.headline:
-        _replace(parser, Path(args.headline), HEADLINE_START, HEADLINE_END, headline(results))
+    for path in args.headline:
+        _replace(parser, Path(path), HEADLINE_START, HEADLINE_END, headline(results))
     if not (args.update or args.headline):
         print(tables)
     return tables

@@ -68,6 +68,7 @@ __all__ = [
     "norm_eval_members",
     "set_trainable",
     "is_held",
+    "runs_frozen",
     "set_held",
     "hold_frozen",
     "hold_changes",
@@ -251,6 +252,14 @@ def _hooks_of(module: nn.Module) -> list[tuple[dict, Any]]:
 def is_held(module: nn.Module) -> bool:
     """Whether ``module`` is held at inference (eval mode) whatever ``train()`` calls follow."""
     return any(hook is _hold_at_inference for hook in module._forward_pre_hooks.values())
+
+
+def runs_frozen(module: nn.Module) -> bool:
+    """Whether ``module`` computes as a frozen part: held at inference, with no trainable parameter in its subtree.
+
+    A norm layer held by ``norm_eval`` whose affine parameters train is held but does not run frozen.
+    """
+    return is_held(module) and not any(p.requires_grad for p in module.parameters())
 
 
 _RESET = "reset_running_stats"  # on a held norm layer with running statistics: an instance attribute

@@ -19,7 +19,15 @@ nothing. Each check gives plain sentences, one per problem:
   is ok while they get no gradient, and its row says how many it holds;
 * **ddp**: a ``DistributedDataParallel`` wrapper whose synchronised parameters (those
   it registered with its reducer when it was built) differ from the trainable set;
-* **drift**: frozen tensors that changed since ``freeze(..., guard=True)``.
+* **drift**: frozen tensors that changed since ``freeze(..., guard=True)``;
+* **checkpoint**: reentrant gradient checkpointing after a frozen part.
+  ``torch.utils.checkpoint.checkpoint(..., use_reentrant=True)`` computes gradients only for the inputs
+  of the checkpointed function; when everything before the first checkpointed block is frozen, that
+  block's input needs no gradient, so autograd never enters the block in backward and its trainable
+  parameters keep ``.grad = None`` (transformers issues #21381, #23170, #26221). It is found on models
+  that use transformers' convention (a module's ``gradient_checkpointing`` flag and its
+  ``_gradient_checkpointing_func``); the fixes are ``use_reentrant=False`` or
+  ``model.enable_input_require_grads()``.
 
 On a plain ``nn.Module`` a parameter is frozen when ``requires_grad`` is ``False``;
 whatever needs freezable's marks (held modules, the guard) is checked where a
@@ -31,6 +39,7 @@ whatever needs freezable's marks (held modules, the guard) is checked where a
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +49,6 @@ from torch import nn
 
 from . import guard
 from ._state import freeze_root, is_held, is_norm_eval, swapped_in
-from .checkpointing import reentrant_after_frozen
 from .distributed import reduced_parameters
 from .errors import FreezableError, shorten, type_error
 from .mixin import Freezable, tied_across_freeze
@@ -60,6 +68,7 @@ _CHECKS = {
     "checkpoint": "reentrant checkpointing gets gradients",
 }
 _MAX_NAMES = 10
+_INPUT_GRAD_HOOK = "make_inputs_require_grads"  # the hook enable_input_require_grads() puts on the embeddings
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ def check(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, s
     if sum(1 for _ in model.named_parameters(remove_duplicate=False)) > len(names):  # tied tensors
         rows.append(("shared", _shared(model)))
     if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
-        rows.append(("checkpoint", reentrant_after_frozen(model)))
+        rows.append(("checkpoint", _checkpoint(model)))
     report = CheckReport(rows=tuple((n, tuple(p)) for n, p in rows), skipped=tuple(skipped), notes=tuple(notes))
     if strict and not report.ok:
         raise FreezableError(
@@ -379,3 +388,47 @@ def _ddp(prefix: str, ddp: nn.parallel.DistributedDataParallel) -> list[str]:
             f"DistributedDataParallel after unfreezing"
         )
     return problems
+
+
+def _reentrant(module: nn.Module) -> bool:
+    func = getattr(module, "_gradient_checkpointing_func", None)
+    return (getattr(module, "gradient_checkpointing", False) is True and isinstance(func, functools.partial)
+            and func.keywords.get("use_reentrant") is True)
+
+
+def _checkpoint(model: nn.Module) -> list[str]:
+    """A sentence when reentrant checkpointing starts after a frozen part and would train nothing inside.
+
+    Example:
+        >>> import functools, torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)).requires_grad_(False)
+        >>> net[1].weight.requires_grad_(True)
+        Parameter containing: ...
+        >>> net[1].gradient_checkpointing = True
+        >>> net[1]._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=True)
+        >>> print(_checkpoint(net)[0][:80])
+        reentrant gradient checkpointing (use_reentrant=True) starts at '1' after a froz
+    """
+    flagged = [(n, m) for n, m in model.named_modules() if _reentrant(m)]
+    blocks = [(n, m) for n, m in flagged if not any(o != n and o.startswith(n + ".") if n else o for o, _ in flagged)]
+    if not blocks:
+        return []
+    first, _ = blocks[0]
+    if any(getattr(h, "__name__", "") == _INPUT_GRAD_HOOK for m in model.modules() for h in m._forward_hooks.values()):
+        return []
+    before: list[bool] = []
+    for name, param in model.named_parameters():
+        if name.startswith(first + "."):
+            break
+        before.append(param.requires_grad)
+    inside = [n for b, m in blocks for n, p in m.named_parameters(prefix=b) if p.requires_grad]
+    if any(before) or not inside:
+        return []
+    return [
+        f"reentrant gradient checkpointing (use_reentrant=True) starts at '{first}' after a frozen part: that "
+        f"block's input needs no gradient, so the {len(inside)} trainable parameter(s) inside the checkpointed "
+        f"blocks get none (.grad stays None; first: '{inside[0]}'); checkpoint with use_reentrant=False "
+        f"(gradient_checkpointing_enable(gradient_checkpointing_kwargs={{'use_reentrant': False}})) or call "
+        f"model.enable_input_require_grads()"
+    ]

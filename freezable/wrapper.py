@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from . import _state
+from ._inference import run_without_autograd, tensors_in
 from .errors import FreezableError, type_error
-from .fast import FastPath, build_fast_path, clone_outputs
+from .fast import FastOptions, FastPath, build_fast_path
 from .mixin import Freezable
 from .plan import carry_out, make_plan
 from .presets import Preset
@@ -24,8 +25,6 @@ from .summary import count_elements, format_count
 __all__ = ["FrozenBackbone"]
 
 _PREFIX = "backbone."
-# devices where channels-last convolutions measured faster (CPU: oneDNN; CUDA: tensor cores)
-_CHANNELS_LAST_DEVICES = ("cpu", "cuda")
 
 
 def _strip_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -48,16 +47,6 @@ def _add_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, *arg
 def _drop_fast_path(module: FrozenBackbone, incompatible_keys: Any) -> None:
     """Load post-hook: the fast path is rebuilt from the loaded weights at the next forward."""
     module._drop_fast_path()
-
-
-def _any_requires_grad(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.requires_grad
-    if isinstance(value, (list, tuple)):
-        return any(_any_requires_grad(v) for v in value)
-    if isinstance(value, dict):
-        return any(_any_requires_grad(v) for v in value.values())
-    return False
 
 
 def _prefixed_pattern(pattern: str) -> str:
@@ -200,22 +189,11 @@ class FrozenBackbone(Freezable, nn.Module):
     ) -> None:
         if not isinstance(backbone, nn.Module):
             raise type_error("FrozenBackbone's backbone", backbone, "an nn.Module instance")
-        if not isinstance(fast, bool):
-            raise type_error("fast", fast, "a bool")
-        if frozen_dtype is not None and not isinstance(frozen_dtype, torch.dtype):
-            raise type_error("frozen_dtype", frozen_dtype, "a floating torch.dtype such as torch.bfloat16, or None")
-        if frozen_dtype is not None and not frozen_dtype.is_floating_point:
-            raise FreezableError(
-                f"frozen_dtype must be a floating torch.dtype such as torch.bfloat16, not {frozen_dtype!r}"
-            )
-        if frozen_dtype is not None and not fast:
-            raise FreezableError(
-                f"frozen_dtype={frozen_dtype} needs fast=True: only the fast path stores frozen copies"
-            )
+        fast_options = FastOptions(fast, frozen_dtype)
         plan = make_plan(backbone, trainable, preset, norm_eval)
         super().__init__()
-        self.__dict__["_fast_options"] = (fast, frozen_dtype)
-        self.__dict__["_fast_path"] = None
+        self.__dict__["_fast_options"] = fast_options
+        self.__dict__["_fast_path"] = None  # the shadow last built (fast=True), or None until the next forward
         self.backbone = backbone
         _state.set_freeze_root(self, "backbone")
         self.__dict__["forward"] = _Forward(type(self).forward, self)
@@ -227,12 +205,12 @@ class FrozenBackbone(Freezable, nn.Module):
     @property
     def fast(self) -> bool:
         """Whether the frozen parts run through the inference-optimised shadow."""
-        return self._fast_options[0]
+        return self._fast_options.enabled
 
     @property
     def frozen_dtype(self) -> torch.dtype | None:
         """The dtype the fast path stores frozen copies in (``None``: the backbone's own)."""
-        return self._fast_options[1]
+        return self._fast_options.frozen_dtype
 
     def _drop_fast_path(self) -> None:
         self.__dict__["_fast_path"] = None
@@ -257,48 +235,29 @@ class FrozenBackbone(Freezable, nn.Module):
 
     @torch.compiler.disable
     def _build_fast_path(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FastPath:
-        device = next((p.device for p in self.backbone.parameters()), torch.device("cpu"))
-        path = build_fast_path(self.backbone, args, kwargs, dtype=self.frozen_dtype,
-                               channels_last=device.type in _CHANNELS_LAST_DEVICES)
-        if path is None:  # nothing held: the backbone itself, until other parts are held
-            path = FastPath(self.backbone, origin=self.backbone)
+        path = build_fast_path(self.backbone, args, kwargs, dtype=self._fast_options.frozen_dtype)
         self.__dict__["_fast_path"] = path
         return path
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Runs the backbone; without autograd when nothing in it or its input needs a gradient."""
-        if self._fast_options[0]:
-            path = self._fast_path
-            if path is None or (not torch.compiler.is_compiling()
-                                and (path.origin is not self._modules["backbone"] or path.is_stale())):
-                path = self._build_fast_path(args, kwargs)
-            return self._run_fast(path, args, kwargs)
-        return self._run(self.backbone, args, kwargs)
-
-    def _run_fast(self, path: FastPath, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not self._fast_options.enabled:
+            return self._run(self.backbone, args, kwargs)
+        path = self._fast_path
+        if path is None or not path.serves(self._modules["backbone"]):
+            path = self._build_fast_path(args, kwargs)
         path.sync_modes()
         return self._run(path.module, args, kwargs)
 
     def _run(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """With autograd when something needs a gradient; else under ``torch.inference_mode()``.
-
-        Inference mode skips autograd's and version tracking's work per op (it measured up to ~15%
-        faster than ``no_grad`` on small-op CNNs); its outputs are cloned into normal tensors, which a
-        trainable head can save for backward, unless the caller is itself in inference mode.
-        """
+        """With autograd when something needs a gradient; else without (:mod:`freezable._inference`)."""
         if torch.is_grad_enabled() and not self._records_no_graph(args, kwargs):
             return module(*args, **kwargs)
-        if torch.compiler.is_compiling():  # compiled, no_grad saves what inference mode saves, without a break
-            with torch.no_grad():
-                return module(*args, **kwargs)
-        if torch.is_inference_mode_enabled():
-            return module(*args, **kwargs)
-        with torch.inference_mode():
-            out = module(*args, **kwargs)
-        return clone_outputs(out)
+        return run_without_autograd(module, args, kwargs)
 
     def _records_no_graph(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        return not any(p.requires_grad for p in self.backbone.parameters()) and not _any_requires_grad((args, kwargs))
+        return (not any(p.requires_grad for p in self.backbone.parameters())
+                and not any(t.requires_grad for t in tensors_in((args, kwargs))))
 
     def __getattr__(self, name: str) -> Any:
         try:

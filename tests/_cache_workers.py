@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import freezable as fz
-from freezable._cache_store import entry_path
+from freezable.cache.store import entry_path
 
 ROUNDS = 60
 WIDTH = 16384  # 64 KiB per sample on disk: long enough writes for a reader to catch one half-done

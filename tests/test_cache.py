@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 import freezable as fz
-from freezable._cache_store import MANIFEST, entry_path
+from freezable.cache.store import MANIFEST, entry_path
 
 
 class Counting(nn.Module):

@@ -15,7 +15,7 @@ from timm.layers import BatchNormAct2d
 from torch import nn
 
 import freezable as fz
-from freezable.fold import can_fold, fold_conv_bn, norm_remainder
+from freezable.fast.fold import can_fold, fold_conv_bn, norm_remainder
 
 
 def randomise_norms(model: nn.Module) -> nn.Module:

@@ -14,7 +14,7 @@ from conftest import snapshot
 from torch import nn
 
 import freezable as fz
-from freezable.prefix import PrefixWarning
+from freezable.errors import PrefixWarning
 
 
 def resnet(upto: str | None = None) -> nn.Module:

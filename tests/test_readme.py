@@ -44,9 +44,17 @@ def test_every_python_block_runs_on_its_own(code):
 
 def test_the_readme_has_its_sections_in_a_newcomer_s_order():
     sections = re.findall(r"^## (.+)$", TEXT, re.M)
-    assert sections == ["Install and the two commands", "How freezing works", "The mixin", "The wrapper",
-                        "Groups and presets", "Training loops", "Hugging Face",
-                        "Coming from mmdetection / fastai / Lightning / timm", "Reliability", "Benchmarks", "Examples"]
+    assert sections == ["The two commands", "A first example", "Why", "Three forms", "Groups and presets",
+                        "Training loops", "What it is worth", "Documentation", "Examples"]
+
+
+def test_the_readme_reads_in_ten_minutes():
+    assert 250 <= len(TEXT.splitlines()) <= 350
+
+
+def test_the_readme_points_to_every_docs_page():
+    pages = {p.name for p in (README.parent / "docs").glob("*.md")}
+    assert pages and pages <= set(re.findall(r"\(docs/([\w-]+\.md)[#)]", TEXT))
 
 
 def test_ci_runs_exactly_the_readme_s_test_command():

@@ -7,11 +7,11 @@ dataset index, a file name): the key must identify the exact input tensor, so ra
 augmentation must be off.
 
 It refuses, with :class:`~freezable.FreezableError`, whatever would make a cached output differ
-from a fresh one: a backbone with a trainable parameter, a module in training mode whose output
+from a fresh one (:mod:`freezable.cache.checks`): a backbone with a trainable parameter, a module in training mode whose output
 differs in training (dropout, drop-path, BatchNorm and other running-statistics norms), an input
 that needs a gradient, or a key list that does not match the batch. It never serves an output
-computed with other weights (see :mod:`freezable._cache_binding`) and never reads a half-written
-file (see :mod:`freezable._cache_store`).
+computed with other weights (see :mod:`freezable.cache.binding`) and never reads a half-written
+file (see :mod:`freezable.cache.store`).
 """
 
 from __future__ import annotations
@@ -25,24 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _cache_store as store
-from ._cache_binding import WeightsWatch, changed_tensors, input_prints, same_input, weights_fingerprint
-from ._cache_store import Entry
-from ._state import is_held
-from .errors import FreezableError, closest, describe, shorten, type_error
+from ..errors import FreezableError, closest, describe, shorten, type_error
+from . import store
+from .binding import WeightsWatch, changed_tensors, input_prints, same_input, weights_fingerprint
+from .checks import check_cacheable, check_cap, check_frozen
+from .store import Entry
 
-__all__ = ["FeatureCache", "check_frozen", "check_deterministic"]
+__all__ = ["FeatureCache"]
 
-_STOCHASTIC_NAMES = ("DropPath", "StochasticDepth", "DropBlock2d")  # timm, torchvision: random in training
 _ON_MISMATCH = ("error", "clear")
-
-
-def _differs_in_training(module: nn.Module) -> bool:
-    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout)):
-        return True
-    if isinstance(module, nn.modules.batchnorm._NormBase):  # BatchNorm kinds, InstanceNorm with statistics
-        return module.track_running_stats or isinstance(module, nn.modules.batchnorm._BatchNorm)
-    return type(module).__name__ in _STOCHASTIC_NAMES
 
 
 def _key(key: object) -> Hashable:
@@ -126,11 +117,8 @@ class FeatureCache:
     ) -> None:
         if not isinstance(backbone, nn.Module):
             raise type_error("FeatureCache's backbone", backbone, "an nn.Module instance")
-        for name, cap in (("max_items", max_items), ("max_bytes", max_bytes)):
-            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)):
-                raise type_error(name, cap, "a positive int or None")
-            if cap is not None and cap < 1:
-                raise FreezableError(f"{name} must be a positive int or None, not {cap!r}")
+        check_cap("max_items", max_items)
+        check_cap("max_bytes", max_bytes)
         if not isinstance(on_mismatch, str) or on_mismatch not in _ON_MISMATCH:
             raise FreezableError(f"on_mismatch must be 'error' or 'clear', not {describe(on_mismatch)}; "
                                  f"{closest(on_mismatch, _ON_MISMATCH)}")
@@ -222,8 +210,7 @@ class FeatureCache:
             raise type_error("FeatureCache.extended's tail", tail, "an nn.Module instance")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise type_error("batch_size", batch_size, "an int >= 1")
-        check_frozen(tail)
-        check_deterministic(tail)
+        check_cacheable(tail)
         kinds = {entry.kind for entry in self._memory.values()}
         if kinds - {"tensor"}:
             raise FreezableError(f"FeatureCache.extended needs outputs of one tensor per sample, not {sorted(kinds)}")
@@ -315,8 +302,7 @@ class FeatureCache:
             raise type_error("FeatureCache's input", x, "a batch tensor")
         if x.requires_grad:
             raise FreezableError("FeatureCache input requires grad; cached outputs carry no gradient")
-        check_frozen(self.backbone)
-        check_deterministic(self.backbone)
+        check_cacheable(self.backbone)
         keys = self._keys(keys, len(x))
         self._check_weights()
         prints = input_prints(x) if self.verify_inputs else None
@@ -405,34 +391,6 @@ class FeatureCache:
         ):
             _, evicted = self._memory.popitem(last=False)  # least recently used
             self.nbytes -= evicted.nbytes
-
-
-def check_frozen(backbone: nn.Module) -> None:
-    """Raises :class:`~freezable.FreezableError` unless every parameter of ``backbone`` is frozen (what a cache needs)."""
-    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
-    if trainable:
-        raise FreezableError(f"FeatureCache needs a fully frozen backbone, but {len(trainable)} parameters "
-                             f"train: {shorten(trainable)}; freeze them (fz.FrozenBackbone(model)) or don't cache")
-
-
-def check_deterministic(backbone: nn.Module) -> None:
-    """Raises :class:`~freezable.FreezableError` when a sample's output of ``backbone`` could vary between calls.
-
-    A BatchNorm without running statistics (the output depends on the rest of the batch), or a module
-    whose output differs in training (dropout, drop-path, norms with statistics) left in training mode.
-    """
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
-            raise FreezableError(
-                f"FeatureCache refuses a backbone whose outputs vary: {name!r} ({type(module).__name__}) keeps "
-                "no running statistics, so a sample's output depends on the rest of its batch"
-            )
-        if module.training and not is_held(module) and _differs_in_training(module):
-            raise FreezableError(
-                f"FeatureCache refuses a backbone whose outputs vary: {name or 'the backbone'!r} "
-                f"({type(module).__name__}) is in training mode; freeze it with fz.FrozenBackbone "
-                "(held in eval) or call .eval()"
-            )
 
 
 def _describe(backbone: nn.Module) -> str:

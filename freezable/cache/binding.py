@@ -24,7 +24,7 @@ import hashlib
 import torch
 from torch import nn
 
-from .guard import Fingerprint, fingerprint
+from ..guard import Fingerprint, fingerprint
 
 __all__ = ["WeightsWatch", "weights_fingerprint", "changed_tensors", "input_prints", "same_input"]
 

@@ -21,7 +21,7 @@ everything freezing guarantees holds: frozen norms held in eval, ``fz.check`` cl
 to rebuild (``step`` returns what it froze: ``ddp = fz.rewrap_ddp(ddp)`` then). The optimizer's state
 for the frozen parameters is released (:func:`freezable.optim.release_optimizer_state`), and, with
 ``inference_prefix`` (the default), once the frozen groups form a true prefix of the forward it runs
-without autograd, its outputs optionally cached (:mod:`freezable.prefix`).
+without autograd, its outputs optionally cached (:mod:`freezable.progressive.prefix`).
 
 Where the state lives: what is frozen is the model's freeze state; this object keeps the rule's
 settings, the step count, when each group froze and the gradient rule's running sums, all in
@@ -38,118 +38,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import guard as _guard
-from ._state import check_state, freeze_root, group_is_frozen
-from .errors import FreezableError, FreezeStateError, closest, describe, type_error, unknown_group
-from .groups import Group
-from .stages import units_within, walk_units
-from .mixin import Freezable
-from .optim import check_optimizer, release_optimizer_state
+from .. import guard as _guard
+from .._state import check_state, freeze_root, group_is_frozen
+from ..cache.checks import check_cap
+from ..errors import FreezableError, FreezeStateError, closest, type_error, unknown_group
+from ..groups import Group
+from ..mixin import Freezable
+from ..optim import check_optimizer, release_optimizer_state
+from ..stages import units_within, walk_units
 from .prefix import PrefixRunner
+from .settings import check_settings
 
-__all__ = ["ProgressiveFreezing", "RULES", "SPACINGS", "check_settings", "check_options"]
+__all__ = ["ProgressiveFreezing"]
 
-RULES = ("schedule", "gradient")
-SPACINGS = ("linear", "cubic")
 _STATE_FORMAT = "freezable.progressive_freezing"
 _STATE_VERSION = 1
-# each rule's settings and their defaults (None: required)
-_SETTINGS: dict[str, dict[str, Any]] = {
-    "schedule": {"total_steps": None, "start": 0.5, "spacing": "linear"},
-    "gradient": {"window": 20, "threshold": 0.1},
-}
-
-
-def _check_fraction(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise type_error(what, value, "a number in (0, 1]")
-    if not 0 < value <= 1:  # NaN fails too
-        raise FreezableError(f"{what} must be in (0, 1] (a fraction of the run), got {value!r}")
-    return float(value)
-
-
-def _check_count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise type_error(what, value, "an int >= 1")
-    if value < 1:
-        raise FreezableError(f"{what} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _check_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise FreezableError(f"{what} must be one of {', '.join(map(repr, choices))}, not {describe(value)}; "
-                             f"{closest(value, choices)}")
-    return value
-
-
-def check_settings(rule: object, settings: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The rule and its full settings (defaults filled in), checked; what does not depend on the model.
-
-    Raises:
-        FreezableError: an unknown rule, a setting of the other rule, a missing ``total_steps``, or a value
-            out of range.
-        FreezableTypeError: a value of the wrong type.
-
-    Example:
-        >>> check_settings("schedule", {"total_steps": 100})
-        ('schedule', {'total_steps': 100, 'start': 0.5, 'spacing': 'linear'})
-        >>> check_settings("gradient", {"window": 10})
-        ('gradient', {'window': 10, 'threshold': 0.1})
-    """
-    rule = _check_choice(rule, "rule", RULES)
-    own = _SETTINGS[rule]
-    for name in settings:
-        if name not in own:
-            other = next((r for r, names in _SETTINGS.items() if name in names), None)
-            if other is not None:
-                raise FreezableError(f"{name} is a setting of rule={other!r}, not of rule={rule!r} (whose settings are "
-                                     f"{', '.join(own)})")
-            raise FreezableError(f"unknown setting {name!r} of rule={rule!r}; {closest(name, own)}")
-    full = {name: settings.get(name, default) for name, default in own.items()}
-    if rule == "schedule":
-        if full["total_steps"] is None:
-            raise FreezableError("rule='schedule' needs total_steps: the number of optimizer steps the run takes")
-        full["total_steps"] = _check_count(full["total_steps"], "total_steps")
-        full["start"] = _check_fraction(full["start"], "start")
-        full["spacing"] = _check_choice(full["spacing"], "spacing", SPACINGS)
-    else:
-        full["window"] = _check_count(full["window"], "window")
-        threshold = full["threshold"]
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise type_error("threshold", threshold, "a number > 0")
-        if not (math.isfinite(threshold) and threshold > 0):
-            raise FreezableError(f"threshold must be a finite number > 0 (a relative change of the gradient norm, "
-                                 f"0.05 to 0.2 are usual), got {threshold!r}")
-        full["threshold"] = float(threshold)
-    return rule, full
-
-
-_OPTIONS = ("optimizer", "until", "guard", "inference_prefix", "cache", "cache_max_bytes", "verify_inputs")
-
-
-def check_options(rule: object, options: Mapping[str, Any]) -> None:
-    """Checks ProgressiveFreezing's keyword arguments as far as they need no model (for a callback that builds
-    it once training starts); ``total_steps`` may be left out for ``"schedule"``: the run's length comes then.
-
-    Raises:
-        FreezableError: an unknown rule, an unknown argument, or a rule setting that :func:`check_settings` refuses.
-
-    Example:
-        >>> check_options("gradient", {"window": 10, "until": "stage3"})
-        >>> check_options("gradient", {"windw": 10})
-        Traceback (most recent call last):
-        ...
-        freezable.errors.FreezableError: unknown argument 'windw' of ProgressiveFreezing; did you mean 'window'?
-    """
-    known = (*_OPTIONS, *(name for names in _SETTINGS.values() for name in names))
-    for name in options:
-        if name not in known:
-            raise FreezableError(f"unknown argument {name!r} of ProgressiveFreezing; {closest(name, known)}")
-    settings = {k: v for k, v in options.items() if k not in _OPTIONS and v is not None}
-    if rule == "schedule":
-        settings.setdefault("total_steps", 1)
-    check_settings(rule, settings)
 
 
 def _check_bool(value: object, what: str) -> bool:
@@ -161,7 +64,7 @@ def _check_bool(value: object, what: str) -> bool:
 class ProgressiveFreezing:
     """Freezes the model's staged groups front to back during training, by a schedule or by gradient norms.
 
-    Call :meth:`step` after every optimizer step. See :mod:`freezable.progressive` for the two rules.
+    Call :meth:`step` after every optimizer step. See :mod:`freezable.progressive.freezing` for the two rules.
 
     Args:
         model: a :class:`~freezable.Freezable` (a mixin model, an ``fz.freeze``/``fz.freezable`` model, a
@@ -181,7 +84,7 @@ class ProgressiveFreezing:
         guard: fingerprint each group when it freezes (``freeze(..., guard=True)``), so that ``fz.check``
             names any of its tensors that changes later.
         inference_prefix: once the frozen groups are a true prefix of the forward, run them without autograd
-            (see :mod:`freezable.prefix`).
+            (see :mod:`freezable.progressive.prefix`).
         cache: also cache the prefix's outputs per sample, for forwards run inside :meth:`cache_keys`
             (fixed inputs only: no random augmentation).
         cache_max_bytes: the cache's memory cap (``None``: none).
@@ -246,10 +149,7 @@ class ProgressiveFreezing:
         if cache and not inference_prefix:
             raise FreezableError("cache=True caches the frozen prefix that inference_prefix=True runs; "
                                  "pass inference_prefix=True too")
-        if cache_max_bytes is not None and (isinstance(cache_max_bytes, bool) or not isinstance(cache_max_bytes, int)):
-            raise type_error("cache_max_bytes", cache_max_bytes, "a positive int or None")
-        if cache_max_bytes is not None and cache_max_bytes < 1:
-            raise FreezableError(f"cache_max_bytes must be a positive int or None, not {cache_max_bytes!r}")
+        check_cap("cache_max_bytes", cache_max_bytes)
         self.model = model
         self.until = until
         self._units = _units(model, until)
