@@ -9,6 +9,13 @@ from .distributed import rewrap_ddp as rewrap_ddp
 from .errors import BuiltFrozenWarning as BuiltFrozenWarning
 from .errors import DDPFreezeStateError as DDPFreezeStateError
 from .errors import FreezableError as FreezableError
+from .errors import FreezableTypeError as FreezableTypeError
+from .errors import FreezeStateError as FreezeStateError
+from .errors import PrefixWarning as PrefixWarning
+from .errors import PresetError as PresetError
+from .errors import SpecError as SpecError
+from .errors import UnknownGroupError as UnknownGroupError
+from .errors import UnknownNameError as UnknownNameError
 from .groups import Group as Group
 from .inplace import freezable as freezable
 from .inplace import freeze as freeze
@@ -32,11 +39,18 @@ __all__ = [
     "FeatureCache",
     "Freezable",
     "FreezableError",
+    "FreezableTypeError",
+    "FreezeStateError",
     "FrozenBackbone",
     "Group",
+    "PrefixWarning",
     "Preset",
+    "PresetError",
     "ProgressiveFreezing",
+    "SpecError",
     "UnfreezeSchedule",
+    "UnknownGroupError",
+    "UnknownNameError",
     "apply_preset",
     "check",
     "freezable",

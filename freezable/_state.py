@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -101,6 +102,9 @@ __all__ = [
     "write_norm_eval",
     "check_built_frozen_state",
     "write_built_frozen",
+    "SavedState",
+    "save_state",
+    "restore_state",
 ]
 
 STATE_FORMAT = "freezable.freeze_state"
@@ -583,6 +587,59 @@ def forget_built_frozen(model: nn.Module, names: Iterable[str]) -> None:
     """Lets ``unfreeze`` train the named built-frozen parameters from now on."""
     drop = set(names)
     model.__dict__[_BUILT_FROZEN] = tuple(n for n in built_frozen(model) if n not in drop)
+
+
+# -- a saved freeze state, by object, to put back -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """A Freezable's freeze state at one moment, by object: what :func:`restore_state` puts back."""
+
+    modules: tuple[tuple[nn.Module, bool, bool, bool], ...]  # each module: frozen mark, norm_eval mark, placed
+    parameters: tuple[tuple[nn.Parameter, bool], ...]  # each parameter: requires_grad
+    built_frozen: tuple[str, ...] | None  # the parameters counted as built frozen (None: not recorded yet)
+    places: dict[str, bool] | None  # the record of frozen places (see record_places)
+
+
+def save_state(model: nn.Module) -> SavedState:
+    """What is frozen under ``model``'s freeze root now, the bookkeeping beside it included.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> saved = save_state(net)
+        >>> set_frozen(net[0], True); set_trainable(net[0].weight, False)
+        >>> restore_state(net, saved); is_frozen(net[0]), net[0].weight.requires_grad
+        (False, True)
+    """
+    root = freeze_root(model)
+    places = model.__dict__.get(_PLACES)
+    return SavedState(
+        modules=tuple((m, is_frozen(m), is_norm_eval(m), is_placed(m)) for m in root.modules()),
+        parameters=tuple((p, p.requires_grad) for p in root.parameters()),
+        built_frozen=model.__dict__.get(_BUILT_FROZEN),
+        places=None if places is None else dict(places),
+    )
+
+
+def restore_state(model: nn.Module, saved: SavedState) -> None:
+    """Puts back what :func:`save_state` saved (the hold is not updated: call :func:`hold_frozen`).
+
+    A parameter frozen again loses its gradient, as freezing drops it. Modules and parameters added since
+    keep what they have now.
+    """
+    for module, frozen, norm_eval, placed in saved.modules:
+        _set_mark(module, _FROZEN, frozen)
+        _set_mark(module, _NORM_EVAL, norm_eval)
+        _set_mark(module, _PLACED, placed)
+    for param, requires_grad in saved.parameters:
+        if param.requires_grad != requires_grad:
+            set_trainable(param, requires_grad)
+    for key, value in ((_BUILT_FROZEN, saved.built_frozen), (_PLACES, saved.places)):
+        if value is None:
+            model.__dict__.pop(key, None)
+        else:
+            model.__dict__[key] = value
 
 
 # -- freezing resolved groups ------------------------------------------------------------------

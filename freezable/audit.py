@@ -51,6 +51,7 @@ from . import guard
 from ._state import freeze_root, is_held, is_norm_eval, swapped_in
 from .distributed import reduced_parameters
 from .errors import FreezableError, shorten, type_error
+from .groups import is_within
 from .mixin import Freezable, tied_across_freeze
 from .norms import has_running_stats
 from .summary import format_table
@@ -237,7 +238,7 @@ def _modes(model: nn.Module) -> list[str]:
     problems = []
     reported: list[str] = []
     for name, module in model.named_modules():
-        if not module.training or any(not r or name.startswith(r + ".") for r in reported):
+        if not module.training or is_within(name, reported):
             continue
         label = f"'{name}' ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
         if is_norm_eval(module):
@@ -411,7 +412,7 @@ def _checkpoint(model: nn.Module) -> list[str]:
         reentrant gradient checkpointing (use_reentrant=True) starts at '1' after a froz
     """
     flagged = [(n, m) for n, m in model.named_modules() if _reentrant(m)]
-    blocks = [(n, m) for n, m in flagged if not any(o != n and o.startswith(n + ".") if n else o for o, _ in flagged)]
+    blocks = [(n, m) for n, m in flagged if not any(o != n and is_within(o, {n}) for o, _ in flagged)]
     if not blocks:
         return []
     first, _ = blocks[0]
@@ -419,7 +420,7 @@ def _checkpoint(model: nn.Module) -> list[str]:
         return []
     before: list[bool] = []
     for name, param in model.named_parameters():
-        if name.startswith(first + "."):
+        if first and is_within(name, {first}):  # (a block at the root has nothing before it)
             break
         before.append(param.requires_grad)
     inside = [n for b, m in blocks for n, p in m.named_parameters(prefix=b) if p.requires_grad]

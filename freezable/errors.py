@@ -15,16 +15,20 @@ __all__ = [
     "FreezableTypeError",
     "UnknownGroupError",
     "SpecError",
+    "UnknownNameError",
     "FreezeStateError",
     "PresetError",
     "DDPFreezeStateError",
     "BuiltFrozenWarning",
     "PrefixWarning",
+    "close_matches",
     "closest",
+    "did_you_mean",
     "describe",
     "shorten",
     "type_error",
     "unknown_group",
+    "no_groups",
 ]
 
 
@@ -42,6 +46,14 @@ class UnknownGroupError(FreezableError):
 
 class SpecError(FreezableError):
     """A group spec that is malformed or matches nothing."""
+
+
+class UnknownNameError(UnknownGroupError, SpecError):
+    """A name given for a group that is neither a registered group nor a submodule or parameter name.
+
+    ``freeze()``, ``unfreeze()`` and ``trainable=`` take group names first and any other name as a spec, so
+    a name that is neither is both an unknown group and a spec that matches nothing (either class catches it).
+    """
 
 
 class FreezeStateError(FreezableError):
@@ -78,29 +90,61 @@ def shorten(names: Iterable[object], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def close_matches(value: object, choices: Iterable[str], n: int = 3, *, of_parts: bool = True) -> list[str]:
+    """The ``choices`` a mistyped ``value`` most likely meant, best first; none when nothing is close.
+
+    Among group names (``of_parts``), a plain name asked of a model of several parts (``stage2`` where the
+    groups are ``vision_model.stage2`` and ``text_model.stage2``) means each part's group of that name, in the
+    order given.
+
+    Example:
+        >>> close_matches("clasifier", ["features", "classifier"])
+        ['classifier']
+        >>> close_matches("stage2", ["text_model.stage2", "vision_model.stage2", "logit_scale"])
+        ['text_model.stage2', 'vision_model.stage2']
+        >>> close_matches("x", ["features"])
+        []
+    """
+    choices = list(dict.fromkeys(choices))
+    parts = [c for c in choices if c.endswith(f".{value}")] if of_parts else []
+    return parts or difflib.get_close_matches(str(value), choices, n=n, cutoff=0.5)
+
+
 def closest(value: object, choices: Iterable[str], n: int = 3) -> str:
-    """Says which of ``choices`` are closest to ``value``, for an error message.
+    """Says which of ``choices`` are closest to ``value``, for an error message; without a close one, lists them
+    in the order given (group order, where they are groups).
 
     Example:
         >>> closest("clasifier", ["features", "classifier"])
         "did you mean 'classifier'?"
         >>> closest("x", [])
         'there are none'
+        >>> closest("x", ["stem", "stage1", "head"])
+        "valid choices: 'stem', 'stage1', 'head'"
         >>> print(closest("stage2", ["text_model.stage2", "vision_model.stage2", "logit_scale"]))
         did you mean 'text_model.stage2' or 'vision_model.stage2'? (a model of several parts names its groups
         after the part)
     """
-    choices = sorted(set(choices))
+    choices = list(dict.fromkeys(choices))
     if not choices:
         return "there are none"
-    of_parts = [c for c in choices if c.endswith(f".{value}")]  # a plain name asked of a model of several parts
-    if of_parts:
-        return (f"did you mean {' or '.join(repr(m) for m in of_parts)}? (a model of several parts names its groups "
-                f"after the part)")
-    matches = difflib.get_close_matches(str(value), choices, n=n, cutoff=0.5)
-    if matches:
-        return "did you mean " + " or ".join(repr(m) for m in matches) + "?"
-    return f"valid choices: {shorten(choices)}"
+    matches = close_matches(value, choices, n)
+    if not matches:
+        return f"valid choices: {shorten(choices)}"
+    return did_you_mean(value, matches)
+
+
+def did_you_mean(value: object, matches: list[str], what: str = "") -> str:
+    """``did you mean 'a' or 'b'?`` for the matches :func:`close_matches` found, ``what`` before them (``"the
+    group "``); where they are a plain name's groups in a model of several parts, it says so.
+
+    Example:
+        >>> did_you_mean("haed", ["head"], "the group ")
+        "did you mean the group 'head'?"
+    """
+    note = " (a model of several parts names its groups after the part)"
+    return (f"did you mean {what}{' or '.join(repr(m) for m in matches)}?"
+            + note * all(m.endswith(f".{value}") for m in matches))
 
 
 def describe(value: object) -> str:
@@ -153,10 +197,18 @@ def unknown_group(name: str, known: Iterable[str], model: str = "the model", wha
     known = list(known)
     message = f"unknown {what} {name!r}; {closest(name, known)}"
     if not known:
-        message += (
-            f": {model} has no freeze groups. Declare them in the class (freeze_groups = {{'backbone': "
+        message += ": " + no_groups(model)
+    return UnknownGroupError(message)
+
+
+def no_groups(model: str) -> str:
+    """What to do about a model without freeze groups, for the messages that find none.
+
+    Example:
+        >>> print(no_groups("Net"))  # doctest: +ELLIPSIS
+        Net has no freeze groups. Declare them in the class (freeze_groups = ...) or with register_freeze_group...
+    """
+    return (f"{model} has no freeze groups. Declare them in the class (freeze_groups = {{'backbone': "
             f"['features'], 'head': 'classifier'}}) or with register_freeze_group(name, *specs); for a torchvision "
             f"or timm model, fz.apply_preset(model, 'linear_probe') registers its detected groups (stem, "
-            f"stage1 ..., head, backbone), or wrap it: fz.FrozenBackbone(model)"
-        )
-    return UnknownGroupError(message)
+            f"stage1 ..., head, backbone), or wrap it: fz.FrozenBackbone(model)")

@@ -20,16 +20,26 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Union
 
 from torch import nn
 
-from .errors import FreezableError, SpecError, closest, type_error
+from .errors import (
+    FreezableError,
+    SpecError,
+    UnknownNameError,
+    close_matches,
+    did_you_mean,
+    no_groups,
+    shorten,
+    type_error,
+)
 
-__all__ = ["Spec", "Group", "resolve_group", "as_spec_list", "staged_names", "is_block", "is_within", "part_of",
-           "enclosing_part"]
+__all__ = ["Spec", "Group", "resolve_groups", "resolve_group", "as_spec_list", "select", "unknown_name", "is_within",
+           "top_most", "is_block", "part_of", "enclosing_part"]
 
 Spec = Union[str, "re.Pattern[str]", Callable[[str, Union[nn.Module, nn.Parameter]], bool]]
 
@@ -112,28 +122,116 @@ def _matcher(spec: Spec) -> Callable[[str, object], bool]:
     return call
 
 
-def is_within(name: str, ancestors: set[str]) -> bool:
-    """Whether the module ``name`` is one of ``ancestors`` or lies inside one of them."""
-    if not name:
-        return "" in ancestors
+def is_within(name: str, ancestors: Collection[str]) -> bool:
+    """Whether the dotted name ``name`` is one of ``ancestors`` or lies inside one of them.
+
+    The one test of name containment in the package, for module, parameter and group names alike:
+    ``""`` is the root and holds every name; ``"layer1"`` holds ``"layer1.0.conv1"`` but not ``"layer10"``.
+
+    Example:
+        >>> is_within("layer1.0.conv1", {"layer1"}), is_within("layer10", ["layer1"]), is_within("fc", [""])
+        (True, False, True)
+        >>> is_within("", ["layer1"]), is_within("", [""])
+        (False, True)
+    """
+    if not isinstance(ancestors, AbstractSet):
+        ancestors = set(ancestors)
     if "" in ancestors or name in ancestors:
         return True
-    parts = name.split(".")
-    return any(".".join(parts[:i]) in ancestors for i in range(1, len(parts)))
+    dot = name.find(".")
+    while dot != -1:
+        if name[:dot] in ancestors:
+            return True
+        dot = name.find(".", dot + 1)
+    return False
 
 
-def _suggest(spec: Spec, root: nn.Module, candidates: list[tuple[str, object]], names: list[str]) -> str:
-    """Close names; or, for a name with a prefix too many (``backbone.conv1``), the name without it."""
-    if isinstance(spec, str) and "." in spec:
-        rest = spec.partition(".")[2]
-        match = _matcher(rest)
-        if any(match(name, obj) for name, obj in candidates):
-            return f"did you mean {rest!r}? names are relative to {type(root).__name__}"
-    return closest(spec, names)
+def top_most(names: Iterable[str]) -> tuple[str, ...]:
+    """The names that lie inside no other of ``names`` (see :func:`is_within`), in their order.
+
+    Example:
+        >>> top_most(["layer1", "layer1.0", "fc", "layer10.bn"])
+        ('layer1', 'fc', 'layer10.bn')
+        >>> top_most(["", "fc"])
+        ('',)
+    """
+    names = tuple(names)
+    present = set(names)
+    return tuple(n for n in names if not (n and is_within(n.rpartition(".")[0], present)))
+
+
+class _Names:
+    """The names a spec is tried against: ``root``'s submodules (the root itself aside) and parameters, read once."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.modules = [(name, module) for name, module in root.named_modules() if name]
+        self.parameters = list(root.named_parameters())
+        self.candidates: list[tuple[str, object]] = [*self.modules, *self.parameters]
+
+    def hits(self, spec: Spec) -> set[str]:
+        match = _matcher(spec)
+        return {name for name, obj in self.candidates if match(name, obj)}
+
+    def suggest(self, spec: Spec) -> str:
+        """Close names; or, for a name with a prefix too many (``backbone.conv1``), the name without it; ``""``
+        when nothing is close."""
+        if isinstance(spec, str) and "." in spec and not _GLOB_CHARS.intersection(spec):
+            rest = spec.partition(".")[2]
+            if self.hits(rest):
+                return f"did you mean {rest!r}? names are relative to {type(self.root).__name__}"
+        near = close_matches(spec, [name for name, _ in self.candidates], of_parts=False)
+        return did_you_mean(spec, near) if near else ""
+
+    def group(self, matched: set[str]) -> Group:
+        """The top-most matched modules, and the matched parameters none of them brings along, in model order."""
+        modules = top_most(name for name, _ in self.modules if name in matched)
+        covered = set(modules)
+        loose = tuple(name for name, _ in self.parameters
+                      if name in matched and not is_within(name.rpartition(".")[0], covered))
+        return Group(modules=modules, parameters=loose)
+
+
+def resolve_groups(root: nn.Module, declared: Mapping[str, object], *, optional: Container[str] = ()
+                   ) -> dict[str, Group]:
+    """Resolves several groups' specs against ``root``'s submodule and parameter names, each spec once.
+
+    Args:
+        root: the model whose names the specs refer to.
+        declared: group name -> one spec or a sequence of specs (see the module docstring), in group order.
+        optional: groups that may match nothing: a spec of theirs that matches nothing is passed over, and a
+            group none of whose specs matches is left out (a preset's groups that it does not freeze).
+
+    Returns:
+        The groups, in the order of ``declared``, holding names only.
+
+    Raises:
+        SpecError: a spec of a group not in ``optional`` matches nothing (the message names close matches).
+        FreezableTypeError: a spec is of no known kind.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> resolve_groups(net, {"first": "0", "head": ["2", "fc"]}, optional={"head"})
+        {'first': Group(modules=('0',), parameters=()), 'head': Group(modules=('2',), parameters=())}
+    """
+    names = _Names(root)
+    resolved: dict[str, Group] = {}
+    for group, specs in declared.items():
+        matched: set[str] = set()
+        for spec in as_spec_list(specs):
+            hits = names.hits(spec)
+            if not hits and group not in optional:
+                hint = names.suggest(spec) or f"valid choices: {shorten(n for n, _ in names.candidates)}"
+                raise SpecError(f"spec {spec!r} of group {group!r} matches no submodule or parameter; {hint}")
+            matched |= hits
+        if matched:
+            resolved[group] = names.group(matched)
+    return resolved
 
 
 def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
-    """Resolves ``specs`` against ``root``'s submodule and parameter names.
+    """Resolves ``specs`` against ``root``'s submodule and parameter names (:func:`resolve_groups` for one group).
 
     Args:
         root: the model whose names the specs refer to.
@@ -155,33 +253,63 @@ def resolve_group(root: nn.Module, group: str, specs: object) -> Group:
         >>> resolve_group(net, "weights", "*.weight")
         Group(modules=(), parameters=('0.weight', '2.weight'))
     """
-    specs = as_spec_list(specs)
-    module_names = [name for name, _ in root.named_modules() if name]
-    named_params = list(root.named_parameters())
-    candidates = [(name, module) for name, module in root.named_modules() if name] + named_params
+    return resolve_groups(root, {group: specs})[group]
 
-    matched: set[str] = set()
-    for spec in specs:
-        match = _matcher(spec)
-        hits = {name for name, obj in candidates if match(name, obj)}
+
+def select(root: nn.Module, groups: Mapping[str, Group], entries: Iterable[object], what: str) -> list[Group]:
+    """The groups ``entries`` name: a registered group's name first, else a spec resolved against ``root``.
+
+    How ``freeze()``, ``unfreeze()`` and ``trainable=`` read names alike: ``"stage4"`` is the group,
+    ``"layer4"`` (no group) the submodule, ``"layer4.1.*"`` a glob. Every entry is resolved before any is
+    returned.
+
+    Args:
+        root: the model whose names the specs refer to.
+        groups: the registered groups, in group order.
+        entries: group names or specs (a ``re.Pattern`` or a callable is always a spec).
+        what: where the entries were given, for messages (``"trainable"``, ``"freeze()"``).
+
+    Raises:
+        UnknownNameError: a str entry is neither a group nor a name that matches (the message suggests both).
+        SpecError: another spec matches nothing.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> select(net, {"body": Group(("0",))}, ["body", "1.bias"], "freeze()")
+        [Group(modules=('0',), parameters=()), Group(modules=(), parameters=('1.bias',))]
+    """
+    names: _Names | None = None
+    selected: list[Group] = []
+    for entry in entries:
+        if isinstance(entry, str) and entry in groups:
+            selected.append(groups[entry])
+            continue
+        names = names or _Names(root)
+        if not isinstance(entry, str):
+            selected.append(resolve_group(root, what, entry))
+            continue
+        hits = names.hits(entry) if entry.strip() else set()
         if not hits:
-            raise SpecError(
-                f"spec {spec!r} of group {group!r} matches no submodule or parameter; "
-                f"{_suggest(spec, root, candidates, module_names + [name for name, _ in named_params])}"
-            )
-        matched |= hits
+            raise unknown_name(entry, names, groups, what)
+        selected.append(names.group(hits))
+    return selected
 
-    matched_modules = {name for name in module_names if name in matched}
-    top_modules = tuple(
-        name
-        for name in module_names
-        if name in matched_modules and not is_within(name.rpartition(".")[0], matched_modules)
-    )
-    covered = set(top_modules)
-    loose_params = tuple(
-        name for name, _ in named_params if name in matched and not is_within(name.rpartition(".")[0], covered)
-    )
-    return Group(modules=top_modules, parameters=loose_params)
+
+def unknown_name(name: str, names: _Names, groups: Mapping[str, Group], what: str) -> UnknownNameError:
+    """The one message for a name that is neither a group nor a submodule or parameter: the close groups and
+    the close names, then the groups in group order (or how to declare some)."""
+    model = type(names.root).__name__
+    near_groups, near_names = close_matches(name, groups), names.suggest(name)
+    if near_groups:  # a dotted name may be a submodule's too
+        hint = did_you_mean(name, near_groups, "the group ")
+        if "." in name and near_names:
+            hint = f"{hint[:-1]}, or {near_names[len('did you mean '):]}"
+    else:
+        hint = near_names
+    listing = f"groups: {list(groups)}" if groups else no_groups(model)
+    return UnknownNameError(f"{what} entry {name!r} is neither a group nor a submodule or parameter name of {model}; "
+                            + (f"{hint}{' ' if hint.endswith('?') else '; '}" if hint else "") + listing)
 
 
 def is_block(name: str) -> bool:
@@ -193,6 +321,7 @@ def is_block(name: str) -> bool:
         (True, True, False, False)
     """
     return part_of(name)[1] == "block"
+
 
 _STAGED = re.compile(r"(?:(?P<part>.+)\.)?(?P<kind>stem|stage|block)(?P<index>[1-9][0-9]*)?")
 
@@ -215,94 +344,6 @@ def part_of(group: str) -> tuple[str, str, int]:
     return match["part"] or "", match["kind"], int(match["index"] or 0)
 
 
-def group_members(root: nn.Module, group: Group) -> frozenset[str]:
-    """Every parameter name of ``group`` and every module name (prefixed ``module:``): what it covers."""
-    return frozenset(n for n, _ in group.named_parameters(root)) | frozenset(
-        "module:" + n for n, _ in group.named_modules(root)
-    )
-
-
-def staged_names(root: nn.Module, groups: Mapping[str, Group]) -> tuple[str, ...]:
-    """The groups that contain no other group (the *staged* ones), in group order.
-
-    Umbrella groups, such as ``backbone`` over the stem and stages, are left out; the
-    walks in order (``freeze_to``, gradual unfreezing, ``param_groups``) use these.
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1))
-        >>> groups = {"a": Group(("0",)), "b": Group(("1",)), "body": Group(("0", "1")), "head": Group(("2",))}
-        >>> staged_names(net, groups)
-        ('a', 'b', 'head')
-        >>> staged_names(net, {"stage1": Group(("0",)), "block1": Group(("0",))})  # a stage of one block
-        ('block1',)
-    """
-    members = list((name, group_members(root, group)) for name, group in groups.items())
-    # an umbrella holds another group: more than it, or exactly it where that group comes later (a stage of
-    # one block: the stage is registered first and holds the block)
-    return tuple(
-        name for i, (name, own) in enumerate(members)
-        if not any(other and (other < own or (other == own and j > i)) for j, (_, other) in enumerate(members) if j != i)
-    )
-
-
-def walk_units(root: nn.Module, groups: Mapping[str, Group]) -> list[tuple[str, list[Group]]]:
-    """The staged groups in order, each with the parts of umbrellas that end with it.
-
-    An umbrella's members that no staged group holds (a stage's final norm, outside its blocks) go
-    with the umbrella's last staged group, so walking the staged groups covers the umbrellas too.
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 1))
-        >>> groups = {"a": Group(("0",)), "b": Group(("1",)), "stage": Group(("0", "1", "2")), "head": Group(("3",))}
-        >>> [(name, [g.modules for g in units]) for name, units in walk_units(net, groups)]
-        [('a', [('0',)]), ('b', [('1',), ('2',)]), ('head', [('3',)])]
-    """
-    staged = staged_names(root, groups)
-    members = {name: group_members(root, group) for name, group in groups.items()}
-    units: dict[str, list[Group]] = {name: [groups[name]] for name in staged}
-    held = frozenset().union(*(members[s] for s in staged))  # what some staged group holds
-    staged_modules = [m[len("module:"):] for m in held if m.startswith("module:")]
-    for name, own in members.items():
-        inside = [s for s in staged if members[s] and members[s] <= own]
-        if name in staged or not inside:
-            continue
-        rest = own - held
-        if rest:
-            modules = [n[len("module:"):] for n in sorted(rest) if n.startswith("module:")]
-            modules = [m for m in modules if not any(s == m or s.startswith(m + ".") for s in staged_modules)]
-            modules = _top_most(tuple(modules))
-            params = tuple(n for n in sorted(rest) if not n.startswith("module:")
-                           and not any(n.startswith(m + ".") for m in modules))
-            if modules or params:
-                units[inside[-1]].append(Group(modules=modules, parameters=params))
-    return list(units.items())
-
-
-def units_within(root: nn.Module, groups: Mapping[str, Group], name: str,
-                 units: list[tuple[str, list[Group]]] | None = None) -> list[int]:
-    """Indices (into :func:`walk_units`) of the units whose staged group is ``name`` or lies inside it.
-
-    ``name`` is a staged group (one unit) or an umbrella over staged groups (``stage4``:
-    its blocks' units, the parts of umbrellas that end with them included).
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 1))
-        >>> groups = {"a": Group(("0",)), "b": Group(("1",)), "stage": Group(("0", "1", "2")), "head": Group(("3",))}
-        >>> units_within(net, groups, "stage"), units_within(net, groups, "b")
-        ([0, 1], [1])
-    """
-    units = walk_units(root, groups) if units is None else units
-    own = group_members(root, groups[name])
-    return [i for i, (staged, _) in enumerate(units) if staged == name or group_members(root, groups[staged]) <= own]
-
-
-def _top_most(names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(n for n in names if not any(n.startswith(other + ".") for other in names if other != n))
-
-
 def enclosing_part(name: str, groups: Mapping[str, object]) -> str | None:
     """The registered group whose name ``name`` continues after a dot (``vision_model`` of
     ``vision_model.block3``; the longest such), or None: the part a part's group belongs to.
@@ -313,5 +354,5 @@ def enclosing_part(name: str, groups: Mapping[str, object]) -> str | None:
         >>> enclosing_part("block3", {"block3": 1}) is None
         True
     """
-    found = [other for other in groups if name.startswith(other + ".")]
+    found = [other for other in groups if other != name and is_within(name, {other})]
     return max(found, key=len) if found else None

@@ -32,7 +32,8 @@ from ._state import freeze_root, is_frozen, swapped_in
 from .errors import FreezableError, shorten
 from .groups import Group
 
-__all__ = ["Fingerprint", "fingerprint", "check_recordable", "record", "forget", "verify", "guarded_names"]
+__all__ = ["Fingerprint", "fingerprint", "check_recordable", "record", "forget", "verify", "guarded_names", "save",
+           "restore"]
 
 _GUARD = "_freezable_guard"
 
@@ -117,6 +118,20 @@ def forget(model: nn.Module, groups: Iterable[Group]) -> None:
             tensor = _lookup(root, kind, name)
             if tensor is None or id(tensor) in released:
                 del entries[name]
+
+
+def save(model: nn.Module) -> dict[str, dict[str, Fingerprint]] | None:
+    """A copy of ``model``'s guard (``None``: it has none), for :func:`restore`."""
+    store = model.__dict__.get(_GUARD)
+    return None if store is None else {kind: dict(entries) for kind, entries in store.items()}
+
+
+def restore(model: nn.Module, saved: dict[str, dict[str, Fingerprint]] | None) -> None:
+    """Puts back the guard :func:`save` copied: the same tensors watched against the same fingerprints."""
+    if saved is None:
+        model.__dict__.pop(_GUARD, None)
+    else:
+        model.__dict__[_GUARD] = {kind: dict(entries) for kind, entries in saved.items()}
 
 
 def guarded_names(model: nn.Module) -> list[str]:

@@ -93,7 +93,7 @@ def freezable(model: M) -> M:
         return model
     plan = make_plan(model)
     _attach(model)
-    _state.store_groups(model, dict(plan.groups))
+    model._register_groups(plan.groups, source="detection")  # type: ignore[attr-defined]
     return model
 
 

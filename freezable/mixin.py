@@ -8,8 +8,10 @@ top of it: groups by name, validation, summaries.
 from __future__ import annotations
 
 
+import contextlib
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from torch import nn
@@ -30,13 +32,15 @@ from .errors import (
     type_error,
     unknown_group,
 )
-from .groups import Group, Spec, enclosing_part, is_block, resolve_group, staged_names, units_within, walk_units
+from .groups import Group, Spec, enclosing_part, is_block, is_within, resolve_group, resolve_groups, select
 from .norms import has_running_stats, is_norm
 from .optim import add_missing, check_nonnegative, check_optimizer, param_groups
 from .shared import Shared, shared_parameters
+from .stages import units_within, walk_units
 from .summary import SummaryRow, count_elements, format_summary
 
-__all__ = ["Freezable", "is_frozen", "is_held", "tied_across_freeze", "warn_built_frozen", "watch_swaps"]
+__all__ = ["Freezable", "is_frozen", "is_held", "outermost_freezables", "tied_across_freeze", "warn_built_frozen",
+           "watch_swaps"]
 
 _WHOLE_MODEL = Group(modules=("",))
 
@@ -55,9 +59,14 @@ class Freezable:
             at the first call that needs them.
 
     Subclassing:
-        Two protected members are the extension points for subclasses (FrozenBackbone
-        uses both); everything else whose name starts with ``_`` is internal.
+        Three protected members are the extension points for subclasses and the construction
+        path (FrozenBackbone, ``fz.freeze``, presets); everything else whose name starts with ``_`` is
+        internal.
 
+        * ``_register_groups(groups)`` registers resolved :class:`~freezable.groups.Group` objects
+          after the model's own: the one step every registration ends in (class-level groups,
+          :meth:`register_freeze_group`, detected groups, a preset's); a name the model has with
+          other members is an error.
         * ``_unfreeze_resolved(groups)`` unfreezes resolved :class:`~freezable.groups.Group`
           objects, registered or not (FrozenBackbone's ``trainable`` specs).
         * ``_on_freeze_change()`` runs after every change of freeze state, once the frozen
@@ -96,29 +105,54 @@ class Freezable:
         """The module whose names groups and freeze states refer to."""
         return _state.freeze_root(self)  # type: ignore[arg-type]
 
-    @property
-    def _groups(self) -> dict[str, Group]:
+    def _registered(self) -> dict[str, Group]:
+        """The registered groups (the stored dict), the class-level ones resolved at the first call that needs them."""
         groups = _state.stored_groups(self)  # type: ignore[arg-type]
-        if groups is None:
-            declared = type(self).freeze_groups
-            if not isinstance(declared, Mapping):
-                raise type_error(f"{type(self).__name__}.freeze_groups", declared,
-                                 "a mapping of group name to specs", fix="e.g. {'backbone': 'features', 'head': 'fc'}")
-            groups = {}
-            for name, specs in declared.items():
-                self._check_new_group_name(name, groups)
-                groups[name] = resolve_group(self._freeze_root(), name, specs)
-            _state.store_groups(self, groups)  # type: ignore[arg-type]
-        return groups
+        return self._register_groups({}) if groups is None else groups
 
-    @staticmethod
-    def _check_new_group_name(name: object, groups: Mapping[str, Group]) -> None:
-        if not isinstance(name, str):
-            raise type_error("a group name", name, "a str")
-        if not name or not name.strip():
-            raise SpecError(f"a group name must not be empty or blank, got {name!r}")
-        if name in groups:
-            raise SpecError(f"a group named {name!r} is already registered; group names must be unique")
+    def _register_groups(self, groups: Mapping[str, Group], *, source: str = "the registration",
+                         error: type[FreezableError] = SpecError) -> dict[str, Group]:
+        """Registers resolved groups after those the model has: the one step every registration ends in.
+
+        Class-level groups, a registered group, detected groups, a preset's and the in-place form's all come
+        here. The class-level groups (``freeze_groups``) resolve and register first, at the first call. A
+        name the model has already is left as it is where its members are the same; with other members it
+        is an error. Everything is checked before anything is stored.
+
+        Args:
+            groups: name -> :class:`~freezable.groups.Group` resolved against the freeze root, in group order.
+            source: what defines them, for the message (``"preset 'linear_probe'"``).
+            error: the error class for a name the model has with other members.
+
+        Returns:
+            The registered groups (the stored dict).
+
+        Raises:
+            SpecError: a class-level group or a name is malformed, or (``error``) a name the model has comes
+                with other members.
+        """
+        registered = _state.stored_groups(self)  # type: ignore[arg-type]
+        first = registered is None
+        if registered is None:
+            registered = self._declared()
+        for name, group in groups.items():
+            _check_group_name(name)
+            if name in registered and registered[name] != group:
+                raise error(f"{source} defines group {name!r}, which the model already has with other members")
+        if first:
+            _state.store_groups(self, registered)  # type: ignore[arg-type]
+        registered.update((name, group) for name, group in groups.items() if name not in registered)
+        return registered
+
+    def _declared(self) -> dict[str, Group]:
+        """The class-level groups (``freeze_groups``), checked and resolved against the freeze root."""
+        declared = type(self).freeze_groups
+        if not isinstance(declared, Mapping):
+            raise type_error(f"{type(self).__name__}.freeze_groups", declared,
+                             "a mapping of group name to specs", fix="e.g. {'backbone': 'features', 'head': 'fc'}")
+        for name in declared:
+            _check_group_name(name)
+        return resolve_groups(self._freeze_root(), declared)
 
     def register_freeze_group(self, name: str, *specs: Spec) -> Freezable:
         """Registers a freeze group after the class-level ones.
@@ -140,23 +174,42 @@ class Freezable:
             >>> net.register_freeze_group("convs", lambda name, m: isinstance(m, nn.Conv2d)).freeze_group_names
             ('convs',)
         """
-        groups = self._groups
-        self._check_new_group_name(name, groups)
+        registered = self._registered()
+        _check_group_name(name)
+        if name in registered:
+            raise SpecError(f"a group named {name!r} is already registered; group names must be unique")
         if not specs:
             raise SpecError(f"register_freeze_group({name!r}) needs at least one spec")
-        groups[name] = resolve_group(self._freeze_root(), name, list(specs))
+        self._register_groups({name: resolve_group(self._freeze_root(), name, list(specs))})
         return self
+
+    @property
+    def freeze_group_map(self) -> Mapping[str, Group]:
+        """Every registered group by name, in group order: a read-only view of what the groups hold.
+
+        Each :class:`~freezable.groups.Group` holds names relative to the model (for a FrozenBackbone: its
+        backbone). The view follows later registrations.
+
+        Example:
+            >>> from torch import nn
+            >>> class Net(Freezable, nn.Sequential):
+            ...     freeze_groups = {"body": ["0", "1"], "head": "2"}
+            >>> groups = Net(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).freeze_group_map
+            >>> list(groups), groups["head"]
+            (['body', 'head'], Group(modules=('2',), parameters=()))
+        """
+        return MappingProxyType(self._registered())
 
     @property
     def freeze_group_names(self) -> tuple[str, ...]:
         """Every registered group, in group order."""
-        return tuple(self._groups)
+        return tuple(self._registered())
 
     @property
     def frozen_groups(self) -> tuple[str, ...]:
         """The groups whose every parameter is frozen (without parameters: every module), in group order."""
         root = self._freeze_root()
-        return tuple(name for name, group in self._groups.items() if _state.group_is_frozen(root, group))
+        return tuple(name for name, group in self._registered().items() if _state.group_is_frozen(root, group))
 
     def freeze_group(self, name: str) -> Group:
         """The members of the group ``name``: names relative to the model (for a FrozenBackbone: its backbone).
@@ -173,22 +226,26 @@ class Freezable:
             >>> Net(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).freeze_group("body")
             Group(modules=('0', '1'), parameters=())
         """
-        return self._selected((name,), check_members=False)[0]
+        known = self._registered()
+        if not isinstance(name, str):
+            raise type_error("a group name", name, "a str")
+        if name not in known:
+            raise unknown_group(name, known, type(self).__name__)
+        return known[name]
 
-    def _selected(self, groups: tuple[str, ...], *, check_members: bool = True) -> list[Group]:
-        """The named groups (validated all before any is used); none means the whole model."""
+    def _selected(self, names: tuple[str, ...], call: str) -> list[Group]:
+        """The groups ``names`` name (all checked before any is used); none means the whole model.
+
+        A registered group's name is that group; any other name is a spec (a submodule or parameter name, a
+        glob) resolved against the freeze root, as ``trainable=`` reads names (:func:`freezable.groups.select`).
+        """
         self._sync()
-        if not groups:
+        if not names:
             return [_WHOLE_MODEL]
-        known = self._groups
-        for name in groups:
+        for name in names:
             if not isinstance(name, str):
-                raise type_error("a group name", name, "a str")
-            if name not in known:
-                raise unknown_group(name, known, type(self).__name__)
-        selected = [known[name] for name in groups]
-        if not check_members:
-            return selected
+                raise type_error("a group name", name, "a str", fix="a group name, or a submodule or parameter name")
+        selected = select(self._freeze_root(), self._registered(), names, f"{call}()")
         root = self._freeze_root()
         for group in selected:  # a member replaced since registration fails here, before anything changes
             list(group.named_modules(root))
@@ -203,8 +260,12 @@ class Freezable:
         Frozen parameters get ``requires_grad=False`` and ``grad=None``; frozen parts
         are held at inference at once. Where groups overlap, the later call wins.
 
+        Names are read as ``trainable=`` reads them: a registered group's name is that group; any other
+        name is a spec matched against the model's submodule and parameter names (``"layer4"``,
+        ``"layer4.1"``, ``"blocks.*"``), frozen as a group would be.
+
         Args:
-            *groups: registered group names.
+            *groups: group names, or submodule or parameter names and globs.
             train_bn: keep the groups' normalisation layers trainable (affine
                 parameters train, running statistics update), as fastai's ``train_bn``.
             guard: also record a fingerprint of what this call froze (parameters and
@@ -215,9 +276,21 @@ class Freezable:
             The model, for chaining.
 
         Raises:
-            UnknownGroupError: a name is not a registered group.
+            UnknownNameError: a name is neither a group nor a submodule or parameter (an
+                :class:`~freezable.errors.UnknownGroupError`; the message suggests the closest of both).
+
+        Example:
+            >>> from torch import nn
+            >>> class Net(Freezable, nn.Sequential):
+            ...     freeze_groups = {"body": ["0", "1"], "head": "2"}
+            >>> net = Net(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+            >>> net.freeze("0").frozen_groups, net[0].weight.requires_grad  # a module name, as a spec
+            ((), False)
         """
-        selected = self._selected(groups)
+        return self._freeze(groups, "freeze", train_bn=train_bn, guard=guard)
+
+    def _freeze(self, groups: tuple[str, ...], call: str, *, train_bn: bool, guard: bool) -> Freezable:
+        selected = self._selected(groups, call)
         if not isinstance(train_bn, bool):
             raise type_error("train_bn", train_bn, "a bool")
         if not isinstance(guard, bool):
@@ -245,7 +318,7 @@ class Freezable:
         naming a group that holds some warns (:class:`~freezable.errors.BuiltFrozenWarning`).
 
         Args:
-            *groups: registered group names.
+            *groups: group names, or submodule or parameter names and globs (see :meth:`freeze`).
             optimizer: an optimizer built from ``trainable_parameters()``: the
                 parameters made trainable that it lacks are added to it as one new
                 param group (none is duplicated; see :func:`freezable.optim.add_missing`).
@@ -258,7 +331,7 @@ class Freezable:
             The model, for chaining.
 
         Raises:
-            UnknownGroupError: a name is not a registered group.
+            UnknownNameError: a name is neither a group nor a submodule or parameter.
             FreezableTypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, ``lr`` is
                 not a number >= 0, ``lr`` is given without ``optimizer``, or ``built_frozen`` is not a bool.
 
@@ -274,7 +347,11 @@ class Freezable:
             >>> net.unfreeze("body", built_frozen=True).freeze_state()["frozen_parameters"]
             []
         """
-        selected = self._selected(groups)
+        return self._unfreeze(groups, "unfreeze", optimizer=optimizer, lr=lr, built_frozen=built_frozen)
+
+    def _unfreeze(self, groups: tuple[str, ...], call: str, *, optimizer: Any = None, lr: float | None = None,
+                  built_frozen: bool = False) -> Freezable:
+        selected = self._selected(groups, call)
         if not isinstance(built_frozen, bool):
             raise type_error("built_frozen", built_frozen, "a bool")
         if optimizer is not None:
@@ -289,13 +366,100 @@ class Freezable:
             _state.forget_built_frozen(self, [n for g in selected for n, _ in g.named_parameters(root)])  # type: ignore[arg-type]
         kept = self._unfreeze_resolved(selected)
         if kept and groups:
-            warn_built_frozen(f"unfreeze({', '.join(map(repr, groups))})", kept,
-                              f"model.unfreeze({', '.join(map(repr, groups))}, built_frozen=True)")
+            warn_built_frozen(f"{call}({', '.join(map(repr, groups))})", kept,
+                              f"model.{call}({', '.join(map(repr, groups))}, built_frozen=True)",
+                              stacklevel=4 if call == "unfreeze" else 6)  # the user's line, past the context manager
         if optimizer is not None:
             root = self._freeze_root()
             params = [p for group in selected for _, p in group.named_parameters(root)]
             add_missing(optimizer, params, lr=lr, name="unfrozen:" + (",".join(groups) or "all"))
         return self
+
+    def frozen(self, *groups: str, train_bn: bool = False) -> contextlib.AbstractContextManager[Freezable]:
+        """Freezes the named groups (none: the whole model) for a ``with`` block, then puts back the freeze
+        state from before, exactly, even when the block raises.
+
+        What is put back: which modules are frozen and held at inference, each parameter's
+        ``requires_grad``, norm_eval, the parameters counted as built frozen, and the guard's fingerprints.
+        Nothing else changes: gradients are still recorded (this is not ``torch.no_grad()``), so a loss that
+        flows through a frozen part still trains what lies before it; a gradient the frozen parameters held is
+        dropped, as :meth:`freeze` drops it. The names are those :meth:`freeze` takes.
+
+        Args:
+            *groups: group names, or submodule or parameter names (see :meth:`freeze`).
+            train_bn: keep the groups' norm layers trainable while frozen.
+
+        Returns:
+            A context manager; ``with model.frozen(...) as m`` gives the model as ``m``.
+
+        Raises:
+            UnknownNameError: a name is neither a group nor a submodule or parameter (on entering the block;
+                nothing is changed).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> class GAN(Freezable, nn.Module):
+            ...     freeze_groups = {"generator": "g", "critic": "d"}
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.g, self.d = nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 1), nn.Dropout(0.5))
+            >>> gan = GAN().train()
+            >>> with gan.frozen("critic"):  # the generator's step: the critic computes, at inference, untrained
+            ...     gan.d(gan.g(torch.randn(4, 2))).mean().backward()
+            ...     gan.frozen_groups, gan.d.training, gan.d[0].weight.grad, gan.g.weight.grad is not None
+            (('critic',), False, None, True)
+            >>> gan.frozen_groups, gan.d.training  # as before the block
+            ((), True)
+        """
+        return self._for_the_block(lambda: self._freeze(groups, "frozen", train_bn=train_bn, guard=False))
+
+    def unfrozen(self, *groups: str, built_frozen: bool = False) -> contextlib.AbstractContextManager[Freezable]:
+        """Unfreezes the named groups (none: the whole model) for a ``with`` block, then puts back the freeze
+        state from before, exactly, even when the block raises (see :meth:`frozen` for what is put back).
+
+        Parameters the model was built with frozen stay frozen unless ``built_frozen=True``, as with
+        :meth:`unfreeze`. A guarded tensor that the block changed is reported by :func:`freezable.check`
+        afterwards: it was frozen before the block and is again.
+
+        Args:
+            *groups: group names, or submodule or parameter names (see :meth:`freeze`).
+            built_frozen: train the groups' parameters the model was built with frozen too, for the block.
+
+        Returns:
+            A context manager; ``with model.unfrozen(...) as m`` gives the model as ``m``.
+
+        Raises:
+            UnknownNameError: a name is neither a group nor a submodule or parameter (on entering the block;
+                nothing is changed).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> class Net(Freezable, nn.Sequential):
+            ...     freeze_groups = {"body": "0", "head": "1"}
+            >>> net = Net(nn.Linear(2, 2), nn.Linear(2, 1)).freeze()
+            >>> with net.unfrozen("head"):
+            ...     net.frozen_groups, [n for n, _ in net.named_trainable_parameters()]
+            (('body',), ['1.weight', '1.bias'])
+            >>> net.frozen_groups
+            ('body', 'head')
+        """
+        return self._for_the_block(lambda: self._unfreeze(groups, "unfrozen", built_frozen=built_frozen))
+
+    @contextlib.contextmanager
+    def _for_the_block(self, change: Callable[[], object]) -> Iterator[Freezable]:
+        """Makes ``change`` (which validates before it changes anything), then, when the block ends however it
+        ends, puts back the freeze state from before: marks, ``requires_grad``, the record beside them, the guard."""
+        self._sync()
+        saved = _state.save_state(self), _guard.save(self)  # type: ignore[arg-type]
+        change()
+        try:
+            yield self
+        finally:
+            _state.restore_state(self, saved[0])  # type: ignore[arg-type]
+            _guard.restore(self, saved[1])  # type: ignore[arg-type]
+            self._refresh_held()
 
     def freeze_to(self, group: str, *, train_bn: bool = False) -> Freezable:
         """Freezes the staged groups up to and including ``group`` and unfreezes the staged groups after it.
@@ -303,10 +467,10 @@ class Freezable:
         fastai's ``freeze_to``, by name: with groups ``stem, stage1, stage2, head``,
         ``freeze_to("stage1")`` freezes ``stem`` and ``stage1`` and unfreezes ``stage2`` and ``head``.
         *Staged* groups are those that contain no other registered group (see
-        :func:`freezable.groups.staged_names`): the blocks, where a model has them. ``group`` may
+        :func:`freezable.stages.staged_names`): the blocks, where a model has them. ``group`` may
         also be an umbrella over staged groups (a stage that holds blocks, ``backbone``): the cut is
         then after its last staged group. Parts of an umbrella outside every staged group (a final
-        norm) go with the umbrella's last staged group (:func:`freezable.groups.walk_units`).
+        norm) go with the umbrella's last staged group (:func:`freezable.stages.walk_units`).
 
         In a model of several parts, a part's group (``vision_model.block3``: a name after a registered
         group ``vision_model`` that holds it) walks that part alone: the part's groups up to it are
@@ -339,17 +503,19 @@ class Freezable:
             >>> Towers().freeze("b").freeze_to("a.stem").frozen_groups  # the walk stays in part a; b stays frozen
             ('a.stem', 'b.block1', 'b')
         """
-        self._selected((group,), check_members=False)
+        self._sync()
+        self.freeze_group(group)
         if not isinstance(train_bn, bool):
             raise type_error("train_bn", train_bn, "a bool")
         root = self._freeze_root()
-        units = walk_units(root, self._groups)
-        inside = units_within(root, self._groups, group, units)
+        groups = self._registered()
+        units = walk_units(root, groups)
+        inside = units_within(root, groups, group, units)
         if not inside:
             raise UnknownGroupError(f"freeze_to({group!r}): the group holds no staged group; "
                                     f"{closest(group, [name for name, _ in units])}")
-        part = enclosing_part(group, self._groups)
-        scope = range(len(units)) if part is None else units_within(root, self._groups, part, units)
+        part = enclosing_part(group, groups)
+        scope = range(len(units)) if part is None else units_within(root, groups, part, units)
         if not set(inside) <= set(scope):
             scope = range(len(units))
         cut = inside[-1]
@@ -407,12 +573,12 @@ class Freezable:
         """
         if not isinstance(enabled, bool):
             raise type_error("set_norm_eval's enabled", enabled, "a bool", fix="set_norm_eval(True, *groups)")
-        selected = self._selected(groups)
+        selected = self._selected(groups, "set_norm_eval")
         root = self._freeze_root()
         members = _state.norm_eval_members(root, selected)
         if not members:
             where = f"the groups {list(groups)} hold" if groups else f"{type(self).__name__} holds"
-            having = [name for name, group in self._groups.items() if _state.norm_eval_members(root, [group])]
+            having = [name for name, group in self._registered().items() if _state.norm_eval_members(root, [group])]
             raise FreezableError(
                 f"set_norm_eval({', '.join(map(repr, (enabled, *groups)))}) changes nothing: {where} no norm "
                 f"layer with running statistics (BatchNorm, InstanceNorm with track_running_stats=True; LayerNorm and "
@@ -517,16 +683,17 @@ class Freezable:
         """
         self._sync()
         root = self._freeze_root()
-        by_freezable = _frozen_by_freezable(root, self._groups.values())
+        groups = self._registered()
+        by_freezable = _frozen_by_freezable(root, groups.values())
         built_names = set(_state.built_frozen(self))  # type: ignore[arg-type]
         built = {id(p) for n, p in root.named_parameters() if n in built_names}
         rows = [
             _summary_row(name, group.named_parameters(root), (m for _, m in group.named_modules(root)), by_freezable,
                          built)
-            for name, group in self._groups.items() if blocks or not is_block(name)
+            for name, group in groups.items() if blocks or not is_block(name)
         ]
-        grouped = {id(p) for group in self._groups.values() for _, p in group.named_parameters(root)}
-        if self._groups and any(id(p) not in grouped for p in root.parameters()):
+        grouped = {id(p) for group in groups.values() for _, p in group.named_parameters(root)}
+        if groups and any(id(p) not in grouped for p in root.parameters()):
             outside = ((n, p) for n, p in root.named_parameters() if id(p) not in grouped)
             rows.append(_summary_row("(no group)", outside, iter(()), by_freezable, built))
         total = _summary_row("total", root.named_parameters(), root.modules(), by_freezable, built)
@@ -545,7 +712,7 @@ class Freezable:
     def _elsewhere_notes(self, root: nn.Module) -> list[str]:
         """The summary's lines on what freezable did not freeze: built frozen, frozen by hand, conflicts."""
         built = set(_state.built_frozen(self))  # type: ignore[arg-type]
-        by_freezable = _frozen_by_freezable(root, self._groups.values())
+        by_freezable = _frozen_by_freezable(root, self._registered().values())
         frozen = [n for n, p in root.named_parameters() if not p.requires_grad]
         lines = []
         if built & set(frozen):
@@ -608,10 +775,32 @@ class Freezable:
         return self
 
 
+def _check_group_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise type_error("a group name", name, "a str")
+    if not name or not name.strip():
+        raise SpecError(f"a group name must not be empty or blank, got {name!r}")
+
+
+def outermost_freezables(module: nn.Module) -> list[tuple[str, Freezable]]:
+    """``module`` itself if it is a Freezable, else its Freezable submodules that no other holds, by name, in order.
+
+    Example:
+        >>> from torch import nn
+        >>> class Net(Freezable, nn.Sequential): ...
+        >>> [name for name, _ in outermost_freezables(nn.Sequential(Net(Net()), nn.ReLU(), Net()))]
+        ['0', '2']
+    """
+    found: list[tuple[str, Freezable]] = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, Freezable) and not is_within(name, [f for f, _ in found]):
+            found.append((name, sub))
+    return found
+
+
 def tied_across_freeze(model: Freezable) -> list[Shared]:
     """The tensors of ``model`` tied between a frozen and a trainable part (see :mod:`freezable.shared`)."""
-    return shared_parameters(_state.freeze_root(model), {n: model.freeze_group(n) for n in model.freeze_group_names},
-                             is_frozen)
+    return shared_parameters(_state.freeze_root(model), model.freeze_group_map, is_frozen)
 
 
 _REGISTRATIONS_SEEN = "_freezable_registrations_seen"  # on a Freezable: the module registration count last synced
@@ -646,10 +835,10 @@ def sync_before_forward(model: Freezable, args: Any) -> None:
         model._refresh_held()
 
 
-def warn_built_frozen(call: str, names: list[str], fix: str) -> None:
+def warn_built_frozen(call: str, names: list[str], fix: str, stacklevel: int = 3) -> None:
     """The one warning for a call that names parameters the model was built with frozen (they stay frozen)."""
     warnings.warn(f"{call} leaves {len(names)} parameter(s) frozen that the model was built with frozen "
-                  f"({shorten(names)}); to train them as well: {fix}", BuiltFrozenWarning, stacklevel=3)
+                  f"({shorten(names)}); to train them as well: {fix}", BuiltFrozenWarning, stacklevel=stacklevel)
 
 
 def _frozen_by_freezable(root: nn.Module, groups: Iterable[Group] = ()) -> set[int]:

@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from ._state import freeze_root
 from .errors import FreezableError, UnknownGroupError, closest, type_error
-from .groups import part_of, staged_names
-
-if TYPE_CHECKING:
-    from .mixin import Freezable
+from .groups import Group, part_of
+from .stages import staged_names
 
 __all__ = [
+    "Grouped",
     "param_groups",
     "layer_scales",
     "add_missing",
@@ -46,6 +45,19 @@ __all__ = [
 
 UNGROUPED = "ungrouped"  # name of the group of parameters outside every freeze group
 NO_DECAY_SUFFIX = ".no_decay"  # companion group of biases and norm weights, without weight decay
+
+
+class Grouped(Protocol):
+    """What :func:`param_groups` reads of a model: its registered groups and its parameters.
+
+    A :class:`~freezable.Freezable` is one (the mixin calls :func:`param_groups` with itself), so this
+    module needs nothing of the mixin's.
+    """
+
+    @property
+    def freeze_group_map(self) -> Mapping[str, Group]: ...
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
 
 
 def check_nonnegative(value: object, what: str) -> float:
@@ -76,7 +88,7 @@ def check_optimizer(optimizer: object) -> torch.optim.Optimizer:
 
 
 def param_groups(
-    model: Freezable,
+    model: Grouped,
     lr: float,
     *,
     weight_decay: float = 0.0,
@@ -107,7 +119,7 @@ def param_groups(
     trains it at its own rate with the same optimizer.
 
     Args:
-        model: a :class:`~freezable.Freezable`.
+        model: a :class:`~freezable.Freezable` (any :class:`Grouped` model).
         lr: the base learning rate.
         weight_decay: weight decay of the groups that are not ``.no_decay``.
         lr_scale: group name -> multiplier of ``lr`` (discriminative learning
@@ -219,24 +231,24 @@ def _numbered(names: Sequence[str], part: str, kind: str) -> list[str]:
     return sorted(found, key=lambda name: part_of(name)[2])
 
 
-def _no_weight_decay(model: Freezable) -> tuple[str, ...]:
+def _no_weight_decay(model: Grouped) -> tuple[str, ...]:
     """The model's ``no_weight_decay()`` names (timm's convention) relative to its freeze root, or none."""
     method = getattr(freeze_root(model), "no_weight_decay", None)
     return tuple(method()) if callable(method) else ()
 
 
-def _partition(model: Freezable, root: nn.Module) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
+def _partition(model: Grouped, root: nn.Module) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
     """(name, named parameters) of each staged group, then umbrella leftovers, then the ungrouped rest.
 
     Parameter names are relative to the freeze ``root`` (as in ``state_dict()``).
     """
-    registered = {name: model.freeze_group(name) for name in model.freeze_group_names}
+    registered = model.freeze_group_map
     staged = staged_names(root, registered)
     order = list(staged) + [name for name in registered if name not in staged]
     seen: set[int] = set()
     owners: list[tuple[str, list[tuple[str, nn.Parameter]]]] = []
     for name in order:
-        named = [(n, p) for n, p in model.freeze_group(name).named_parameters(root) if id(p) not in seen]
+        named = [(n, p) for n, p in registered[name].named_parameters(root) if id(p) not in seen]
         seen.update(id(p) for _, p in named)
         owners.append((name, named))
     root_names = {id(p): n for n, p in root.named_parameters()}
@@ -247,7 +259,7 @@ def _partition(model: Freezable, root: nn.Module) -> list[tuple[str, list[tuple[
 
 
 def _check_scale(
-    model: Freezable,
+    model: Grouped,
     lr_scale: Mapping[str, float] | None,
     owners: list[tuple[str, list[tuple[str, nn.Parameter]]]],
     root: nn.Module,
@@ -258,7 +270,8 @@ def _check_scale(
     if not isinstance(lr_scale, Mapping):
         raise type_error("lr_scale", lr_scale, "a mapping of group names to multipliers")
     names = [name for name, _ in owners]
-    valid = names + [g for g in model.freeze_group_names if g not in names]
+    registered = model.freeze_group_map
+    valid = names + [g for g in registered if g not in names]
     for name, factor in lr_scale.items():
         if name not in valid:
             raise UnknownGroupError(
@@ -267,7 +280,7 @@ def _check_scale(
         check_nonnegative(factor, f"lr_scale[{name!r}]")
     scale: dict[str, float] = {}
     for umbrella in (g for g in lr_scale if g not in names):  # an umbrella: scale the groups it covers
-        inside = {id(p) for _, p in model.freeze_group(umbrella).named_parameters(root)}
+        inside = {id(p) for _, p in registered[umbrella].named_parameters(root)}
         for name, named in owners:
             if all(id(p) in inside for _, p in named):
                 scale[name] = float(lr_scale[umbrella])

@@ -9,15 +9,17 @@ that model.
 * Without ``preset``: the groups are the model's own (a Freezable's registered groups) or the
   detected ones, and everything but ``trainable`` is frozen.
 * With ``preset``: its groups are registered and its ``frozen`` groups frozen, less ``trainable``.
-* ``trainable`` entries are group names or specs (:mod:`freezable.groups`); parameters the model
-  was built with frozen stay frozen (a warning names them).
+* ``trainable`` entries are read as ``Freezable.freeze`` reads names (:func:`freezable.groups.select`):
+  group names first, then specs; parameters the model was built with frozen stay frozen (a warning
+  names them).
+* Every form ends in :func:`freezable.presets.install`: the groups go through the mixin's one
+  registration step, then the freeze; ``fz.freezable(model)`` registers the detected groups alone.
 * ``norm_eval``: ``None`` takes the preset's setting (off without one); ``True``/``False`` override it.
 """
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +27,10 @@ from torch import nn
 
 from . import _state
 from .detect import detect_groups, removed_groups
-from .errors import SpecError, type_error
-from .groups import Group, resolve_group
+from .errors import UnknownNameError, type_error
+from .groups import Group, resolve_groups, select
 from .mixin import Freezable, warn_built_frozen
-from .presets import Preset, get_preset, hold_body_norms, install_preset, resolve_preset
+from .presets import Preset, get_preset, install, resolve_preset
 
 __all__ = ["Plan", "make_plan", "carry_out"]
 
@@ -61,55 +63,41 @@ def make_plan(
     if isinstance(trainable, (str, bytes)) or not isinstance(trainable, Sequence):
         trainable = [trainable]
     root = _state.freeze_root(model)
-    own = _own_groups(model)
+    own = dict(model.freeze_group_map) if isinstance(model, Freezable) else {}
     if preset is not None:
         preset = get_preset(preset)
         groups = resolve_preset(preset, root)
     elif own:
         groups = own
     else:
-        groups = {name: resolve_group(root, name, names) for name, names in detect_groups(root).items()}
+        groups = resolve_groups(root, detect_groups(root))
     known = {**own, **groups}
-    kept = tuple(known[t] if isinstance(t, str) and t in known else _trainable_spec(root, t, known)
-                 for t in trainable)
+    kept = tuple(_kept(root, known, entry) for entry in trainable)
     return Plan(groups=groups, preset=preset, trainable=tuple(trainable), kept=kept, norm_eval=norm_eval)
 
 
-def _own_groups(model: nn.Module) -> dict[str, Group]:
-    """A Freezable's registered groups (resolving its class-level ones), or none."""
-    if not isinstance(model, Freezable):
-        return {}
-    return {name: model.freeze_group(name) for name in model.freeze_group_names}
-
-
-def _trainable_spec(root: nn.Module, spec: Any, groups: dict[str, Group]) -> Group:
+def _kept(root: nn.Module, groups: Mapping[str, Group], entry: Any) -> Group:
+    """A ``trainable`` entry as :meth:`Freezable.freeze` reads names (:func:`freezable.groups.select`); a group that
+    detection leaves out because a replaced classifier emptied it is said so."""
     try:
-        return resolve_group(root, "trainable", spec)
-    except SpecError as e:
-        removed = removed_groups(root).get(spec) if isinstance(spec, str) and spec not in groups else None
-        if removed:
-            what = ", ".join(f"{m!r} is {type(root.get_submodule(m)).__name__}" if _is_module(root, m) else repr(m)
-                             for m in removed)
-            raise SpecError(
-                f"trainable entry {spec!r}: {type(root).__name__} has no group {spec!r} any more: its members hold no "
-                f"parameter ({what}), so the classifier was removed and {spec!r} would train nothing; train the new "
-                f"head outside the model (nn.Sequential(FrozenBackbone(model), new_head)) or put it in place of "
-                f"{removed[0]!r}; groups: {list(groups)}"
-            ) from None
-        if isinstance(spec, str) and groups:  # a typo of a group name is likelier than of a module name
-            close = [g for g in groups if g.endswith(f".{spec}")]  # a plain name on a model of several parts
-            close = close or difflib.get_close_matches(spec, list(groups), n=3, cutoff=0.5)
-            if close:
-                raise SpecError(
-                    f"trainable entry {spec!r} is neither a group nor a submodule or parameter name; did you mean "
-                    f"the group {' or '.join(repr(c) for c in close)}? groups: {list(groups)}"
-                ) from None
-            raise SpecError(f"{e}; groups: {list(groups)}") from None
-        raise
+        return select(root, groups, [entry], "trainable")[0]
+    except UnknownNameError:
+        removed = removed_groups(root).get(entry)
+        if not removed:
+            raise
+        what = ", ".join(f"{m!r} is {type(root.get_submodule(m)).__name__}" if _is_module(root, m) else repr(m)
+                         for m in removed)
+        raise UnknownNameError(
+            f"trainable entry {entry!r}: {type(root).__name__} has no group {entry!r} any more: its members hold no "
+            f"parameter ({what}), so the classifier was removed and {entry!r} would train nothing; train the new "
+            f"head outside the model (nn.Sequential(FrozenBackbone(model), new_head)) or put it in place of "
+            f"{removed[0]!r}; groups: {list(groups)}"
+        ) from None
 
 
 def carry_out(model: Freezable, plan: Plan, call: str) -> Freezable:
-    """Registers the plan's groups on ``model``, freezes as planned and keeps ``trainable`` trainable.
+    """Registers the plan's groups on ``model`` and freezes as planned (:func:`freezable.presets.install`), then
+    keeps ``trainable`` trainable.
 
     Args:
         model: a Freezable whose freeze root is the model the plan was made for.
@@ -119,13 +107,7 @@ def carry_out(model: Freezable, plan: Plan, call: str) -> Freezable:
     Returns:
         ``model``.
     """
-    if plan.preset is None:
-        _state.store_groups(model, {**_own_groups(model), **plan.groups})  # type: ignore[arg-type]
-        model.freeze()
-        if plan.norm_eval:
-            hold_body_norms(model)
-    else:
-        install_preset(model, plan.preset, plan.groups, norm_eval=plan.norm_eval)
+    install(model, plan.groups, plan.preset, norm_eval=plan.norm_eval)
     if plan.kept:
         kept = model._unfreeze_resolved(list(plan.kept))  # the subclass extension point (see Freezable)
         if kept:

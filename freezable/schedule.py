@@ -1,10 +1,10 @@
-"""Gradual unfreezing: :class:`UnfreezeSchedule` and :func:`freeze_to`, over the staged groups.
+"""Gradual unfreezing: :class:`UnfreezeSchedule`, over the staged groups (``Freezable.freeze_to`` walks them too).
 
 *Staged* groups are the registered groups that contain no other registered group,
 in group order (``stem, stage1 ... stageN, head`` for detected models). Umbrella
 groups (``backbone``, which contains the stem and stages) are skipped by the walks here;
 what an umbrella holds outside every staged group (a final norm after the last stage's
-blocks) goes with its last staged group (:func:`freezable.groups.walk_units`), both in
+blocks) goes with its last staged group (:func:`freezable.stages.walk_units`), both in
 ``freeze_to`` and in :class:`UnfreezeSchedule`.
 """
 
@@ -17,18 +17,15 @@ import torch
 
 from ._state import check_state, freeze_root
 from .errors import FreezableError, FreezeStateError, type_error, unknown_group
-from .groups import Group, staged_names, units_within, walk_units
+from .groups import Group
 from .mixin import Freezable
 from .optim import add_missing, check_nonnegative, check_optimizer
+from .stages import staged_names, units_within, walk_units
 
-__all__ = ["UnfreezeSchedule", "freeze_to", "staged_groups"]
+__all__ = ["UnfreezeSchedule", "staged_groups"]
 
 _STATE_FORMAT = "freezable.unfreeze_schedule"
 _STATE_VERSION = 1
-
-
-def _groups(model: Freezable) -> dict[str, Group]:
-    return {name: model.freeze_group(name) for name in model.freeze_group_names}
 
 
 def staged_groups(model: Freezable) -> tuple[str, ...]:
@@ -40,27 +37,13 @@ def staged_groups(model: Freezable) -> tuple[str, ...]:
         >>> staged_groups(FrozenBackbone(torchvision.models.resnet18()))
         ('stem', 'block1', 'block2', 'block3', 'block4', 'block5', 'block6', 'block7', 'block8', 'head')
     """
-    return staged_names(freeze_root(_check_model(model)), _groups(model))
+    return staged_names(freeze_root(_check_model(model)), model.freeze_group_map)
 
 
 def _check_model(model: object) -> Freezable:
     if not isinstance(model, Freezable):
         raise type_error("the model", model, "a Freezable model", fix="wrap a plain module: fz.FrozenBackbone(model)")
     return model
-
-
-def freeze_to(model: Freezable, group: str, *, train_bn: bool = False) -> Freezable:
-    """Freezes the staged groups up to and including ``group`` and unfreezes the staged groups after it.
-
-    The function form of :meth:`Freezable.freeze_to <freezable.Freezable.freeze_to>`.
-
-    Example:
-        >>> import torchvision
-        >>> from freezable import FrozenBackbone
-        >>> freeze_to(FrozenBackbone(torchvision.models.resnet18()), "stage1").frozen_groups
-        ('stem', 'stage1', 'block1', 'block2')
-    """
-    return _check_model(model).freeze_to(group, train_bn=train_bn)
 
 
 class UnfreezeSchedule:
@@ -127,9 +110,9 @@ class UnfreezeSchedule:
     def _unit_groups(self, names: Sequence[str], units: list[tuple[str, list[Group]]] | None = None) -> list[Group]:
         """The named groups, each with the parts of umbrellas that end with its staged groups."""
         root = freeze_root(self.model)
-        groups = _groups(self.model)
+        groups = self.model.freeze_group_map
         units = walk_units(root, groups) if units is None else units
-        return [self.model.freeze_group(name) for name in names] + [
+        return [groups[name] for name in names] + [
             g for name in names for i in units_within(root, groups, name, units) for g in units[i][1]
         ]
 
@@ -177,7 +160,7 @@ class UnfreezeSchedule:
             self.model.load_freeze_state(target)
         if optimizer is not None:  # one group per milestone reached, whatever the stepping history
             root = freeze_root(self.model)
-            units = walk_units(root, _groups(self.model))
+            units = walk_units(root, self.model.freeze_group_map)
             for e, groups in self.milestones.items():
                 if e <= epoch:
                     params = [p for g in self._unit_groups(groups, units) for _, p in g.named_parameters(root)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .groups import Group
+from .groups import Group, is_within
 
 __all__ = ["Shared", "shared_parameters"]
 
@@ -71,4 +71,4 @@ def shared_parameters(root: nn.Module, groups: Mapping[str, Group], is_frozen: C
 
 
 def _holds(group: Group, name: str) -> bool:
-    return name in group.parameters or any(m == "" or name.startswith(m + ".") for m in group.modules)
+    return name in group.parameters or is_within(name, group.modules)

@@ -16,10 +16,10 @@ from . import _state
 from ._inference import run_without_autograd, tensors_in
 from .errors import FreezableError, type_error
 from .fast import FastOptions, FastPath, build_fast_path
-from .groups import is_block
 from .mixin import Freezable
 from .plan import carry_out, make_plan
 from .presets import Preset
+from .stages import outline
 from .summary import count_elements, format_count
 
 __all__ = ["FrozenBackbone"]
@@ -275,7 +275,8 @@ class FrozenBackbone(Freezable, nn.Module):
         arch = cfg.get("architecture") if isinstance(cfg, dict) else None
         total = count_elements(self.backbone.parameters())
         trainable = count_elements(self.trainable_parameters())
+        frozen = outline(self.backbone, self.freeze_group_map, self.frozen_groups)
         return (
-            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={[g for g in self.frozen_groups if not is_block(g)]}, "
+            f"FrozenBackbone({arch or type(self.backbone).__name__}, frozen={frozen}, "
             f"trainable={format_count(trainable)}/{format_count(total)}{', fast=True' if self.fast else ''})"
         )

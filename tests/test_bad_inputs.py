@@ -25,8 +25,10 @@ from conftest import Net, full_state
 from torch import nn
 
 import freezable as fz
+from freezable.presets import Alias, PresetFamily
 from freezable.__main__ import main
-from freezable.errors import FreezableTypeError, FreezeStateError, PresetError, SpecError, UnknownGroupError
+from freezable.errors import (FreezableTypeError, FreezeStateError, PresetError, SpecError, UnknownGroupError,
+                             UnknownNameError)
 from freezable.guard import guarded_names
 
 FreezableError = fz.FreezableError
@@ -175,6 +177,12 @@ def hf_progressive_callback(*args: Any, **kwargs: Any) -> Any:
     return pytest.importorskip("freezable.integrations.transformers").ProgressiveFreezingCallback(*args, **kwargs)
 
 
+def enter(manager: Any) -> None:
+    """Enters and leaves a context manager (frozen(), unfrozen()): a bad name fails on entering."""
+    with manager:
+        pass
+
+
 def schedule(s: Subjects, **kwargs: Any) -> fz.ProgressiveFreezing:
     return fz.ProgressiveFreezing(s.net, "schedule", **{"total_steps": 10, **kwargs})
 
@@ -184,11 +192,20 @@ CONFLICT = fz.Preset("test.conflict", "redefines 'features'", {"features": "clas
 ROWS: list[Bad] = [
     # -- Freezable.freeze / unfreeze -------------------------------------------------------------------------------
     Bad("freeze-unknown-group", lambda s: s.net.freeze("featurs"), UnknownGroupError,
-        r"unknown freeze group 'featurs'; did you mean 'features'"),
+        r"freeze\(\) entry 'featurs' is neither a group nor a submodule or parameter name of Net; did you mean the "
+        r"group 'features'\? groups: \['features', 'classifier', 'conv1'\]"),
     Bad("freeze-second-name-unknown", lambda s: s.net.freeze("features", "clasifier"), UnknownGroupError,
-        r"unknown freeze group 'clasifier'; did you mean 'classifier'"),
+        r"freeze\(\) entry 'clasifier' is neither a group .*did you mean the group 'classifier'"),
     Bad("freeze-empty-name", lambda s: s.net.freeze(""), UnknownGroupError,
-        r"unknown freeze group ''; valid choices: 'classifier', 'conv1', 'features'"),
+        r"freeze\(\) entry '' is neither a group nor a submodule or parameter name of Net; groups: \['features', "
+        r"'classifier', 'conv1'\]"),
+    Bad("freeze-module-typo", lambda s: s.net.freeze("features.9"), UnknownNameError,
+        r"freeze\(\) entry 'features.9' is neither a group nor .*did you mean the group 'features', or 'features.8'"),
+    Bad("freeze-glob-matches-nothing", lambda s: s.net.freeze("blocks.*"), SpecError,
+        r"freeze\(\) entry 'blocks.\*' is neither a group nor a submodule or parameter name of Net; groups: "),
+    Bad("freeze-module-name-with-a-prefix-too-many", lambda s: s.net.freeze("net.features"), UnknownNameError,
+        r"'net.features' is neither .*did you mean the group 'features', or 'features'\? names are relative to Net; "
+        r"groups: \["),
     Bad("freeze-int-name", lambda s: s.net.freeze(3), FreezableTypeError, r"group name must be a str, not int: 3"),
     Bad("freeze-none-name", lambda s: s.net.freeze(None), FreezableTypeError, r"not NoneType: None"),
     Bad("freeze-list-of-names", lambda s: s.net.freeze(["features"]), FreezableTypeError,
@@ -212,13 +229,24 @@ ROWS: list[Bad] = [
     Bad("freeze_group-unknown", lambda s: s.net.freeze_group("clasifier"), UnknownGroupError,
         r"unknown freeze group 'clasifier'; did you mean 'classifier'"),
     Bad("freeze-on-a-model-without-groups", lambda s: s.extra["model"].freeze("backbone"), UnknownGroupError,
-        r"unknown freeze group 'backbone'; there are none: Plain has no freeze groups\. Declare them in the class "
+        r"freeze\(\) entry 'backbone' is neither a group nor a submodule or parameter name of Plain; Plain has no "
+        r"freeze groups\. Declare them in the class "
         r"\(freeze_groups = .*register_freeze_group\(name, \*specs\).*fz\.apply_preset\(model, 'linear_probe'\)",
         setup=lambda s: s.extra.update(model=plain_freezable())),
     Bad("mixin-after-nn-module", lambda s: type("Net2", (nn.Module, fz.Freezable), {}), FreezableTypeError,
         r"class Net2 puts Freezable after nn.Module .*put the mixin first: class Net2\(Freezable, Module\)"),
     Bad("unfreeze-unknown-group", lambda s: s.net.unfreeze("head"), UnknownGroupError,
-        r"unknown freeze group 'head'; valid choices: 'classifier', 'conv1', 'features'"),
+        r"unfreeze\(\) entry 'head' is neither a group nor a submodule or parameter name of Net; groups: "
+        r"\['features', 'classifier', 'conv1'\]"),
+    Bad("frozen-unknown-name", lambda s: enter(s.net.frozen("featurs")), UnknownNameError,
+        r"frozen\(\) entry 'featurs' is neither a group .*did you mean the group 'features'"),
+    Bad("frozen-int-name", lambda s: enter(s.net.frozen(3)), FreezableTypeError, r"group name must be a str, not int"),
+    Bad("frozen-train_bn-str", lambda s: enter(s.net.frozen("features", train_bn="yes")), FreezableTypeError,
+        r"train_bn must be a bool, not str: 'yes'"),
+    Bad("unfrozen-unknown-name", lambda s: enter(s.net.unfrozen("clasifier")), UnknownNameError,
+        r"unfrozen\(\) entry 'clasifier' is neither a group .*did you mean the group 'classifier'"),
+    Bad("unfrozen-built_frozen-str", lambda s: enter(s.net.unfrozen("features", built_frozen="yes")),
+        FreezableTypeError, r"built_frozen must be a bool, not str: 'yes'"),
     Bad("unfreeze-float-name", lambda s: s.net.unfreeze(1.5), FreezableTypeError, r"not float: 1.5"),
     Bad("unfreeze-bytes-name", lambda s: s.net.unfreeze(b"features"), FreezableTypeError, r"not bytes: b'features'"),
     Bad("class-groups-not-a-mapping", lambda s: s.extra["model"].freeze("features"), FreezableTypeError,
@@ -318,7 +346,7 @@ ROWS: list[Bad] = [
     Bad("norm-eval-group-name-as-enabled", lambda s: s.net.set_norm_eval("features"), FreezableTypeError,
         r"enabled must be a bool, not str: 'features'; set_norm_eval\(True, \*groups\)"),
     Bad("norm-eval-unknown-group", lambda s: s.net.set_norm_eval(True, "featurs"), UnknownGroupError,
-        r"unknown freeze group 'featurs'; did you mean 'features'"),
+        r"set_norm_eval\(\) entry 'featurs' is neither a group .*did you mean the group 'features'"),
     Bad("norm-eval-nothing-to-hold", lambda s: s.net.set_norm_eval(True, "classifier"), FreezableError,
         r"set_norm_eval\(True, 'classifier'\) changes nothing: the groups \['classifier'\] hold no norm layer with "
         r"running statistics .*groups that do: 'features'"),
@@ -342,9 +370,13 @@ ROWS: list[Bad] = [
     Bad("wrapper-trainable-unknown-group", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=["stage9"]),
         SpecError, r"trainable entry 'stage9' is neither a group nor .*did you mean the group 'stage4'.*groups: \['stem'"),
     Bad("wrapper-trainable-glob-matches-nothing", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable="layer9*"),
-        SpecError, r"spec 'layer9\*' of group 'trainable' matches no"),
+        SpecError, r"trainable entry 'layer9\*' is neither a group nor a submodule or parameter name of ResNet; "
+        r"did you mean 'layer4' or 'layer3' or 'layer2'\? groups: \['stem'"),
+    Bad("wrapper-trainable-regex-matches-nothing",
+        lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=[re.compile("^zzz")]), SpecError,
+        r"spec re.compile\('\^zzz'\) of group 'trainable' matches no"),
     Bad("wrapper-trainable-module-typo", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=["layer9"]),
-        SpecError, r"spec 'layer9' .* did you mean 'layer4'"),
+        SpecError, r"trainable entry 'layer9' is neither .* did you mean 'layer4'"),
     Bad("wrapper-trainable-group-typo", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=["haed"]),
         SpecError, r"did you mean the group 'head'\?"),
     Bad("wrapper-trainable-int", lambda s: fz.FrozenBackbone(s.fb.backbone, trainable=3), FreezableTypeError,
@@ -359,7 +391,10 @@ ROWS: list[Bad] = [
         lambda s: fz.FrozenBackbone(s.fb.backbone, preset="torchvision.alexnet.classifier_only"), PresetError,
         r"does not fit ResNet: spec 'features' of group 'features' matches no"),
     Bad("wrapper-freeze-unknown-stage", lambda s: s.fb.freeze("stage9"), UnknownGroupError,
-        r"unknown freeze group 'stage9'; did you mean 'stage4' or 'stage3' or 'stage2'\?"),
+        r"freeze\(\) entry 'stage9' is neither a group nor a submodule or parameter name of ResNet; did you mean "
+        r"the group 'stage4' or 'stage3' or 'stage2'\? groups: \['stem', 'stage1'"),
+    Bad("wrapper-freeze-module-typo", lambda s: s.fb.freeze("layer_2"), UnknownNameError,
+        r"freeze\(\) entry 'layer_2' is neither .*did you mean 'layer2'"),
     Bad("wrapper-smp-preset-on-resnet", lambda s: fz.FrozenBackbone(s.fb.backbone, preset="smp.freeze_encoder"),
         PresetError, r"preset 'smp.freeze_encoder' freezes \['encoder'\], which ResNet does not have; its detected "
         r"groups are \['stem', 'stage1'"),
@@ -381,6 +416,22 @@ ROWS: list[Bad] = [
     Bad("register-preset-duplicate", lambda s: fz.register_preset(
         fz.Preset("timm.hrnet.backbone", "again", frozen=("backbone",))), PresetError,
         r"a preset named 'timm.hrnet.backbone' is already registered"),
+    Bad("register-preset-member-of-a-family", lambda s: fz.register_preset(
+        fz.Preset("ultralytics.freeze_3", "again", frozen=())), PresetError,
+        r"a preset named 'ultralytics.freeze_3' is already registered"),
+    Bad("register-alias-of-nothing", lambda s: fz.register_preset(Alias("t.alias", "linear_prob")), PresetError,
+        r"alias 't.alias' names no registered preset 'linear_prob'; did you mean 'linear_probe'"),
+    Bad("alias-of-a-family-without-N", lambda s: Alias("t.stages_N", "linear_probe"), PresetError,
+        r"alias 't.stages_N' of 'linear_probe': a family's alias is a family's name"),
+    Bad("preset-family-name-without-N", lambda s: PresetFamily("t.first", range(2), lambda n: None),
+        FreezableTypeError, r"PresetFamily name must be a str ending in '_N', not str: 't.first'"),
+    Bad("get-preset-family-number-out-of-range", lambda s: fz.get_preset("ultralytics.freeze_43"), PresetError,
+        r"unknown preset 'ultralytics.freeze_43': ultralytics.freeze_N takes N in 0..42"),
+    Bad("get-preset-alias-number-out-of-range", lambda s: fz.get_preset("torchvision.frozen_stages_0"), PresetError,
+        r"unknown preset 'torchvision.frozen_stages_0': torchvision.frozen_stages_N takes N in 1..4"),
+    Bad("apply-preset-blank-group-name",
+        lambda s: fz.apply_preset(s.net, fz.Preset("t.blank", "d", {" ": "features"}, frozen=(" ",))), SpecError,
+        r"a group name must not be empty or blank, got ' '"),
     Bad("register-preset-a-name", lambda s: fz.register_preset("timm.mine"), FreezableTypeError,
         r"register_preset's argument must be a Preset, not str: 'timm.mine'"),
     Bad("preset-frozen-a-str", lambda s: fz.Preset("t.x", "d", {"a": "features"}, frozen="a"), FreezableTypeError,
@@ -721,3 +772,12 @@ def test_bad_input_is_answered_clearly_and_changes_nothing(row: Bad, subjects: S
         if isinstance(info.value, FreezableTypeError):
             assert isinstance(info.value, TypeError)
     assert everything(subjects) == before
+
+
+def test_every_error_class_is_exported_from_fz():
+    from freezable import errors
+
+    classes = [name for name in errors.__all__ if isinstance(getattr(errors, name), type)]
+    assert {"UnknownGroupError", "SpecError", "PresetError", "FreezeStateError", "FreezableTypeError",
+            "UnknownNameError", "PrefixWarning"} <= set(classes)
+    assert all(getattr(fz, name) is getattr(errors, name) and name in fz.__all__ for name in classes)

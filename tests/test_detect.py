@@ -203,7 +203,7 @@ def test_a_model_no_detector_knows_has_no_groups():
 
 
 def test_an_unknown_group_names_the_groups_that_exist():
-    with pytest.raises(fz.FreezableError, match="did you mean 'stage4'"):
+    with pytest.raises(fz.FreezableError, match="did you mean the group 'stage4'"):
         fz.FrozenBackbone(build_model("resnet18")).freeze("stage5")
 
 

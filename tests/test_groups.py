@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 import freezable as fz
-from freezable.groups import Group, resolve_group
+from freezable.groups import Group, is_within, resolve_group, resolve_groups, select, top_most
 
 
 @pytest.fixture
@@ -75,3 +75,40 @@ def test_a_group_whose_module_was_removed_says_so(model):
 def test_bad_specs(model, specs, error, match):
     with pytest.raises(error, match=match):
         resolve_group(model, "g", specs)
+
+
+@pytest.mark.parametrize("name, ancestors, expected", [
+    ("layer1.0.conv1", {"layer1"}, True),
+    ("layer1", ["layer1"], True),
+    ("layer10", ["layer1"], False),
+    ("layer1", ["layer1.0"], False),
+    ("fc", [""], True),  # the root holds every name
+    ("", [""], True),
+    ("", ["fc"], False),
+    ("vision_model.block3", ("vision_model",), True),  # group names alike
+])
+def test_is_within_is_dotted_containment_with_the_root_holding_all(name, ancestors, expected):
+    assert is_within(name, ancestors) is expected
+    assert is_within(name, list(ancestors)) is is_within(name, set(ancestors))
+
+
+def test_top_most_keeps_the_names_no_other_holds_in_their_order():
+    assert top_most(["layer1.0", "layer1", "fc", "layer10.bn", "layer1.0.conv1"]) == ("layer1", "fc", "layer10.bn")
+    assert top_most(["fc", ""]) == ("",)
+
+
+def test_resolve_groups_leaves_out_optional_groups_that_match_nothing(model):
+    resolved = resolve_groups(model, {"a": "0", "b": ["nope", "2"], "c": "nope"}, optional={"b", "c"})
+    assert resolved == {"a": Group(("0",)), "b": Group(("2",))}
+    with pytest.raises(fz.SpecError, match="spec 'nope' of group 'c' matches no"):
+        resolve_groups(model, {"c": "nope"})
+
+
+def test_select_takes_group_names_first_then_specs(model):
+    groups = {"0": Group(("2",)), "body": Group(("1",))}
+    assert select(model, groups, ["0", "body", "1.*.bias", "token"], "freeze()") == [
+        Group(("2",)), Group(("1",)), Group((), ("1.0.bias", "1.1.bias")), Group((), ("token",))]
+    with pytest.raises(fz.UnknownNameError, match=r"freeze\(\) entry 'bdy' is neither a group nor a submodule or "
+                                                  r"parameter name of Sequential; did you mean the group 'body'\? "
+                                                  r"groups: \['0', 'body'\]"):
+        select(model, groups, ["body", "bdy"], "freeze()")

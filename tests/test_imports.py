@@ -1,7 +1,9 @@
 """The package's import graph, read with ``ast``: no cycle, and no import of its own modules inside a function.
 
-Imports under ``if TYPE_CHECKING:`` are left out: they never run. Optional third-party packages
-may be imported inside functions (timm, torchvision, matplotlib); the package's own modules may not.
+Imports under ``if TYPE_CHECKING:`` count too: a loop that only type checkers follow is still two modules
+that need each other (break it with a Protocol, or by moving the shared piece down a layer). Optional
+third-party packages may be imported inside functions (timm, torchvision, matplotlib); the package's own
+modules may not.
 """
 
 from __future__ import annotations
@@ -19,24 +21,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def own_imports(path: Path) -> list[tuple[str, int, bool]]:
-    """``(imported module, line, inside a function)`` for each import of a ``freezable`` module in ``path``."""
+    """``(imported module, line, inside a function)`` for each import of a ``freezable`` module in ``path``,
+    those under ``if TYPE_CHECKING:`` included."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: list[tuple[str, int, bool]] = []
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
-                for other in child.orelse:
-                    visit(other, in_function)
-                continue
             if isinstance(child, ast.ImportFrom):
                 if child.level:
                     base = package.split(".")
@@ -108,11 +101,28 @@ def test_no_function_imports_the_package_s_own_modules(path):
     assert not inside, f"{path.name} imports freezable modules inside functions: {inside}"
 
 
+def test_the_checks_see_a_type_only_cycle():
+    """The oracle: a file whose only import of another module is under ``if TYPE_CHECKING:`` gives an edge, and
+    with the other module importing it back, a cycle."""
+    fake = PACKAGE / "_fake_for_test.py"
+    assert not fake.exists()
+    fake.write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .errors import closest\n")
+    try:
+        assert own_imports(fake) == [("freezable.errors", 4, False)]
+        edges = graph()
+        assert "freezable.errors" in edges["freezable._fake_for_test"]
+        edges["freezable.errors"]["freezable._fake_for_test"] = 1  # errors importing the fake back: a loop
+        assert set(find_cycle(edges)) == {"freezable._fake_for_test", "freezable.errors"}
+    finally:
+        fake.unlink()
+
+
 def test_the_checks_see_a_cycle_and_a_function_level_import(tmp_path):
     """The oracle: a graph with a known cycle, and a file with a known function-level import."""
     assert find_cycle({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b": 1}, "b": {}}) is None
     assert graph()["freezable.wrapper"].keys() >= {"freezable.mixin", "freezable.presets"}
+    assert "freezable.mixin" not in graph()["freezable.optim"]  # a Protocol (optim.Grouped) stands for the mixin
     fake = PACKAGE / "_fake_for_test.py"
     assert not fake.exists()
     source = "from .errors import closest\n\ndef f():\n    from . import mixin\n    import freezable.guard\n"

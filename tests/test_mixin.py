@@ -715,3 +715,222 @@ def test_summary_shows_built_frozen_parameters_in_their_own_column():
     assert _row(summary, "features") == {"group": "features", "params": "840", "trainable": "824", "frozen": "0",
                                          "norms in eval": "0", "built frozen": "16", "norms not held": "1"}
     assert "frozen by hand" not in summary
+
+
+# -- the registered groups: one read-only map, one registration step --------------------------------------------
+
+def test_freeze_group_map_is_a_read_only_view_in_group_order(net):
+    groups = net.freeze_group_map
+    assert list(groups) == list(net.freeze_group_names) == ["features", "classifier"]
+    assert all(groups[name] == net.freeze_group(name) for name in groups)
+    with pytest.raises(TypeError):
+        groups["head"] = groups["classifier"]
+    net.register_freeze_group("conv1", "features.0")
+    assert list(groups) == ["features", "classifier", "conv1"]  # the view follows later registrations
+
+
+def test_freeze_group_map_does_not_collide_with_a_model_s_own_attributes():
+    """The in-place form attaches to any model: nn.Conv2d has ``groups``, so the map is named otherwise."""
+    conv = fz.freezable(nn.Conv2d(4, 4, 3, groups=2))
+    assert conv.groups == 2 and conv(torch.randn(1, 4, 5, 5)).shape == (1, 4, 3, 3)
+    for cls in (nn.Conv2d, torchvision.models.ResNet, timm.models.VisionTransformer):
+        assert not hasattr(cls, "freeze_group_map")
+
+
+def test_every_registration_ends_in_one_step():
+    """``_state.store_groups`` is called in one place, the mixin's registration step; read with ``ast``."""
+    import ast
+    from pathlib import Path
+
+    package = Path(fz.__file__).parent
+    calls = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "store_groups":
+                calls.append(path.relative_to(package).as_posix())
+    assert calls == ["mixin.py"]
+
+
+def test_class_level_groups_register_whole_or_not_at_all():
+    class Bad(fz.Freezable, nn.Sequential):
+        freeze_groups = {"first": "0", "second": "nope"}
+
+    model = Bad(nn.Linear(2, 2))
+    with pytest.raises(fz.SpecError, match="spec 'nope' of group 'second'"):
+        model.freeze("first")
+    assert "_freezable_groups" not in model.__dict__
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_preset_resolves_each_spec_once():
+    """The route of a preset: each spec is tried once per candidate name, fitting or not."""
+    seen: list[str] = []
+
+    def spy(name, obj):
+        seen.append(name)
+        return name == "fc"
+
+    preset = fz.Preset("test.spy", "a spy", {"stem": "conv1", "head": spy, "extra": ["nope", spy]}, frozen=("stem",))
+    model = torchvision.models.resnet18()
+    fz.FrozenBackbone(model, preset=preset)
+    candidates = [n for n, _ in model.named_modules() if n] + [n for n, _ in model.named_parameters()]
+    assert sorted(seen) == sorted(candidates * 2)  # two groups hold the spy: once each
+
+
+# -- freeze() reads names as trainable= does --------------------------------------------------------------------
+
+def test_freeze_takes_module_names_and_globs_as_trainable_does():
+    fb = fz.FrozenBackbone(torchvision.models.resnet18(), trainable=["layer4", "fc.*"])
+    trainable = {n for n, _ in fb.named_trainable_parameters()}
+    fb.unfreeze().freeze().unfreeze("layer4", "fc.*")
+    assert {n for n, _ in fb.named_trainable_parameters()} == trainable
+    fb.freeze("layer4.1")
+    assert not any(p.requires_grad for p in fb.backbone.layer4[1].parameters())
+    assert all(p.requires_grad for p in fb.backbone.layer4[0].parameters())
+    assert fb.train().backbone.layer4[1].bn1.training is False  # frozen as a group is: held at inference
+
+
+def test_a_group_name_comes_before_a_module_of_that_name():
+    class Crossed(fz.Freezable, nn.Sequential):
+        freeze_groups = {"first": "1"}  # a group named like nothing, pointing at module "1"
+
+    model = Crossed(nn.Linear(2, 2), nn.Linear(2, 2))
+    model.register_freeze_group("0", "1")  # the group "0" holds module "1"
+    model.freeze("0")
+    assert model[0].weight.requires_grad and not model[1].weight.requires_grad
+
+
+def test_an_unknown_name_gets_the_same_words_from_freeze_and_trainable():
+    model = torchvision.models.resnet18()
+    with pytest.raises(fz.UnknownNameError) as from_trainable:
+        fz.FrozenBackbone(model, trainable=["layer_2"])
+    with pytest.raises(fz.UnknownNameError) as from_freeze:
+        fz.FrozenBackbone(model).freeze("layer_2")
+    assert str(from_trainable.value).removeprefix("trainable") == str(from_freeze.value).removeprefix("freeze()")
+    assert "did you mean 'layer2'" in str(from_freeze.value)
+    assert isinstance(from_freeze.value, fz.UnknownGroupError) and isinstance(from_freeze.value, fz.SpecError)
+
+
+def test_unknown_names_list_the_groups_in_group_order():
+    with pytest.raises(fz.UnknownNameError, match=r"groups: \['stem', 'stage1', 'stage2', 'stage3', 'stage4', "
+                                                  r"'block1'.*'block8', 'head', 'backbone'\]$"):
+        fz.FrozenBackbone(torchvision.models.resnet18()).unfreeze("zzz")
+
+
+# -- temporary freezing: frozen() and unfrozen() ----------------------------------------------------------------
+
+def _everything(model: nn.Module) -> tuple:
+    """The freeze state and all beside it that frozen()/unfrozen() put back, with the modes after train()."""
+    from freezable import guard
+
+    model.train()
+    return full_state(model), model.freeze_summary(blocks=True), guard.guarded_names(model), fz.check(model).problems
+
+
+def _prepared(model: fz.Freezable) -> fz.Freezable:
+    """A model with something of every kind of state: a group frozen with a guard, norm_eval, built frozen."""
+    groups = model.freeze_group_names
+    model.freeze(groups[0], guard=True)
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        model.set_norm_eval(True)
+    return model
+
+
+FORMS = {
+    "mixin": lambda: Net(),
+    "in_place": lambda: (lambda m: m.register_freeze_group("features", "features")
+                         .register_freeze_group("classifier", "classifier"))(fz.freezable(_built_frozen_net())),
+    "wrapper": lambda: fz.FrozenBackbone(torchvision.models.resnet18(num_classes=3), trainable=["stage4", "head"]),
+}
+
+
+def _built_frozen_net() -> nn.Module:
+    from conftest import PlainNet
+
+    model = PlainNet()
+    model.classifier[1].bias.requires_grad_(False)  # built frozen
+    return model
+
+
+@pytest.mark.parametrize("form", FORMS.values(), ids=FORMS.keys())
+@pytest.mark.parametrize("how", ["frozen", "unfrozen"])
+def test_temporary_freezing_restores_the_exact_state(form, how):
+    model = _prepared(form())
+    before = _everything(model)
+    groups = model.freeze_group_names[-1:] if how == "frozen" else model.freeze_group_names[:1]
+    with getattr(model, how)(*groups) as inside:
+        assert inside is model
+        changed_state = _everything(model)
+    assert changed_state != before
+    assert _everything(model) == before
+
+
+@pytest.mark.parametrize("form", FORMS.values(), ids=FORMS.keys())
+def test_temporary_freezing_restores_when_the_block_raises(form):
+    model = _prepared(form())
+    before = _everything(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.unfrozen():
+            assert not model.frozen_groups
+            raise RuntimeError("boom")
+    assert _everything(model) == before
+
+
+def test_temporary_freezing_nests(net):
+    net.freeze("features")
+    before = _everything(net)
+    with net.unfrozen():
+        assert net.frozen_groups == ()
+        with net.frozen("classifier"):
+            assert net.frozen_groups == ("classifier",)
+            with net.unfrozen("classifier"), net.frozen("features"):
+                assert net.frozen_groups == ("features",)
+            assert net.frozen_groups == ("classifier",)
+        assert net.frozen_groups == ()
+    assert _everything(net) == before
+
+
+def test_temporary_freezing_takes_module_names_and_rejects_bad_ones_before_changing(net):
+    with net.frozen("features.0"):
+        assert not net.features[0].weight.requires_grad and net.features[4].weight.requires_grad
+    before = _everything(net)
+    with pytest.raises(fz.UnknownNameError, match="frozen\\(\\) entry 'featurs'"):
+        with net.frozen("featurs"):
+            pass
+    assert _everything(net) == before
+
+
+def test_an_optimizer_step_inside_frozen_moves_nothing_frozen(net, images):
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1, weight_decay=0.1)
+    train_steps(net, opt, images)  # momentum and moments for every parameter
+    before = snapshot(net)
+    with net.frozen("features"):
+        train_steps(net, opt, images)
+    assert changed(before, net) == {"classifier.1.weight", "classifier.1.bias"}
+
+
+def test_frozen_is_no_no_grad():
+    """A loss through a part frozen for the block still trains what comes before it (a GAN's generator step)."""
+    front, back = nn.Linear(2, 2), nn.Linear(2, 1)
+    model = fz.freezable(nn.Sequential(front, back))
+    model.register_freeze_group("front", "0").register_freeze_group("back", "1")
+    with model.frozen("back"):
+        model(torch.randn(3, 2)).sum().backward()
+    assert front.weight.grad is not None and back.weight.grad is None
+    assert back.weight.requires_grad
+
+
+def test_the_built_frozen_warning_points_at_the_caller_s_line():
+    class Two(fz.Freezable, nn.Sequential):
+        freeze_groups = {"body": "0", "head": "1"}
+
+    model = Two(nn.Linear(2, 2), nn.Linear(2, 1))
+    model[0].bias.requires_grad_(False)
+    model.freeze()
+    with pytest.warns(fz.BuiltFrozenWarning, match=r"unfreeze\('body'\)") as record:
+        model.unfreeze("body")
+    with pytest.warns(fz.BuiltFrozenWarning, match=r"unfrozen\('body'\) .*model.unfrozen\('body', built_frozen=True\)"
+                      ) as record_block:
+        with model.unfrozen("body"):
+            pass
+    assert [w.filename for w in (*record, *record_block)] == [__file__, __file__]

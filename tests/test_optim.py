@@ -177,7 +177,7 @@ def test_unfreeze_with_optimizer_keeps_onecycle_going(net, images):
 
 
 @pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
-    (("feature",), {"optimizer": "opt"}, fz.FreezableError, "unknown freeze group 'feature'"),
+    (("feature",), {"optimizer": "opt"}, fz.FreezableError, "unfreeze\\(\\) entry 'feature' is neither a group"),
     (("features",), {"optimizer": "not an optimizer"}, TypeError, "must be a torch.optim.Optimizer"),
     (("features",), {"lr": 0.1}, fz.FreezableError, "pass optimizer= too"),
     (("features",), {"optimizer": "opt", "lr": -1.0}, fz.FreezableError, "lr must be a finite number >= 0"),

@@ -9,7 +9,7 @@ import torchvision
 
 import freezable as fz
 from freezable.detect import detect_groups
-from freezable.presets import _PRESETS
+from freezable.presets.registry import _PRESETS
 
 # the model a preset is tried on: its own where it names a family, else the resnet18 of its library
 # (torchvision's for the generic presets, which fit both)
@@ -79,7 +79,7 @@ def test_list_presets_filters_with_a_glob():
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
-                                  for n in sorted(_PRESETS)])
+                                  for n in fz.list_presets()])
 def test_every_preset_applies_to_a_model_it_is_meant_for(name):
     preset = fz.get_preset(name)
     source, model_name = example_for(preset)
@@ -154,7 +154,7 @@ def test_preset_is_a_frozen_dataclass():
 
 # -- norm_eval -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(_PRESETS))
+@pytest.mark.parametrize("name", fz.list_presets())
 def test_norm_eval_is_set_by_the_frozen_stages_and_detection_presets(name):
     expected = "frozen_stages_" in name or name.startswith("torchvision.detection.trainable_backbone_layers_")
     assert fz.get_preset(name).norm_eval is expected
@@ -187,3 +187,62 @@ def test_trainable_backbone_layers_preset_holds_the_body_as_torchvisions_frozen_
     fpn_norms = [m for m in fb.backbone.backbone.fpn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert fpn_norms and all(m.training for m in fpn_norms)
     assert body.layer2[0].bn1.weight.requires_grad and not body.layer1[0].bn1.weight.requires_grad
+
+
+# -- the registry: numbered families and aliases ---------------------------------------------------------------
+
+# every preset name the registry had as 82 separate entries before families and aliases; each must still work
+NAMES_BEFORE = {"linear_probe", "torchvision.alexnet.classifier_only", "timm.hrnet.backbone", "smp.freeze_encoder",
+                *(f"frozen_stages_{n}" for n in range(1, 5)),
+                *(f"{source}.{name}" for source in ("timm", "torchvision")
+                  for name in ("linear_probe", *(f"frozen_stages_{n}" for n in range(1, 5)))),
+                *(f"open_clip.lock_{tower}_tower_{n}" for tower in ("image", "text") for n in range(7)),
+                *(f"torchvision.detection.trainable_backbone_layers_{n}" for n in range(7)),
+                *(f"ultralytics.freeze_{n}" for n in range(43))}
+
+
+def test_every_name_of_before_families_is_listed_and_found():
+    assert set(fz.list_presets()) == NAMES_BEFORE
+    for name in NAMES_BEFORE:
+        preset = fz.get_preset(name)
+        assert preset.name == name and fz.get_preset(name) is preset
+
+
+def test_numbered_presets_are_one_entry_each_and_aliases_a_table_of_names():
+    from freezable.presets import Alias, PresetFamily
+
+    assert isinstance(_PRESETS["ultralytics.freeze_N"], PresetFamily) and "ultralytics.freeze_3" not in _PRESETS
+    assert _PRESETS["timm.frozen_stages_N"] == Alias("timm.frozen_stages_N", "frozen_stages_N")
+    assert _PRESETS["torchvision.linear_probe"] == Alias("torchvision.linear_probe", "linear_probe")
+    assert len(_PRESETS) == 13
+
+
+def test_a_number_outside_a_family_names_the_numbers_it_has():
+    with pytest.raises(fz.PresetError, match=r"unknown preset 'ultralytics.freeze_43': ultralytics.freeze_N takes "
+                                             r"N in 0..42"):
+        fz.get_preset("ultralytics.freeze_43")
+    with pytest.raises(fz.PresetError, match=r"'timm.frozen_stages_5': timm.frozen_stages_N takes N in 1..4"):
+        fz.get_preset("timm.frozen_stages_5")
+
+
+def test_register_a_custom_family_and_alias():
+    from freezable.presets import Alias, PresetFamily
+
+    family = PresetFamily("test.first_N", range(1, 3), lambda n: fz.Preset(
+        f"test.first_{n}", f"the first {n} layer(s) frozen", {"first": [str(i) for i in range(n)]}, frozen=("first",)))
+    try:
+        fz.register_preset(family)
+        fz.register_preset(Alias("test.also_first_N", "test.first_N"))
+        assert fz.list_presets("test.*") == ["test.also_first_1", "test.also_first_2", "test.first_1", "test.first_2"]
+        model = fz.apply_preset(fz.freezable(torch.nn.Sequential(*(torch.nn.Linear(2, 2) for _ in range(3)))),
+                                "test.also_first_2")
+        assert [p.requires_grad for p in model.parameters()] == [False] * 4 + [True] * 2
+        with pytest.raises(fz.PresetError, match="'test.first_2' is already registered"):
+            fz.register_preset(fz.Preset("test.first_2", "taken by the family"))
+    finally:
+        from freezable.presets.registry import _MADE
+
+        for name in ("test.first_N", "test.also_first_N"):
+            _PRESETS.pop(name, None)
+        for name in [n for n in _MADE if n.startswith("test.")]:
+            del _MADE[name]

@@ -146,8 +146,7 @@ def test_preset_freezes_its_frozen_groups_less_trainable():
 
 def test_repr_shows_the_state():
     fb = fz.FrozenBackbone(resnet(), trainable=["head"])
-    assert repr(fb) == ("FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3', 'stage4', "
-                        "'backbone'], trainable=2.1K/11.2M)")
+    assert repr(fb) == "FrozenBackbone(ResNet, frozen=['stem', 'stage1', 'stage2', 'stage3', 'stage4'], trainable=2.1K/11.2M)"
     assert repr(fz.FrozenBackbone(timm.create_model("resnet18", pretrained=False))).startswith(
         "FrozenBackbone(resnet18, frozen=")
 

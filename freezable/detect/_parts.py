@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["Parts", "assemble", "compact", "within", "param_names", "has_params", "holds_params", "part_groups"]
+from ..groups import is_within
+
+__all__ = ["Parts", "assemble", "compact", "param_names", "has_params", "holds_params", "part_groups"]
 
 Groups = dict[str, tuple[str, ...]]
 
@@ -37,15 +39,10 @@ class Parts:
     backbone: list[str] | None = None  # None: everything but the head and aux head
 
 
-def within(name: str, ancestors: Iterable[str]) -> bool:
-    """Whether ``name`` is one of ``ancestors`` or inside one of them."""
-    return any(not a or name == a or name.startswith(a + ".") for a in ancestors)
-
-
 def param_names(model: nn.Module, names: Iterable[str]) -> list[str]:
     """The parameter names under ``names`` (modules bring their subtree), in model order, once each."""
-    names = list(names)
-    return [p for p, _ in model.named_parameters() if within(p, names)]
+    names = set(names)
+    return [p for p, _ in model.named_parameters() if is_within(p, names)]
 
 
 def compact(model: nn.Module, params: Iterable[str]) -> tuple[str, ...]:
@@ -61,9 +58,9 @@ def compact(model: nn.Module, params: Iterable[str]) -> tuple[str, ...]:
             inside[prefix] = inside.get(prefix, 0) + (pname in wanted)
     chosen: list[str] = []
     for name, _ in model.named_modules():
-        if name and total.get(name) and inside[name] == total[name] and not within(name, chosen):
+        if name and total.get(name) and inside[name] == total[name] and not is_within(name, chosen):
             chosen.append(name)
-    loose = [p for p, _ in model.named_parameters() if p in wanted and not within(p, chosen)]
+    loose = [p for p, _ in model.named_parameters() if p in wanted and not is_within(p, chosen)]
     return tuple(chosen + loose)
 
 
@@ -97,7 +94,8 @@ def assemble(model: nn.Module, parts: Parts) -> Groups:
     head = parts.head + parts.aux_head
     backbone = parts.backbone
     if backbone is None:
-        backbone_params = [p for p, _ in model.named_parameters() if not within(p, head)]
+        heads = set(head)
+        backbone_params = [p for p, _ in model.named_parameters() if not is_within(p, heads)]
         backbone_names = compact(model, backbone_params)
     else:
         backbone_params = param_names(model, backbone)

@@ -15,7 +15,7 @@ An open_clip ``CLIP``, ``CustomTextCLIP`` or ``CoCa`` gets the groups of its two
   ``text`` (``CustomTextCLIP``). A Hugging Face text tower (``HFTextEncoder``) is the group ``text`` alone;
 * the model-level pieces ``logit_scale`` and ``logit_bias``, and CoCa's ``text_decoder``, groups of their own.
 
-The presets ``open_clip.lock_image_tower_N`` and ``open_clip.lock_text_tower_N`` (:mod:`.open_clip_lock`)
+The presets ``open_clip.lock_image_tower_N`` and ``open_clip.lock_text_tower_N`` (:mod:`freezable.presets.open_clip`)
 freeze what open_clip's own ``lock_image_tower(unlocked_groups=N)`` and ``lock_text_tower(unlocked_layers=N)``
 freeze. open_clip is never imported here: its classes are read from ``sys.modules``.
 """
@@ -26,7 +26,8 @@ import sys
 
 from torch import nn
 
-from ._parts import Groups, Parts, assemble, compact, has_params, holds_params, param_names, part_groups, within
+from ..groups import is_within
+from ._parts import Groups, Parts, assemble, compact, has_params, holds_params, param_names, part_groups
 from .timm import timm_groups
 
 __all__ = ["open_clip_groups", "is_open_clip", "open_clip_class", "text_tower"]
@@ -75,11 +76,11 @@ def open_clip_groups(model: nn.Module) -> Groups | None:
             text[umbrella] = compact(model, param_names(model, text[umbrella]))
         groups.update(text)
     for name, child in model.named_children():
-        if name not in ("visual", "text") and not within(name, [m for ms in groups.values() for m in ms]):
+        if name not in ("visual", "text") and not is_within(name, [m for ms in groups.values() for m in ms]):
             if has_params(child) and name == "text_decoder":
                 groups[name] = (name,)
     for name, _ in model.named_parameters(recurse=False):
-        if not within(name, [m for ms in groups.values() for m in ms]):
+        if not is_within(name, [m for ms in groups.values() for m in ms]):
             groups[name] = (name,)
     return {g: members for g, members in groups.items() if holds_params(model, members)}
 
@@ -107,7 +108,7 @@ def _vit(visual: nn.Module) -> Groups:
             if _exists(visual, n)]
     blocks = [[f"transformer.resblocks.{i}"] for i in range(len(visual.transformer.resblocks))]
     head = ["proj"] if _exists(visual, "proj") else []
-    rest = [n for n, _ in visual.named_parameters() if not within(n, stem + head + [b[0] for b in blocks])]
+    rest = [n for n, _ in visual.named_parameters() if not is_within(n, stem + head + [b[0] for b in blocks])]
     blocks[-1] += _top(visual, rest)
     return _tower(stem, blocks, head)
 
@@ -181,5 +182,5 @@ def _top(module: nn.Module, params: list[str]) -> list[str]:
     wanted = set(params)
     children = [n for n, c in module.named_children()
                 if has_params(c) and all(f"{n}.{p}" in wanted for p, _ in c.named_parameters())]
-    return children + [p for p in params if not within(p, children)]
+    return children + [p for p in params if not is_within(p, children)]
 

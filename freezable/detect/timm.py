@@ -28,7 +28,8 @@ from itertools import chain
 import torch
 from torch import nn
 
-from ._parts import Groups, Parts, assemble, compact, param_names, within
+from ..groups import is_within, top_most
+from ._parts import Groups, Parts, assemble, compact, param_names
 
 __all__ = ["timm_groups", "is_timm", "is_timm_features"]
 
@@ -84,7 +85,7 @@ def _classifier_parts(model: nn.Module) -> Parts:
     ordinal = _ordinal_fn(matcher)
     by_ordinal: dict[tuple[float, ...], list[str]] = defaultdict(list)
     for name, _ in model.named_parameters():
-        if not within(name, head):
+        if not is_within(name, head):
             by_ordinal[ordinal(name)].append(name)
     stem_ordinal = _stem_ordinal(model, matcher, ordinal, head)
     blocks: list[list[str]] = []
@@ -131,7 +132,7 @@ def _fine_blocks(model: nn.Module, head: list[str]) -> list[list[str]]:
     last = max(by_layer, default=0)
     ordinal = _ordinal_fn(matcher)
     top = by_layer.get(last, [])
-    if last > 0 and (any(within(n, head) for n in top) or all(ordinal(n)[0] == float("inf") for n in top)):
+    if last > 0 and (any(is_within(n, head) for n in top) or all(ordinal(n)[0] == float("inf") for n in top)):
         last -= 1  # the head's layer id is no block
     return [by_layer[i] for i in range(1, last + 1)]
 
@@ -141,7 +142,7 @@ def _stem_ordinal(model: nn.Module, matcher: dict | Callable, ordinal: Callable,
     the first parameter when no group comes before it."""
     if isinstance(matcher, dict):
         return 0.0 if str(next(iter(matcher), "")).startswith("stem") else None
-    keys = [ordinal(n)[0] for n, _ in model.named_parameters() if not within(n, head)]
+    keys = [ordinal(n)[0] for n, _ in model.named_parameters() if not is_within(n, head)]
     return keys[0] if keys and keys[0] == min(keys) else None
 
 
@@ -163,9 +164,9 @@ def _head(model: nn.Module) -> list[str]:
     modules = {n: m for n, m in model.named_modules()}
     for name in [classifier] if isinstance(classifier, str) else list(classifier or ()):
         has_params = name in params or (name in modules and any(True for _ in modules[name].parameters()))
-        if has_params and not within(name, names):
+        if has_params and not is_within(name, names):
             names.append(name)
-    return [n for n in names if not any(within(n, [other]) for other in names if other != n)]
+    return list(top_most(names))
 
 
 def _ordinal_fn(matcher: dict | Callable) -> Callable[[str], tuple[float, ...]]:

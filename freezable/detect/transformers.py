@@ -44,7 +44,7 @@ Plain ``stem``, ``stageN`` and ``blockN`` belong to models with one stack.
 Group order is that of every detector (:mod:`freezable.detect._parts`): ``stem, stage1 ... stage4``,
 the blocks, then ``head``, ``backbone``; parts and the pieces between them in the order the base model
 registers them. A stage that holds a single block is the same set as that block; walks over groups
-(``freeze_to``, gradual unfreezing) take the block then (:func:`freezable.groups.staged_names`).
+(``freeze_to``, gradual unfreezing) take the block then (:func:`freezable.stages.staged_names`).
 
 A ``peft.PeftModel`` (LoRA and the like) gets the groups of the model it wraps, with the names seen
 from the ``PeftModel`` (``base_model.model.bert.embeddings``...); the adapters' own parameters sit inside
@@ -61,7 +61,8 @@ from collections.abc import Callable, Iterator
 from torch import nn
 
 from ..norms import is_norm
-from ._parts import Groups, has_params, holds_params, part_groups, within
+from ..groups import is_within
+from ._parts import Groups, has_params, holds_params, part_groups
 
 __all__ = ["hf_groups", "is_hf_model"]
 
@@ -168,7 +169,7 @@ def _layers(base: nn.Module, prefix: str, classes: set[str]) -> list[str]:
     visit(base, prefix, None)
     chosen: list[str] = []
     for name, cls in listed:
-        if (cls.__name__ in classes or cls in composite) and not within(name, chosen):
+        if (cls.__name__ in classes or cls in composite) and not is_within(name, chosen):
             chosen.append(name)
     return chosen
 
@@ -244,7 +245,7 @@ def _find_layers(model: nn.Module, base: nn.Module, base_name: str) -> list[str]
     layers = _layers(base, base_name, set(getattr(model, "_no_split_modules", None) or ()))
     layers = layers or _repeated(base, base_name)
     for encoder in _feature_encoders(base, base_name):
-        layers = [x for x in layers if not within(x, (encoder,))]
+        layers = [x for x in layers if not is_within(x, (encoder,))]
         layers += _list_children(base.get_submodule(_relative(encoder, base_name)), encoder)
     order: dict[str, int] = {}
     for index, (name, _) in enumerate(model.named_modules(remove_duplicate=False)):
@@ -263,7 +264,7 @@ def _groups(model: nn.Module, inner: Inner | None) -> Groups:
     if base is model and layers and not _is_backbone(model):
         # no base-model attribute: the one child that holds the layers and the inputs
         holder = layers[0].partition(".")[0]
-        if all(within(n, (holder,)) for n in layers + [input_name or holder]) and holder != layers[0]:
+        if all(is_within(n, (holder,)) for n in layers + [input_name or holder]) and holder != layers[0]:
             base, base_name = model.get_submodule(holder), holder
     holders = {".".join(layer.split(".")[:i]) for layer in layers for i in range(1, layer.count(".") + 1)}
     holders |= {""} if layers else set()
@@ -277,10 +278,10 @@ def _groups(model: nn.Module, inner: Inner | None) -> Groups:
         leaf = unit.rpartition(".")[2]
         if unit in layers_set:
             labels[unit] = unit
-            last_in.update((holder, unit) for holder in holders if within(unit, (holder,)))
+            last_in.update((holder, unit) for holder in holders if is_within(unit, (holder,)))
         elif has_head and "pooler" in leaf and unit in names and has_params(model.get_submodule(unit)):
             labels[unit] = "head"
-        elif input_name is not None and within(input_name, (unit,)):
+        elif input_name is not None and is_within(input_name, (unit,)):
             labels[unit] = "stem"
         elif "embed" in leaf.lower():  # a list of them (PVT's per-stage patch embeddings) is no stem
             if not isinstance(model.get_submodule(unit) if unit in names else None, (nn.ModuleList, nn.ModuleDict)):
@@ -297,9 +298,9 @@ def _groups(model: nn.Module, inner: Inner | None) -> Groups:
     if outputs is None and base is not model:  # a wrapper that only its base model's lm_head serves (ShieldGemma2)
         outputs = _module_or_none(getattr(base, "get_output_embeddings", None))
     output_name = modules.get(id(outputs)) if outputs is not None else None
-    if output_name and not within(output_name, head) and output_name in labels:
+    if output_name and not is_within(output_name, head) and output_name in labels:
         labels[output_name] = "head"  # an output projection the base model holds (a multimodal wrapper's lm_head)
-    labels = {unit: label for unit, label in labels.items() if not within(unit, head_parts)}
+    labels = {unit: label for unit, label in labels.items() if not is_within(unit, head_parts)}
     pooled = [unit for unit, label in labels.items() if label == "head"]
     head = pooled + head
 
@@ -307,7 +308,7 @@ def _groups(model: nn.Module, inner: Inner | None) -> Groups:
     kinds = [kind for _, kind, _ in parts]
     if "list" not in kinds and sum(kind != "piece" for kind in kinds) >= 2:
         return _several(model, base, base_name, labels, layers, head, has_head, parts)
-    backbone = _complement(base, base_name, [h for h in head if within(h, (base_name,))]) if has_head else []
+    backbone = _complement(base, base_name, [h for h in head if is_within(h, (base_name,))]) if has_head else []
     groups = _staged({u: label for u, label in labels.items() if label != "head"}, layers, _depths(model, layers))
     if head:
         groups["head"] = tuple(dict.fromkeys(head))
@@ -322,7 +323,7 @@ def _final_norms_after_layers(model: nn.Module, labels: dict[str, str], layers: 
     stable = getattr(getattr(model, "config", None), "do_stable_layer_norm", False) is True
     for unit, label in labels.items():
         holder, _, leaf = unit.rpartition(".")
-        inside = [layer for layer in layers if holder and within(layer, (holder,))]
+        inside = [layer for layer in layers if holder and is_within(layer, (holder,))]
         if label == "stem" and inside and (leaf.startswith("final") or stable and leaf == "layer_norm"):
             labels[unit] = inside[-1]
 
@@ -338,11 +339,11 @@ def _parts(model: nn.Module, base: nn.Module, base_name: str, layers: list[str],
     found: list[tuple[str, str, Groups]] = []
     for name, child in base.named_children():
         full = _join(base_name, name)
-        if any(within(layer, (full,)) for layer in layers):
-            kind = "list" if isinstance(child, _LISTS) else "head" if within(full, head) else "layers"
+        if any(is_within(layer, (full,)) for layer in layers):
+            kind = "list" if isinstance(child, _LISTS) else "head" if is_within(full, head) else "layers"
             found.append((full, kind, {}))
             continue
-        known = inner(child) if inner is not None and not within(full, head) and has_params(child) else {}
+        known = inner(child) if inner is not None and not is_within(full, head) and has_params(child) else {}
         if any(g in known for g in ("stem", "stage1")):
             found.append((full, "known", known))
         else:
@@ -358,10 +359,10 @@ def _several(model: nn.Module, base: nn.Module, base_name: str, labels: dict[str
     for full, kind, known in parts:
         name = _relative(full, base_name)
         if kind == "layers":
-            mine = {u: label for u, label in labels.items() if within(u, (full,)) and label != "head"}
+            mine = {u: label for u, label in labels.items() if is_within(u, (full,)) and label != "head"}
             inside = {_relative(u, full): label if label == "stem" else _relative(label, full)
                       for u, label in mine.items() if label in ("stem", u) or _final(model, u)}
-            own = [_relative(x, full) for x in layers if within(x, (full,))]
+            own = [_relative(x, full) for x in layers if is_within(x, (full,))]
             single = _staged(inside, own)
             single.update((_relative(u, full), (_relative(u, full),)) for u in mine if _relative(u, full) not in inside)
             groups.update(part_groups(full, single, name))
@@ -369,7 +370,7 @@ def _several(model: nn.Module, base: nn.Module, base_name: str, labels: dict[str
             groups.update(part_groups(full, known, name))
     held = {id(p) for members in groups.values() for p in _parameters(model, members)}
     candidates = {_relative(full, base_name): {id(p) for p in _parameters(model, [full])} for full, kind, _ in parts
-                  if kind == "piece" and not within(full, head) and holds_params(model, [full])}
+                  if kind == "piece" and not is_within(full, head) and holds_params(model, [full])}
     pieces: Groups = {}
     for name, own in candidates.items():  # one whose parameters a part or a larger piece holds (tied) gets none
         larger = {p for other, theirs in candidates.items() if other != name and len(theirs) > len(own) for p in theirs}
@@ -378,13 +379,13 @@ def _several(model: nn.Module, base: nn.Module, base_name: str, labels: dict[str
     ordered: Groups = {}
     for full, kind, _ in parts:  # parts and pieces in the base model's order
         name = _relative(full, base_name)
-        ordered.update((g, m) for g, m in groups.items() if g == name or g.startswith(name + "."))
+        ordered.update((g, m) for g, m in groups.items() if is_within(g, (name,)))
         if name in pieces:
             ordered[name] = pieces[name]
     if head:
         ordered["head"] = tuple(dict.fromkeys(head))
     if "backbone" not in ordered and has_head:
-        ordered["backbone"] = tuple(_complement(base, base_name, [h for h in head if within(h, (base_name,))]))
+        ordered["backbone"] = tuple(_complement(base, base_name, [h for h in head if is_within(h, (base_name,))]))
     return {g: names for g, names in ordered.items() if names}
 
 
@@ -418,7 +419,7 @@ def _complement(module: nn.Module, name: str, left_out: list[str]) -> list[str]:
         full = _join(name, cname)
         if full in left_out:
             continue
-        names += _complement(child, full, left_out) if any(within(x, (full,)) for x in left_out) else [full]
+        names += _complement(child, full, left_out) if any(is_within(x, (full,)) for x in left_out) else [full]
     return names
 
 

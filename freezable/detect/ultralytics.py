@@ -11,7 +11,7 @@ yaml as parsed is ``model.yaml``). :func:`ultralytics_groups` names, by those in
 * ``head``: the yaml's ``head`` section (the neck's layers and the task head, as ultralytics names it);
 * ``backbone``: the yaml's ``backbone`` section.
 
-``ultralytics.freeze_N`` (:mod:`freezable.detect.yolo_freeze`) freezes what the trainer's ``freeze=N``
+``ultralytics.freeze_N`` (:mod:`freezable.presets.ultralytics`) freezes what the trainer's ``freeze=N``
 freezes. The DFL convolution a detection head holds is built frozen (``requires_grad=False``, never
 trained): it stays frozen whatever is unfrozen (see ``Freezable.unfreeze(built_frozen=)``).
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..groups import is_within
+
 __all__ = ["Trace", "trace_forward", "conv_bn_pairs"]
 
 
@@ -80,8 +82,7 @@ def trace_forward(backbone: nn.Module, roots: dict[str, nn.Module], args: tuple[
 def conv_bn_pairs(trace: Trace, root_name: str) -> list[tuple[str, str]]:
     """Conv-BatchNorm pairs inside one held root: the BatchNorm read the conv's output; each ran once."""
     pairs = []
-    inside = (lambda n: n.startswith(root_name + ".")) if root_name else (lambda n: True)
     for bn_name, conv_name in trace.bn_in.items():
-        if inside(bn_name) and inside(conv_name) and trace.calls[bn_name] == 1 and trace.calls[conv_name] == 1:
+        if is_within(bn_name, {root_name}) and is_within(conv_name, {root_name}) and trace.calls[bn_name] == 1 and trace.calls[conv_name] == 1:
             pairs.append((conv_name, bn_name))
     return pairs

@@ -24,7 +24,7 @@ from torch import nn
 from .._state import freeze_root, rehold
 from ..distributed import rewrap_ddp
 from ..errors import FreezableError, FreezeStateError, closest, type_error
-from ..mixin import Freezable
+from ..mixin import Freezable, outermost_freezables
 from ..progressive import ProgressiveFreezing, check_options
 from ..schedule import UnfreezeSchedule
 
@@ -40,12 +40,7 @@ _GROUPS_KEY = "optimizer_groups"  # the callback's own entry beside the schedule
 
 def find_freezable(module: nn.Module, what: str = "GradualUnfreezing") -> Freezable:
     """``module`` itself if it is a Freezable, else its one outermost Freezable submodule."""
-    if isinstance(module, Freezable):
-        return module
-    found: list[tuple[str, Freezable]] = []
-    for name, sub in module.named_modules():
-        if isinstance(sub, Freezable) and not any(name.startswith(f + ".") for f, _ in found):
-            found.append((name, sub))
+    found = outermost_freezables(module)
     if len(found) != 1:
         found_what = ("no Freezable submodule" if not found
                       else f"several Freezable submodules: {[n for n, _ in found]}")

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..errors import FreezableError, FreezableTypeError
-from ..mixin import Freezable
+from ..mixin import Freezable, outermost_freezables
 from ..progressive import ProgressiveFreezing, check_options
 from ..schedule import UnfreezeSchedule
 
@@ -29,10 +29,9 @@ __all__ = ["GradualUnfreezing", "ProgressiveFreezingCallback"]
 
 
 def _find_freezable(module: nn.Module, what: str = "GradualUnfreezing") -> Freezable:
-    found = [(n, m) for n, m in module.named_modules() if isinstance(m, Freezable)]
-    outermost = [(n, m) for n, m in found if not any(n.startswith(o + ".") or (not o and n) for o, _ in found)]
+    outermost = outermost_freezables(module)
     if len(outermost) != 1:
-        has = "no Freezable" if not found else f"several Freezables: {[n for n, _ in outermost]}"
+        has = "no Freezable" if not outermost else f"several Freezables: {[n for n, _ in outermost]}"
         raise FreezableError(f"{what} needs one Freezable model in {type(module).__name__}, which has "
                              f"{has}; pass model= the one you mean")
     return outermost[0][1]

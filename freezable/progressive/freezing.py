@@ -14,7 +14,7 @@ is frozen too) its autograd bookkeeping in the forward. Two rules decide when ea
   that is not: never a group after a trainable one.
 
 The groups are the model's *staged* groups in group order, the walk of ``freeze_to`` and
-``UnfreezeSchedule`` (:func:`freezable.groups.walk_units`: what an umbrella holds outside its staged
+``UnfreezeSchedule`` (:func:`freezable.stages.walk_units`: what an umbrella holds outside its staged
 groups goes with its last one), from the first that trains up to ``until`` (default: all but the
 last, the head). Freezing one goes through the model's own freeze state (``load_freeze_state``), so
 everything freezing guarantees holds: frozen norms held in eval, ``fz.check`` clean, a DDP wrapper told
@@ -42,9 +42,10 @@ from .. import guard as _guard
 from .._state import check_state, freeze_root, group_is_frozen
 from ..cache.checks import check_cap
 from ..errors import FreezableError, FreezeStateError, closest, type_error, unknown_group
-from ..groups import Group, units_within, walk_units
+from ..groups import Group
 from ..mixin import Freezable
 from ..optim import check_optimizer, release_optimizer_state
+from ..stages import units_within, walk_units
 from .prefix import PrefixRunner
 from .settings import check_settings
 
@@ -381,7 +382,7 @@ class ProgressiveFreezing:
 def _units(model: Freezable, until: object) -> list[tuple[str, list[Group]]]:
     """The staged units that may be frozen: from the first up to ``until``'s last (default: all but the last)."""
     root = freeze_root(model)
-    groups = {name: model.freeze_group(name) for name in model.freeze_group_names}
+    groups = model.freeze_group_map
     units = walk_units(root, groups)
     if len(units) < 2:
         raise FreezableError(

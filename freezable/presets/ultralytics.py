@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..detect import detect_groups
+from ..detect.ultralytics import is_yolo_model
 from ..errors import PresetError
-from . import detect_groups
-from .ultralytics import is_yolo_model
+from ..groups import is_within
 
 __all__ = ["freeze_layers", "FROZEN_LAYERS", "MAX_FREEZE"]
 
@@ -42,7 +43,7 @@ def freeze_layers(n: int) -> Callable[[nn.Module], dict[str, tuple[str, ...]]]:
                               f"{type(yolo).__name__} to train (the trainer refuses it too); N in 0..{count - 1}")
         layers = [f"model.{i}" for i in range(n) if any(True for _ in yolo.get_submodule(f"model.{i}").parameters())]
         dfl = [name for name, module in yolo.named_modules() if name.endswith(".dfl")
-               and any(True for _ in module.parameters()) and not any(name.startswith(x + ".") for x in layers)]
+               and any(True for _ in module.parameters()) and not is_within(name, layers)]
         return {**detect_groups(model), FROZEN_LAYERS: tuple(prefix + name for name in layers + dfl)}
 
     return groups

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..detect import detect_groups
 from ..errors import PresetError
-from . import detect_groups
 
 __all__ = ["trainable_backbone_layers", "FROZEN"]
 

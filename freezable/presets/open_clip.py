@@ -21,10 +21,11 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..detect import detect_groups
+from ..detect._parts import Groups, compact
+from ..detect.open_clip import is_open_clip, open_clip_class, text_tower
 from ..errors import PresetError
-from . import detect_groups
-from ._parts import Groups, compact, within
-from .open_clip import is_open_clip, open_clip_class, text_tower
+from ..groups import is_within
 
 __all__ = ["lock_image_tower", "lock_text_tower", "LOCKED_IMAGE", "LOCKED_TEXT"]
 
@@ -50,7 +51,7 @@ def lock_image_tower(n: int) -> Callable[[nn.Module], Groups]:
             resblocks = [f"transformer.resblocks.{i}" for i in range(len(visual.transformer.resblocks))]
             unlocked = [["conv1", "class_embedding", "positional_embedding", "ln_pre"], *[[b] for b in resblocks[:-1]],
                         [resblocks[-1], "ln_post"], ["proj"]][max(0, len(resblocks) + 2 - n):] if n else []
-            locked = [p for p, _ in visual.named_parameters() if not within(p, [m for g in unlocked for m in g])]
+            locked = [p for p, _ in visual.named_parameters() if not is_within(p, [m for g in unlocked for m in g])]
         elif open_clip_class(visual, "timm_model", "TimmModel"):
             locked = [f"trunk.{p}" for p in _timm_locked(visual.trunk, n)]
         elif open_clip_class(visual, "modified_resnet", "ModifiedResNet") and n == 0:
@@ -87,7 +88,7 @@ def lock_text_tower(n: int) -> Callable[[nn.Module], Groups]:
         order += [[f"transformer.resblocks.{len(resblocks) - 1}"] + [a for a in ("ln_final",) if a in present]]
         order += [["text_projection"]] if "text_projection" in present else []
         unlocked = [m for g in order[len(order) - min(n, len(order)):] for m in g] if n and len(resblocks) else []
-        locked = [p for p, _ in text.named_parameters() if within(p, present) and not within(p, unlocked)]
+        locked = [p for p, _ in text.named_parameters() if is_within(p, present) and not is_within(p, unlocked)]
         names = compact(text, locked)
         return {**detect_groups(model), LOCKED_TEXT: tuple(f"{prefix}.{m}" if prefix else m for m in names)}
 
