@@ -1,6 +1,7 @@
-"""The package's import graph, read with ``ast``: no cycle, and no import of its own modules inside a function.
+"""The package's import graph, read with ``ast``: no cycle, no import of its own modules inside a function, and
+nothing from the project's own checks (``tools/``).
 
-Imports under ``if TYPE_CHECKING:`` are left out: they never run. Optional third-party packages
+Imports under ``if TYPE_CHECKING:`` are left out of the graph: they never run. Optional third-party packages
 may be imported inside functions (timm, torchvision, matplotlib); the package's own modules may not.
 """
 
@@ -108,6 +109,24 @@ def test_no_function_imports_the_package_s_own_modules(path):
     assert not inside, f"{path.name} imports freezable modules inside functions: {inside}"
 
 
+def absolute_imports(path: Path) -> list[tuple[str, int]]:
+    """``(module, line)`` of every absolute import in ``path``, wherever it sits (functions, ``TYPE_CHECKING``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.append((node.module, node.lineno))
+        elif isinstance(node, ast.Import):
+            found.extend((a.name, node.lineno) for a in node.names)
+    return found
+
+
+def test_the_package_imports_nothing_from_the_project_s_tools():
+    """The oracles and sweeps under ``tools/`` are checks of the library, never part of it."""
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {module}" for path in sorted(PACKAGE.rglob("*.py"))
+             for module, line in absolute_imports(path) if module == "tools" or module.startswith("tools.")]
+    assert not found, f"freezable imports the project's tools: {found}"
+
+
 def test_the_checks_see_a_cycle_and_a_function_level_import(tmp_path):
     """The oracle: a graph with a known cycle, and a file with a known function-level import."""
     assert find_cycle({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}}) == ["a", "b", "c", "a"]
@@ -115,10 +134,12 @@ def test_the_checks_see_a_cycle_and_a_function_level_import(tmp_path):
     assert graph()["freezable.wrapper"].keys() >= {"freezable.mixin", "freezable.presets"}
     fake = PACKAGE / "_fake_for_test.py"
     assert not fake.exists()
-    source = "from .errors import closest\n\ndef f():\n    from . import mixin\n    import freezable.guard\n"
+    source = ("from .errors import closest\n\ndef f():\n    from . import mixin\n    import freezable.guard\n"
+              "    from tools.oracles import groups\n")
     fake.write_text(source)
     try:
         assert own_imports(fake) == [("freezable.errors", 1, False), ("freezable.mixin", 4, True),
                                      ("freezable.guard", 5, True)]
+        assert ("tools.oracles", 6) in absolute_imports(fake)
     finally:
         fake.unlink()
