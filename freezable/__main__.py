@@ -1,4 +1,6 @@
-"""Look before training: ``python -m freezable presets``, ``show MODEL`` and ``sweep SOURCE``.
+"""Look before training: ``python -m freezable presets`` and ``show MODEL``.
+
+The sweeps that check detection over whole model libraries are the project's own tools: ``python tools/sweep.py``.
 
 Example:
     >>> main(["presets", "timm.hrnet.*"])
@@ -15,7 +17,6 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from . import _sweep
 from ._models import SOURCES, build_model, sources_of
 from .errors import FreezableError, closest
 from .groups import is_block, part_of
@@ -92,7 +93,9 @@ def _show(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code (2 for a bad model, preset or group name)."""
-    parser = argparse.ArgumentParser(prog="freezable", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="freezable", description=__doc__.splitlines()[0],
+                                     epilog="Detection checked over whole model libraries: python tools/sweep.py, "
+                                     "in a clone of the repository.")
     commands = parser.add_subparsers(dest="command", required=True)
     presets = commands.add_parser("presets", help="list presets with their descriptions")
     presets.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default: all)")
@@ -104,9 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--features-only", action="store_true", help="build the timm model with features_only=True")
     show.add_argument("--trainable", nargs="*", default=[], metavar="GROUP", help="groups or specs left trainable")
     show.set_defaults(run=_show)
-    sweep = commands.add_parser("sweep", help="group detection checked on every timm or torchvision model (meta device)")
-    _sweep.add_arguments(sweep)
-    sweep.set_defaults(run=_sweep.run_from_args)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse printed its usage error (code 2) or --help (code 0)

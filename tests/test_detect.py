@@ -3,7 +3,7 @@
 Oracles are read off the models themselves, not off detection: the classifier attribute, a detector's
 ``backbone``/``rpn``/``roi_heads`` attributes and predictors, timm's ``get_classifier()`` and the layer ids of
 ``timm.optim.param_groups_layer_decay``, torchvision's ``_resnet_fpn_extractor`` / ``_mobilenet_extractor``.
-The ones ``python -m freezable sweep`` uses too live in ``freezable/_oracles.py``.
+The ones ``python tools/sweep.py`` uses too live in ``tools/oracles/``.
 Every model is built once, on the meta device (RegNet: weights on meta, computed on the CPU).
 """
 
@@ -22,20 +22,16 @@ from torch import nn
 
 import freezable as fz
 from freezable._models import build_model
-from freezable._oracles import (
-    FORWARD_SAMPLE,
-    attr_ids,
-    classifier_parameters,
-    features_only_problems,
-    forward_order_problems,
-    ids,
-    stage_problems,
-    stage_sizes,
-    staged,
-    trainable_layers_problems,
-)
 from freezable.detect import detect_groups
 from freezable.groups import resolve_group
+from tools.oracles.classifiers import (
+    classifier_parameters,
+    features_only_problems,
+    stage_problems,
+    trainable_layers_problems,
+)
+from tools.oracles.groups import attr_ids, ids, staged
+from tools.oracles.order import FORWARD_SAMPLE, forward_order_problems
 
 TORCHVISION = torchvision.models.list_models()
 DETECTION = set(torchvision.models.list_models(module=torchvision.models.detection))
@@ -139,6 +135,12 @@ def test_features_only_stages_are_the_classifier_stages_or_absent(name):
         assert name in FEATURES_ABSENT, f"{name} lost its features_only stages"
     else:
         assert problems == [] and name not in FEATURES_ABSENT
+
+
+def stage_sizes(model: nn.Module, groups: dict[str, tuple[str, ...]]) -> list[int]:
+    """Parameter counts of ``stem, stage1 .. stageN``."""
+    return [sum(p.numel() for _, p in resolve_group(model, g, list(groups[g])).named_parameters(model))
+            for g in ["stem", *staged(groups, "stage")] if g in groups]
 
 
 @pytest.mark.parametrize("kwargs", [{"num_classes": 0}, {"global_pool": "", "num_classes": 0}])

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 import _hf_models  # noqa: E402
 
 import freezable as fz  # noqa: E402
-from freezable._hf_sweep import architectures, check_architecture  # noqa: E402
+from tools.sweeps.hf import architectures, check_architecture  # noqa: E402
 from freezable.detect import detect_groups  # noqa: E402
 from freezable.detect.transformers import hf_groups  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""The package's import graph, read with ``ast``: no cycle, and no import of its own modules inside a function.
+"""The package's import graph, read with ``ast``: no cycle, no import of its own modules inside a function, and
+nothing from the project's own checks (``tools/``).
 
 Imports under ``if TYPE_CHECKING:`` count too: a loop that only type checkers follow is still two modules
 that need each other (break it with a Protocol, or by moving the shared piece down a layer). Optional
@@ -117,6 +118,24 @@ def test_the_checks_see_a_type_only_cycle():
         fake.unlink()
 
 
+def absolute_imports(path: Path) -> list[tuple[str, int]]:
+    """``(module, line)`` of every absolute import in ``path``, wherever it sits (functions, ``TYPE_CHECKING``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.append((node.module, node.lineno))
+        elif isinstance(node, ast.Import):
+            found.extend((a.name, node.lineno) for a in node.names)
+    return found
+
+
+def test_the_package_imports_nothing_from_the_project_s_tools():
+    """The oracles and sweeps under ``tools/`` are checks of the library, never part of it."""
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {module}" for path in sorted(PACKAGE.rglob("*.py"))
+             for module, line in absolute_imports(path) if module == "tools" or module.startswith("tools.")]
+    assert not found, f"freezable imports the project's tools: {found}"
+
+
 def test_the_checks_see_a_cycle_and_a_function_level_import(tmp_path):
     """The oracle: a graph with a known cycle, and a file with a known function-level import."""
     assert find_cycle({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}}) == ["a", "b", "c", "a"]
@@ -125,10 +144,12 @@ def test_the_checks_see_a_cycle_and_a_function_level_import(tmp_path):
     assert "freezable.mixin" not in graph()["freezable.optim"]  # a Protocol (optim.Grouped) stands for the mixin
     fake = PACKAGE / "_fake_for_test.py"
     assert not fake.exists()
-    source = "from .errors import closest\n\ndef f():\n    from . import mixin\n    import freezable.guard\n"
+    source = ("from .errors import closest\n\ndef f():\n    from . import mixin\n    import freezable.guard\n"
+              "    from tools.oracles import groups\n")
     fake.write_text(source)
     try:
         assert own_imports(fake) == [("freezable.errors", 1, False), ("freezable.mixin", 4, True),
                                      ("freezable.guard", 5, True)]
+        assert ("tools.oracles", 6) in absolute_imports(fake)
     finally:
         fake.unlink()

@@ -2,14 +2,13 @@
 library's own notion: its attributes, its own freeze function (smp's ``freeze_encoder``, the ultralytics
 trainer's ``freeze=N``), its yaml, its stage split, the order a forward on a real input runs them.
 
-One tiny model per family (``freezable._oracles.LIBRARY_SAMPLES``, shared with ``tools/sweep_libraries.py``),
+One tiny model per family (``LIBRARY_SAMPLES`` of ``tools/sweeps/libraries.py``, run by ``tools/sweep.py libraries``),
 random weights, nothing downloaded; the larger smp encoders run under ``-m slow``. Each library is skipped when
 it is not installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
@@ -23,24 +22,21 @@ from conftest import changed, snapshot
 from torch import nn
 
 import freezable as fz
-from freezable._oracles import (
-    LIBRARIES,
-    LIBRARY_SAMPLES,
-    attr_ids,
+from freezable.detect import detect_groups
+from freezable.errors import BuiltFrozenWarning
+from freezable.norms import has_running_stats
+from tools.oracles.groups import attr_ids, ids
+from tools.oracles.libraries import (
     diffusers_problems,
-    ids,
-    library_check,
-    library_freeze_problems,
-    library_of,
     origin_problems,
     smp_stage_problems,
     ultralytics_freeze_problems,
     ultralytics_problems,
     yolo_trainer_freeze,
 )
-from freezable.detect import detect_groups
-from freezable.errors import BuiltFrozenWarning
-from freezable.norms import has_running_stats
+from tools.oracles.parts import library_freeze_problems
+from tools.sweep import main as sweep_main
+from tools.sweeps.libraries import LIBRARIES, LIBRARY_SAMPLES, library_check, library_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +54,7 @@ def samples(*, trainable: bool = False) -> list:
 def test_groups_are_what_the_library_means(key):
     needs(key)
     row = library_check(key)
-    assert row["status"] == ("absent" if LIBRARY_SAMPLES[key].absent else "right"), row["problems"]
+    assert row.status == ("absent" if LIBRARY_SAMPLES[key].absent else "right"), row.reasons
 
 
 def scalar(output: object) -> torch.Tensor:
@@ -273,35 +269,26 @@ def test_ssdlite_body_has_the_stages_of_its_mobilenet_across_both_containers():
 # -- the sweep script ---------------------------------------------------------------------------------------
 
 
-def load_sweep():
-    spec = importlib.util.spec_from_file_location("sweep_libraries", ROOT / "tools" / "sweep_libraries.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_sweep_prints_right_absent_wrong_per_library(capsys):
     needs("diffusers/UNet2DModel")
-    sweep = load_sweep()
-    assert sweep.main(["--libraries", "diffusers"]) == 0
+    assert sweep_main(["libraries", "--libraries", "diffusers", "--no-progress"]) == 0
     assert "diffusers: 4 right, 1 absent, 0 wrong\n  absent: Transformer2DModel: a transformer" in capsys.readouterr().out
 
 
 def test_the_sweep_exits_1_on_a_wrong_group(capsys, monkeypatch):
     needs("torchvision-features/IntermediateLayerGetter-resnet18")
-    sweep = load_sweep()
     key = "torchvision-features/IntermediateLayerGetter-resnet18"
     sample = LIBRARY_SAMPLES[key]
     broken = type(sample)(sample.build, lambda m, g: ["a planted problem"], sample.call)
     monkeypatch.setitem(LIBRARY_SAMPLES, key, broken)
-    assert sweep.main(["--models", key]) == 1
+    assert sweep_main(["libraries", "--models", key, "--no-progress"]) == 1
     assert ("torchvision-features: 0 right, 0 absent, 1 wrong\n"
             "  wrong: IntermediateLayerGetter-resnet18: a planted problem") in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_the_sweep_runs_as_a_script():
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep_libraries.py")], capture_output=True, text=True,
-                          cwd=ROOT, timeout=900)
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), "libraries", "--no-progress"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "wrong" in done.stdout and " 0 wrong" in done.stdout

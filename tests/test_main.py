@@ -1,4 +1,4 @@
-"""The command line: python -m freezable presets / show."""
+"""The command line: python -m freezable presets / show (the sweeps are the project's own tools: tests/test_tools.py)."""
 
 from __future__ import annotations
 
@@ -99,19 +99,8 @@ def test_runs_as_a_module():
     assert result.stdout.startswith("timm.hrnet.backbone")
 
 
-def test_sweep_prints_coverage_and_fails_on_a_model_without_a_head(capsys):
-    assert main(["sweep", "torchvision", "--models", "resnet18", "alexnet", "--no-progress"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == (
-        "torchvision: 2/2 models with the right head (100.0%), 2 with a stem, 2 with stem and stages, "
-        "2 whose stages cover the backbone")
-    assert main(["sweep", "timm", "--models", "resnet18", "mobilenetv5_300m_enc", "--no-progress"]) == 1
-    out = capsys.readouterr().out
-    assert "timm: 1/2 models with the right head (50.0%), 1 with a stem, 1 with stem and stages" in out
-    assert "mobilenetv5_300m_enc: backbone/head=False stem=False" in out
-
-
-def test_sweep_checks_detection_presets_and_features_only_stages_against_their_oracles(capsys):
-    assert main(["sweep", "torchvision", "--models", "fasterrcnn_mobilenet_v3_large_fpn", "--no-progress"]) == 0
-    assert "trainable_backbone_layers_N = torchvision's rule for every N: 1/1 detectors" in capsys.readouterr().out
-    assert main(["sweep", "timm", "--models", "convnext_atto", "--features-only", "--no-progress"]) == 0
-    assert capsys.readouterr().out.startswith("timm features_only: 1/1 models whose stem and stages are the classifier's")
+def test_the_command_line_keeps_show_and_presets_and_points_to_the_sweeps(capsys):
+    assert main(["sweep", "torchvision"]) == 2
+    assert "invalid choice: 'sweep'" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "python tools/sweep.py" in capsys.readouterr().out

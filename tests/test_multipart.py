@@ -1,17 +1,14 @@
 """Models of several parts: each part's groups named after it, each checked against its library's own notion.
 
-The families (one tiny model each, random weights) and their checks live in ``tools/sweep_multipart.py``; the
+The families (one tiny model each, random weights) and their checks live in ``tools/sweeps/multipart.py``; the
 tests here run every check of every family, the freeze-everything-but-X training step of each, and what the
 names do in ``freeze_to``, ``UnfreezeSchedule``, ``param_groups(layer_decay=)`` and the command line.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import warnings
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -25,18 +22,12 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "tools" / "sweep_multipart.py"
-    spec = importlib.util.spec_from_file_location("sweep_multipart", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from tools.sweep import main as sweep_main
+from tools.sweeps import multipart
+from tools.sweeps.report import report
 
-
-SWEEP = _load()
-TINY = [f for f in SWEEP.FAMILIES if f.loss is not None]
-NAMED = [f for f in SWEEP.FAMILIES if f.loss is None]
+TINY = [f for f in multipart.FAMILIES if f.loss is not None]
+NAMED = [f for f in multipart.FAMILIES if f.loss is None]
 
 
 def _needs(family) -> None:
@@ -58,8 +49,8 @@ def test_every_check_of_the_family_is_right(family):
     _needs(family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        checks = SWEEP.check_family(family)
-    assert checks and all(c.verdict == "right" for c in checks), SWEEP.report(checks)
+        checks = multipart.check_family(family)
+    assert checks and all(c.verdict == "right" for c in checks), report(multipart.rows(checks))
 
 
 @pytest.mark.slow
@@ -68,8 +59,8 @@ def test_the_lock_presets_of_open_clip_s_own_configs(family):
     """RN50, ViT-B-32, a timm tower (convnext_tiny), ViT-B-16-SigLIP built by open_clip.create_model on the meta
     device: the lock presets freeze what open_clip's own lock functions freeze, for several N."""
     _needs(family)
-    checks = SWEEP.check_family(family)
-    assert all(c.verdict == "right" for c in checks), SWEEP.report(checks)
+    checks = multipart.check_family(family)
+    assert all(c.verdict == "right" for c in checks), report(multipart.rows(checks))
 
 
 @pytest.mark.parametrize("family", TINY, ids=lambda f: f"{f.library}/{f.name}")
@@ -103,7 +94,7 @@ def test_freeze_everything_but_x_trains_x_alone(family):
 
 
 def test_clip_groups_are_named_per_tower_and_the_projections_apart():
-    clip = SWEEP.clip()
+    clip = multipart.clip()
     groups = detect_groups(clip)
     assert not {"stem", "stage1", "block1", "head"} & set(groups)  # two stacks: no plain names
     assert {"vision_model.stem", "vision_model.stage2", "vision_model.block2", "text_model.block1"} <= set(groups)
@@ -115,7 +106,7 @@ def test_clip_groups_are_named_per_tower_and_the_projections_apart():
 def test_freeze_to_a_tower_s_group_walks_that_tower_alone():
     """The reported bug: freeze_to("stage2") froze the text tower, the vision embeddings and logit_scale, and left every
     vision layer trainable. Now a tower's name walks that tower."""
-    clip = SWEEP.clip()
+    clip = multipart.clip()
     fb = fz.FrozenBackbone(clip).unfreeze().freeze("text_model").freeze_to("vision_model.block1")
     frozen = {id(p) for p in clip.parameters() if not p.requires_grad}
     vision = clip.vision_model
@@ -128,7 +119,7 @@ def test_freeze_to_a_tower_s_group_walks_that_tower_alone():
 
 
 def test_layer_decay_ranks_each_tower_from_its_top():
-    fb = fz.FrozenBackbone(SWEEP.clip()).unfreeze()
+    fb = fz.FrozenBackbone(multipart.clip()).unfreeze()
     scale = {g["name"]: g["lr_scale"] for g in fb.param_groups(1.0, layer_decay=0.5)}
     assert scale["vision_model.stem"] == scale["text_model.stem"] == 0.125
     assert scale["vision_model.block2"] == scale["text_model.block2"] == 0.5
@@ -136,7 +127,7 @@ def test_layer_decay_ranks_each_tower_from_its_top():
 
 
 def test_an_unfreeze_schedule_takes_the_names_of_parts():
-    clip = SWEEP.clip()
+    clip = multipart.clip()
     fb = fz.FrozenBackbone(clip, trainable=["visual_projection", "text_projection"])
     schedule = fz.UnfreezeSchedule(fb, {1: ["vision_model.stage2"], 2: ["text_model"]})
     schedule.step(1)
@@ -148,7 +139,7 @@ def test_an_unfreeze_schedule_takes_the_names_of_parts():
 
 
 def test_summary_and_repr_fold_each_tower_s_blocks():
-    fb = fz.FrozenBackbone(SWEEP.clip(), trainable=["vision_model.block2"])
+    fb = fz.FrozenBackbone(multipart.clip(), trainable=["vision_model.block2"])
     assert "block" not in repr(fb)
     rows = [line.split()[0] for line in fb.freeze_summary().splitlines()[2:-3]]
     assert "vision_model.stage2" in rows and not any("block" in r for r in rows)
@@ -170,7 +161,7 @@ def test_the_command_line_shows_a_hugging_face_model_of_several_parts(capsys):
 
 
 def test_detr_backbone_is_the_model_s_backbone_with_timm_s_stages_inside():
-    detr = SWEEP.detr_timm()
+    detr = multipart.detr_timm()
     groups = detect_groups(detr)
     fb = fz.freezable(detr)
     assert group_ids(detr, fb, "backbone") == ids_of(detr.model.backbone)
@@ -198,7 +189,7 @@ def test_hf_resnet_blocks_are_bottlenecks_and_stages_follow_the_config_depths():
 
 
 def test_sam_head_is_the_mask_decoder_and_the_prompt_encoder_a_group_of_its_own():
-    sam = SWEEP.sam()
+    sam = multipart.sam()
     fb = fz.FrozenBackbone(sam, trainable=["head"])
     assert {n for n, _ in fb.named_trainable_parameters()} == {f"backbone.mask_decoder.{n}"
                                                                for n, _ in sam.mask_decoder.named_parameters()}
@@ -207,7 +198,7 @@ def test_sam_head_is_the_mask_decoder_and_the_prompt_encoder_a_group_of_its_own(
 
 @pytest.mark.parametrize("stable", [False, True], ids=["group-norm", "stable-layer-norm"])
 def test_wav2vec2_feature_encoder_group_and_final_norm(stable):
-    model = SWEEP.wav2vec2(stable)()
+    model = multipart.wav2vec2(stable)()
     groups = detect_groups(model)
     assert groups["feature_extractor"] == ("wav2vec2.feature_extractor",)
     assert [g for g in groups if g.startswith("feature_extractor.block")] == [
@@ -240,12 +231,15 @@ def test_a_removed_classifier_is_no_group_inside_a_user_s_model_either():
 
 
 def test_the_sweep_prints_figures_per_library_and_exits_0_when_nothing_is_wrong(capsys, monkeypatch):
-    monkeypatch.setattr(SWEEP, "FAMILIES", [f for f in SWEEP.FAMILIES if f.name == "SiglipModel"])
-    assert SWEEP.main([]) == 0
+    monkeypatch.setattr(multipart, "FAMILIES", [f for f in multipart.FAMILIES if f.name == "SiglipModel"])
+    assert sweep_main(["multipart", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("transformers: 1 models, ") and " 0 wrong" in out
-    wrong = SWEEP.Check("transformers", "X", "forward order", "wrong", "detail")
-    assert "  wrong  transformers/X: forward order: detail" in SWEEP.report([wrong])
+    assert out.startswith("transformers: 1 right, 0 absent, 0 wrong\n") and "  transformers: " in out
+    assert " checks: " in out and out.count(" 0 wrong") == 2  # a row per model, and its checks counted
+    wrong = multipart.Check("transformers", "X", "forward order", "wrong", "detail")
+    absent = multipart.Check("transformers", "X", "head == lm_head", "absent")
+    assert report(multipart.rows([wrong, absent])) == (
+        "transformers: 0 right, 0 absent, 1 wrong\n  wrong: X: forward order: detail; head == lm_head")
 
 
 def test_importing_freezable_imports_no_open_clip():
