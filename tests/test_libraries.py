@@ -176,7 +176,7 @@ def test_the_freeze_oracles_catch_a_preset_that_freezes_otherwise():
         "y: a forward in training leaves 6 norm layers' statistics alone, the library's 7"]
 
 
-# -- what each library's groups are, by name (the prose of docs_pending/issue-20b.md) ------------------------
+# -- what each library's groups are, by name (the prose of docs/groups.md) ------------------------
 
 
 def test_smp_groups_are_its_parts_and_its_encoder_s_stages():

@@ -136,6 +136,27 @@ fails to build or detect; the sweep exits 1). The oracles live in [`tools/oracle
 shared with the tests: each reads the answer off the model or its library (the classifier, timm's
 `get_classifier()` and `reset_classifier()`, the order modules run on a real input, a library's own freeze
 function), never off detection.
+
+The sweeps run from a clone of the repository (they are the project's checks, not part of the installed
+package):
+
+```bash
+python tools/sweep.py torchvision               # every torchvision model, all tasks (about a minute)
+python tools/sweep.py timm --family-sample      # one timm model per family (about 2 minutes)
+python tools/sweep.py timm                      # every timm classifier (10 to 15 minutes on 2 cores)
+python tools/sweep.py timm --features-only      # the same as features_only backbones
+python tools/sweep.py hf                        # transformers' classification architectures (30 s)
+python tools/sweep.py libraries                 # smp, ultralytics, diffusers, torchvision's extractors (2 min)
+python tools/sweep.py multipart                 # Hugging Face and open_clip models of several parts (3 min)
+python tools/sweep.py timm --models resnet18 caformer_s18   # named models only; prints, writes no page
+```
+
+Each prints its counts per source and each miss on one line, in words, and exits 1 only when something is
+wrong. Two decisions it makes: VOLO's `head` holds `head` and `aux_head` (timm's `get_classifier()` names
+`head` alone, but its `reset_classifier` replaces both and `pretrained_cfg["classifier"]` names both: a head
+equal to either of timm's notions is right); a Hugging Face architecture whose default config transformers
+itself cannot build (an optional library missing, such as detectron2 or natten) is skipped with its reason,
+never counted.
 """
 
 _SECTION = re.compile(r"<!-- sweep: (?P<key>[\w-]+) -->\n.*?<!-- end: (?P=key) -->", re.S)
