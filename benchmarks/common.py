@@ -123,6 +123,18 @@ def time_interleaved(
     return times
 
 
+def median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """The median of ``repeats`` timed calls of ``fn``, in milliseconds (the device synchronized around each)."""
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def peak_memory_cuda(builder: Builder, device: torch.device) -> float:
     """MB: the peak allocated while the case, alone on the device, is built and stepped."""
     import gc

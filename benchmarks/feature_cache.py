@@ -145,17 +145,6 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], 
     return meta, rows
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        common.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        common.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def measure_checks(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The cost of the cache's checks for one batch of ``--batch-size`` (medians, milliseconds)."""
     torch.manual_seed(args.seed)
@@ -182,15 +171,15 @@ def measure_checks(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str,
     with tempfile.TemporaryDirectory() as directory:
         fz.FeatureCache(fb, directory=directory)  # writes the manifest: later ones open and check it
         cases = {
-            "forward (no cache)": _median_ms(forward, r, device),
-            "cache, all misses": _median_ms(misses(plain), r, device),
-            "cache, all misses, verify_inputs": _median_ms(misses(verified), r, device),
-            "cache, all hits": _median_ms(lambda: plain(x, keys=list(range(n))), 20 * r, device),
-            "cache, all hits, verify_inputs": _median_ms(lambda: verified(x, keys=list(range(n))), 20 * r, device),
-            "per-call weights check": _median_ms(watch.moved, 100 * r, device),
-            "input fingerprint (verify_inputs)": _median_ms(lambda: input_prints(x), 5 * r, device),
-            "weights fingerprint (full)": _median_ms(lambda: weights_fingerprint(fb), r, device),
-            "open a cache directory": _median_ms(lambda: fz.FeatureCache(fb, directory=directory), r, device),
+            "forward (no cache)": common.median_ms(forward, r, device),
+            "cache, all misses": common.median_ms(misses(plain), r, device),
+            "cache, all misses, verify_inputs": common.median_ms(misses(verified), r, device),
+            "cache, all hits": common.median_ms(lambda: plain(x, keys=list(range(n))), 20 * r, device),
+            "cache, all hits, verify_inputs": common.median_ms(lambda: verified(x, keys=list(range(n))), 20 * r, device),
+            "per-call weights check": common.median_ms(watch.moved, 100 * r, device),
+            "input fingerprint (verify_inputs)": common.median_ms(lambda: input_prints(x), 5 * r, device),
+            "weights fingerprint (full)": common.median_ms(lambda: weights_fingerprint(fb), r, device),
+            "open a cache directory": common.median_ms(lambda: fz.FeatureCache(fb, directory=directory), r, device),
         }
     forward_ms = cases["forward (no cache)"]
     rows = [{"case": case, "batch_ms": round(ms, 3), "pct_of_forward": round(100 * ms / forward_ms, 3)}
