@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 import freezable as fz
+from freezable.presets import registry
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -125,3 +126,14 @@ else:
     settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True,
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _preset_registry_restored():
+    """Every test leaves the process-wide preset registry as it found it (a docs block or a test registers
+    presets of its own), so that tests of the registry's contents do not depend on the order tests run in."""
+    saved = [(table, dict(table)) for table in (registry._PRESETS, registry._MADE)]
+    yield
+    for table, entries in saved:
+        table.clear()
+        table.update(entries)

@@ -479,7 +479,7 @@ ROWS: list[Bad] = [
     Bad("cli-unknown-trainable", cli("show", "resnet18", "--trainable", "stage9"), 2,
         r"trainable entry 'stage9' is neither a group .*groups: \['stem'"),
     Bad("cli-no-preset-matches", cli("presets", "zzz*"), 2, r"no preset matches 'zzz\*'"),
-    Bad("cli-unknown-command", cli("bogus"), 2, r"invalid choice: 'bogus' \(choose from '?presets'?, '?show'?, '?sweep'?\)"),
+    Bad("cli-unknown-command", cli("bogus"), 2, r"invalid choice: 'bogus' \(choose from '?presets'?, '?show'?\)"),
     Bad("cli-no-command", cli(), 2, r"the following arguments are required: command"),
     Bad("cli-show-without-model", cli("show"), 2, r"the following arguments are required: model"),
     Bad("cli-unknown-option", cli("show", "resnet18", "--bogus"), 2, r"unrecognized arguments: --bogus"),
