@@ -144,7 +144,7 @@ package):
 python tools/sweep.py torchvision               # every torchvision model, all tasks (about a minute)
 python tools/sweep.py timm --family-sample      # one timm model per family (about 2 minutes)
 python tools/sweep.py timm                      # every timm classifier (10 to 15 minutes on 2 cores)
-python tools/sweep.py timm --features-only      # the same as features_only backbones
+python tools/sweep.py timm --features-only      # the same as features_only backbones (15 to 30 minutes)
 python tools/sweep.py hf                        # transformers' classification architectures (30 s)
 python tools/sweep.py libraries                 # smp, ultralytics, diffusers, torchvision's extractors (2 min)
 python tools/sweep.py multipart                 # Hugging Face and open_clip models of several parts (3 min)
