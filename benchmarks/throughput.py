@@ -11,7 +11,7 @@ Modes (a backbone with its classifier removed, then ``nn.Linear(num_features, 10
 
 For each mode: median ``step_ms``, ``samples_per_sec``, ``peak_mem_mb``, ``x_floor`` (step time over the
 floor's), ``mem_x_floor`` and ``speedup_vs_full``. Defaults: resnet18, 128 px, batch 16, fp32 on the
-CPU (under two minutes on two cores); resnet50, 224 px, batch 128, bf16 autocast on CUDA
+CPU (about a minute on two cores); resnet50, 224 px, batch 128, bf16 autocast on CUDA
 (add ``--channels-last`` for the tensor-core layout).
 
     python benchmarks/throughput.py
