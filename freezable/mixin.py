@@ -59,16 +59,17 @@ class Freezable:
             at the first call that needs them.
 
     Subclassing:
-        Three protected members are the extension points for subclasses and the construction
-        path (FrozenBackbone, ``fz.freeze``, presets); everything else whose name starts with ``_`` is
-        internal.
+        Four protected members are the extension points for subclasses and the construction
+        path (FrozenBackbone, ``fz.freeze``, presets, ProgressiveFreezing); everything else whose name
+        starts with ``_`` is internal.
 
         * ``_register_groups(groups)`` registers resolved :class:`~freezable.groups.Group` objects
           after the model's own: the one step every registration ends in (class-level groups,
           :meth:`register_freeze_group`, detected groups, a preset's); a name the model has with
           other members is an error.
-        * ``_unfreeze_resolved(groups)`` unfreezes resolved :class:`~freezable.groups.Group`
-          objects, registered or not (FrozenBackbone's ``trainable`` specs).
+        * ``_freeze_resolved(groups)`` and ``_unfreeze_resolved(groups)`` freeze and unfreeze resolved
+          :class:`~freezable.groups.Group` objects, registered or not (ProgressiveFreezing's staged
+          units, FrozenBackbone's ``trainable`` specs).
         * ``_on_freeze_change()`` runs after every change of freeze state, once the frozen
           parts are held; it does nothing by default. Override it (calling ``super()``) to drop
           what a subclass caches from the freeze state (FrozenBackbone's fast path).

@@ -37,6 +37,7 @@ __all__ = [
     "add_missing",
     "release_optimizer_state",
     "check_optimizer",
+    "keeps_one_history",
     "check_nonnegative",
     "check_layer_decay",
     "UNGROUPED",
@@ -336,6 +337,13 @@ def add_missing(
     return optimizer.param_groups[-1]
 
 
+def keeps_one_history(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` (or the optimizer a wrapper such as accelerate's ``AcceleratedOptimizer`` holds) is an
+    ``LBFGS``, whose one curvature history spans all its parameters: no part of its state can be released."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return isinstance(optimizer, torch.optim.LBFGS) or isinstance(inner, torch.optim.LBFGS)
+
+
 def release_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module | None = None) -> int:
     """Drops the optimizer state of every frozen parameter (momentum, Adam's moments, step); returns the bytes freed.
 
@@ -374,8 +382,7 @@ def release_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module |
         2
     """
     check_optimizer(optimizer)
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
-    if isinstance(optimizer, torch.optim.LBFGS) or isinstance(inner, torch.optim.LBFGS):
+    if keeps_one_history(optimizer):
         raise FreezableError(
             "release_optimizer_state cannot release part of an LBFGS: it keeps one curvature history over all its "
             "parameters; build a new LBFGS over the trainable parameters after freezing"

@@ -16,7 +16,7 @@ is frozen too) its autograd bookkeeping in the forward. Two rules decide when ea
 The groups are the model's *staged* groups in group order, the walk of ``freeze_to`` and
 ``UnfreezeSchedule`` (:func:`freezable.stages.walk_units`: what an umbrella holds outside its staged
 groups goes with its last one), from the first that trains up to ``until`` (default: all but the
-last, the head). Freezing one goes through the model's own freeze state (``load_freeze_state``), so
+last, the head). Freezing one goes through the model's own freezing (as ``freeze`` does), so
 everything freezing guarantees holds: frozen norms held in eval, ``fz.check`` clean, a DDP wrapper told
 to rebuild (``step`` returns what it froze: ``ddp = fz.rewrap_ddp(ddp)`` then). The optimizer's state
 for the frozen parameters is released (:func:`freezable.optim.release_optimizer_state`), and, with
@@ -44,7 +44,7 @@ from ..cache.checks import check_cap
 from ..errors import FreezableError, FreezeStateError, closest, type_error, unknown_group
 from ..groups import Group
 from ..mixin import Freezable
-from ..optim import check_optimizer, release_optimizer_state
+from ..optim import check_optimizer, keeps_one_history, release_optimizer_state
 from ..stages import units_within, walk_units
 from .prefix import PrefixRunner
 from .settings import check_settings
@@ -286,15 +286,8 @@ class ProgressiveFreezing:
         return due
 
     def _freeze(self, indices: list[int], optimizer: torch.optim.Optimizer | None) -> None:
-        root = freeze_root(self.model)
         groups = [g for i in indices for g in self._units[i][1]]
-        state = self.model.freeze_state()
-        modules = {id(m) for g in groups for _, m in g.named_modules(root)}
-        params = {id(p) for g in groups for _, p in g.named_parameters(root)}
-        frozen_modules, frozen_params = set(state["frozen_modules"]), set(state["frozen_parameters"])
-        state["frozen_modules"] = [n for n, m in root.named_modules() if n in frozen_modules or id(m) in modules]
-        state["frozen_parameters"] = [n for n, p in root.named_parameters() if n in frozen_params or id(p) in params]
-        self.model.load_freeze_state(state)
+        self.model._freeze_resolved(groups)
         if self.guard:
             _guard.record(self.model, groups)
         if optimizer is not None:
@@ -419,7 +412,6 @@ def _device(params: list[nn.Parameter], default: torch.device) -> torch.device:
 
 def _check_releasable(optimizer: object) -> None:
     check_optimizer(optimizer)
-    inner = getattr(optimizer, "optimizer", optimizer)
-    if isinstance(optimizer, torch.optim.LBFGS) or isinstance(inner, torch.optim.LBFGS):
+    if keeps_one_history(optimizer):
         raise FreezableError("ProgressiveFreezing cannot release part of an LBFGS's state (one history spans all its "
                              "parameters); use another optimizer, or optimizer=None and a new LBFGS after each freeze")
