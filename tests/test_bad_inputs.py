@@ -699,6 +699,11 @@ ROWS: list[Bad] = [
     Bad("hf-callback-negative-epoch-with-model", lambda s: hf_callback({-2: ["block4"]}, model=s.extra["fb"]),
         FreezableError, r"got -2", setup=hf_bert),
     Bad("hf-callback-not-a-mapping", lambda s: hf_callback(["block4"]), FreezableTypeError, r"not list"),
+    Bad("hf-callback-model-not-freezable", lambda s: hf_callback({1: ["block4"]}, model=nn.Linear(2, 2)),
+        FreezableTypeError, r"GradualUnfreezing's model must be a Freezable model or None, not Linear: .*; make it "
+        r"one in place: fz.freezable\(model\)"),
+    Bad("hf-progressive-model-not-freezable", lambda s: hf_progressive_callback("schedule", model=nn.Linear(2, 2)),
+        FreezableTypeError, r"ProgressiveFreezingCallback's model must be a Freezable model or None, not Linear"),
     # -- a removed classifier; models of several parts -----------------------------------------------------------
     Bad("wrapper-trainable-head-of-a-removed-classifier",
         lambda s: fz.FrozenBackbone(s.extra["headless"], trainable=["head"]), SpecError,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from ..errors import FreezableError, FreezableTypeError
+from ..errors import FreezableError, FreezableTypeError, type_error
 from ..mixin import Freezable, outermost_freezables
 from ..progressive import ProgressiveFreezing, check_options
 from ..schedule import UnfreezeSchedule
@@ -72,7 +72,8 @@ class GradualUnfreezing(TrainerCallback):
             raise FreezableTypeError(f"GradualUnfreezing takes an UnfreezeSchedule or a mapping of epochs to groups, "
                                      f"not {type(milestones).__name__}: {milestones!r}")
         if model is not None and not isinstance(model, Freezable):
-            raise FreezableTypeError(f"model must be a Freezable, not {type(model).__name__}")
+            raise type_error("GradualUnfreezing's model", model, "a Freezable model or None",
+                             fix="make it one in place: fz.freezable(model)")
         self.lr = lr
         self.schedule = milestones if isinstance(milestones, UnfreezeSchedule) else None
         self._milestones = None if self.schedule is not None else dict(milestones)
@@ -130,7 +131,8 @@ class ProgressiveFreezingCallback(TrainerCallback):
         else:
             check_options(freezing, settings)
         if model is not None and not isinstance(model, Freezable):
-            raise FreezableTypeError(f"model must be a Freezable, not {type(model).__name__}")
+            raise type_error("ProgressiveFreezingCallback's model", model, "a Freezable model or None",
+                             fix="make it one in place: fz.freezable(model)")
         self.freezing = freezing if isinstance(freezing, ProgressiveFreezing) else None
         self._rule = freezing if isinstance(freezing, str) else None
         self._model = model
