@@ -157,9 +157,7 @@ def outline(root: nn.Module, groups: Mapping[str, Group], names: Collection[str]
         >>> outline(net, groups, ["stem", "block1"])  # stage1 partly frozen
         ['stem', 'block1']
     """
-    chosen = [n for n in groups if n in names]
-    present = set(chosen)
-    chosen = [n for n in chosen if not (n and is_within(n.rpartition(".")[0], present))]  # inside a part named
+    chosen = list(top_most(n for n in groups if n in names))  # a group inside a part named goes with the part
     covers = {n: _weights(root, groups[n]) for n in chosen}
     stages = [n for n in chosen if part_of(n)[1] == "stage"]
     chosen = [n for n in chosen if part_of(n)[1] != "block" or not any(covers[n] <= covers[s] for s in stages)]
