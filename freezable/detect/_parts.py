@@ -14,6 +14,7 @@ part (:func:`part_groups`): ``vision_model.stem``, ``vision_model.block3``, and 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..groups import is_within
 
-__all__ = ["Parts", "assemble", "compact", "param_names", "has_params", "holds_params", "part_groups"]
+__all__ = ["Parts", "instance_of", "assemble", "compact", "param_names", "has_params", "holds_params", "part_groups"]
 
 Groups = dict[str, tuple[str, ...]]
 
@@ -37,6 +38,19 @@ class Parts:
     head: list[str] = field(default_factory=list)
     aux_head: list[str] = field(default_factory=list)
     backbone: list[str] | None = None  # None: everything but the head and aux head
+
+
+def instance_of(obj: object, module: str, name: str) -> bool:
+    """Whether ``obj`` is an instance of the class ``name`` of the library module ``module``, without importing it:
+    a library not imported yet made no instance.
+
+    Example:
+        >>> from torch import nn
+        >>> instance_of(nn.Linear(1, 1), "torch.nn", "Module"), instance_of(nn.Linear(1, 1), "no_such_lib", "Module")
+        (True, False)
+    """
+    found = getattr(sys.modules.get(module), name, None)
+    return isinstance(found, type) and isinstance(obj, found)
 
 
 def param_names(model: nn.Module, names: Iterable[str]) -> list[str]:

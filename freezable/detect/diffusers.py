@@ -21,11 +21,10 @@ diffusers is never imported here: a model of it can only exist when it is in ``s
 
 from __future__ import annotations
 
-import sys
 
 from torch import nn
 
-from ._parts import Groups, has_params
+from ._parts import Groups, has_params, instance_of
 
 __all__ = ["diffusers_groups", "is_diffusers_model"]
 
@@ -35,8 +34,7 @@ _AUTOENCODER = ("encoder", "quant_conv", "quantize", "post_quant_conv", "decoder
 
 def is_diffusers_model(model: object) -> bool:
     """Whether ``model`` is a ``diffusers.ModelMixin`` (without importing diffusers)."""
-    modeling = sys.modules.get("diffusers.models.modeling_utils")
-    return modeling is not None and isinstance(model, modeling.ModelMixin)
+    return instance_of(model, "diffusers.models.modeling_utils", "ModelMixin")
 
 
 def diffusers_groups(model: nn.Module) -> Groups | None:

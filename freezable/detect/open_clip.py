@@ -22,12 +22,11 @@ freeze. open_clip is never imported here: its classes are read from ``sys.module
 
 from __future__ import annotations
 
-import sys
-
 from torch import nn
 
 from ..groups import is_within
-from ._parts import Groups, Parts, assemble, compact, has_params, holds_params, param_names, part_groups
+from ._parts import (Groups, Parts, assemble, compact, has_params, holds_params, instance_of, param_names,
+                     part_groups)
 from .timm import timm_groups
 
 __all__ = ["open_clip_groups", "is_open_clip", "open_clip_class", "text_tower"]
@@ -37,8 +36,7 @@ _STAGES = 4
 
 def open_clip_class(module: object, path: str, name: str) -> bool:
     """Whether ``module`` is an instance of open_clip's class ``open_clip.<path>.<name>`` (without importing it)."""
-    found = getattr(sys.modules.get(f"open_clip.{path}"), name, None)
-    return isinstance(found, type) and isinstance(module, found)
+    return instance_of(module, f"open_clip.{path}", name)
 
 
 def is_open_clip(model: object) -> bool:

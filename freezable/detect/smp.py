@@ -23,12 +23,11 @@ smp is never imported here: a model of it can only exist when it is in ``sys.mod
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 from torch import nn
 
-from ._parts import Groups, Parts, assemble, param_names, with_prefix
+from ._parts import Groups, Parts, assemble, instance_of, param_names, with_prefix
 from .timm import timm_groups
 
 __all__ = ["smp_groups", "is_smp_model", "encoder_pieces"]
@@ -41,8 +40,7 @@ Pieces = dict[int, list[str]]  # feature index k (stride 2 ** k) -> what runs af
 
 def is_smp_model(model: object) -> bool:
     """Whether ``model`` is an smp ``SegmentationModel`` (without importing smp)."""
-    base = sys.modules.get(f"{_PACKAGE}.base.model")
-    return base is not None and isinstance(model, base.SegmentationModel)
+    return instance_of(model, f"{_PACKAGE}.base.model", "SegmentationModel")
 
 
 def _is_smp_encoder(module: nn.Module) -> bool:

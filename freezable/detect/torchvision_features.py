@@ -17,11 +17,10 @@ when it was imported.
 
 from __future__ import annotations
 
-import sys
 
 from torch import nn
 
-from ._parts import Groups, Parts, assemble, has_params
+from ._parts import Groups, Parts, assemble, has_params, instance_of
 from .torchvision import body_parts, rule_for, ssd_body_parts
 
 __all__ = ["torchvision_feature_groups"]
@@ -60,8 +59,7 @@ def torchvision_feature_groups(model: nn.Module) -> Groups | None:
 
 
 def _kind(model: nn.Module) -> str | None:
-    graphs = sys.modules.get("torchvision.models.feature_extraction")
-    if graphs is not None and isinstance(model, graphs.DualGraphModule):
+    if instance_of(model, "torchvision.models.feature_extraction", "DualGraphModule"):
         return "graph"
     name = type(model).__name__
     if type(model).__module__.startswith("torchvision.models.") and name in (

@@ -55,14 +55,13 @@ transformers is never imported here: a model of it can only exist when it is in 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 
 from torch import nn
 
 from ..norms import is_norm
 from ..groups import is_within
-from ._parts import Groups, has_params, holds_params, part_groups
+from ._parts import Groups, has_params, holds_params, instance_of, part_groups
 
 __all__ = ["hf_groups", "is_hf_model"]
 
@@ -75,8 +74,7 @@ Inner = Callable[[nn.Module], Groups]  # the groups of the known models inside a
 
 def is_hf_model(model: object) -> bool:
     """Whether ``model`` is a ``transformers.PreTrainedModel`` (without importing transformers)."""
-    transformers = sys.modules.get("transformers")
-    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+    return instance_of(model, "transformers", "PreTrainedModel")
 
 
 def hf_groups(model: nn.Module, inner: Inner | None = None) -> Groups | None:
@@ -128,8 +126,7 @@ def hf_groups(model: nn.Module, inner: Inner | None = None) -> Groups | None:
 
 def _peft_inner(model: nn.Module) -> nn.Module | None:
     """The transformers model inside a ``peft.PeftModel``, else None."""
-    peft = sys.modules.get("peft")
-    if peft is None or not isinstance(model, peft.PeftModel):
+    if not instance_of(model, "peft", "PeftModel"):
         return None
     wrapped = model.get_base_model()
     return wrapped if is_hf_model(wrapped) else None

@@ -20,20 +20,18 @@ ultralytics is never imported here: a model of it can only exist when it is in `
 
 from __future__ import annotations
 
-import sys
 
 from torch import nn
 
-from ._parts import Groups, has_params
+from ._parts import Groups, has_params, instance_of
 
 __all__ = ["ultralytics_groups", "is_yolo_model", "yolo_layers"]
 
 
 def is_yolo_model(model: object) -> bool:
     """Whether ``model`` is an ultralytics ``BaseModel`` with its layers in ``model.model`` (without importing it)."""
-    tasks = sys.modules.get("ultralytics.nn.tasks")
-    return (tasks is not None and isinstance(model, tasks.BaseModel)
-            and isinstance(getattr(model, "model", None), nn.Sequential))
+    layers = getattr(model, "model", None)
+    return instance_of(model, "ultralytics.nn.tasks", "BaseModel") and isinstance(layers, nn.Sequential)
 
 
 def yolo_layers(model: nn.Module) -> list[tuple[int, str]]:
